@@ -1,0 +1,1 @@
+# Load generator and test backends (see csrc/loadgen.h, csrc/testbackend.h).
