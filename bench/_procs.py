@@ -1,0 +1,137 @@
+"""Child-process plumbing shared by the benchmarks: start, wait for a port, stop by pid.
+
+Every child runs in its own session so that a Ctrl-C in the terminal reaches only the
+benchmark driver, which then stops the children itself, in order, by pid.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+class ChildError(RuntimeError):
+    """A child could not be started, or died before it was ready."""
+
+
+def require_tool(name: str, apt_package: str) -> str:
+    """Return the path of `name`, or fail with the Debian package that provides it."""
+    path = shutil.which(name)
+    if path is None:
+        raise ChildError(f"{name} not found: install it with `apt-get install -y {apt_package}`")
+    return path
+
+
+def free_port() -> int:
+    """A port the kernel just handed out on 127.0.0.1; racy by nature, but only between our own children."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, limit: int = 600) -> str:
+        """The end of the child's output on one line, to quote in an error message."""
+        try:
+            text = self.log.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within grace_s; always reaps."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=grace_s)
+
+
+def pinned(argv: Sequence[str], cpu: int | None) -> list[str]:
+    """Prefix argv with taskset when a CPU is given; taskset execs, so the pid stays the child's."""
+    return list(argv) if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
+def start_listening(
+    name: str,
+    argv: Sequence[str],
+    port: int,
+    log: Path,
+    timeout_s: float = 15.0,
+    cwd: Path | None = None,
+) -> Child:
+    """Start argv and return once 127.0.0.1:port accepts a connection.
+
+    Fails (after stopping the child) if the child exits first or the deadline passes; the
+    error carries the tail of the child's output so the cause is visible.
+    """
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=cwd,
+        )
+    child = Child(name, proc, log)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise ChildError(
+                f"{name} exited with status {proc.returncode} before listening: {child.log_tail()}"
+            )
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return child
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            child.stop()
+            raise ChildError(
+                f"{name} did not accept on {HOST}:{port} within {timeout_s:.0f}s: {child.log_tail()}"
+            )
+        # Poll period only: the loop ends on the condition or on the deadline above.
+        time.sleep(0.05)
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a live process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ChildError(f"no VmRSS for pid {pid}")
+
+
+def settled_rss_kib(child: Child, timeout_s: float = 5.0, period_s: float = 0.2) -> int:
+    """VmRSS once two readings period_s apart agree (the process has gone idle), else the last one."""
+    deadline = time.monotonic() + timeout_s
+    previous = rss_kib(child.pid)
+    while time.monotonic() < deadline:
+        time.sleep(period_s)
+        if child.proc.poll() is not None:
+            raise ChildError(f"{child.name} exited with status {child.proc.returncode}: {child.log_tail()}")
+        current = rss_kib(child.pid)
+        if current == previous:
+            return current
+        previous = current
+    return previous
