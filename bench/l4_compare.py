@@ -160,16 +160,24 @@ def run_wrk(port: int, duration: int, connections: int, cpu: int | None) -> Samp
     argv = pinned(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", f"http://{HOST}:{port}/"], cpu
     )
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
+    except subprocess.TimeoutExpired:
+        return Sample(error=f"wrk did not finish within {duration + 30}s")
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", out.stdout, re.MULTILINE)
     if out.returncode != 0 or rps is None:
         return Sample(error=f"wrk failed ({out.returncode}): {(out.stdout + out.stderr).strip()[-500:]}")
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out.stdout))
+    # wrk prints these two lines only when the counts are not zero.
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out.stdout
+    )
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    errors = sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
+    errors += int(non2xx.group(1)) if non2xx else 0
     return Sample(
         rps=float(rps.group(1)),
         latency_ms={f"p{p}": float(v) * _UNIT_MS[u] for p, v, u in _PERCENTILE.findall(out.stdout)},
-        wrk_errors=errors + (int(non2xx.group(1)) if non2xx else 0),
+        wrk_errors=errors,
     )
 
 
@@ -236,20 +244,16 @@ def start_backends(
 def start_proxy(
     stack: contextlib.ExitStack,
     scratch: Path,
-    target: Target,
+    name: str,
     argv: ProxyArgv,
     upstreams: tuple[int, int],
     cpu: int | None,
 ) -> tuple[list[Child], tuple[int, int]]:
     """One proxy instance per backend; returns them and the (HTTP, bulk) ports that reach the backends."""
-    if target.tool:
-        require_tool(*target.tool)
     children, ports = [], []
     for kind, upstream in zip(("http", "bulk"), upstreams, strict=True):
         listen = free_port()
-        children.append(
-            spawn(stack, scratch, f"{target.name}-{kind}", argv(listen, upstream, scratch), listen, cpu)
-        )
+        children.append(spawn(stack, scratch, f"{name}-{kind}", argv(listen, upstream, scratch), listen, cpu))
         ports.append(listen)
     return children, (ports[0], ports[1])
 
@@ -392,7 +396,11 @@ def main() -> None:
                 ports[t.name] = backends
                 continue
             try:
-                children[t.name], ports[t.name] = start_proxy(stack, scratch, t, t.argv, backends, proxy_cpu)
+                if t.tool:
+                    require_tool(*t.tool)
+                children[t.name], ports[t.name] = start_proxy(
+                    stack, scratch, t.name, t.argv, backends, proxy_cpu
+                )
                 results[t.name].idle_rss_kib = settled_rss_kib(children[t.name][0])
             except ChildError as exc:
                 ports.pop(t.name, None)
