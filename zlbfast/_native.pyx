@@ -1,4 +1,255 @@
 # cython: language_level=3
-"""The one boundary between Python and the C data plane (see DESIGN.md)."""
+"""The one boundary between Python and the C data plane (see DESIGN.md).
+
+Everything here is a thin wrapper: the C side owns threads, sockets and
+snapshots; Python only builds configuration and reads counters. No function
+of this module is called by a worker thread, so nothing here needs the GIL
+released except the deliberate busy-wait used by tests.
+"""
+
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memset
+
+from zlbfast._native cimport *
+
+_ERRLEN = 512
+
+# Must follow the field order of zlb_stats in csrc/engine.h.
+STAT_FIELDS = (
+    "conns_accepted", "conns_active", "conns_overflow", "connect_attempts", "connect_failures",
+    "connect_timeouts", "retries", "upstream_exhausted", "no_cluster", "idle_timeouts", "resets",
+    "bytes_down_up", "bytes_up_down", "splice_fallbacks",
+)
+HEALTH = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+_HEALTH_NAMES = {v: k for k, v in HEALTH.items()}
+
+
+class NativeError(Exception):
+    """A failure reported by the C data plane (message from C)."""
+
+
+cdef bytes _b(s, int limit):
+    cdef bytes b = s.encode()
+    if len(b) >= limit:
+        raise NativeError(f"value too long (max {limit - 1} bytes): {s!r}")
+    return b
+
+
+cdef class SnapshotBuilder:
+    """Collects clusters and endpoints, then builds an immutable snapshot.
+
+    A builder is consumed by NativeEngine.publish(); it cannot be reused.
+    """
+    cdef zlb_snap_builder *b
+    cdef NativeEngine engine
+
+    def __cinit__(self, NativeEngine engine not None, str local_zone=""):
+        self.engine = engine
+        self.b = zlb_snap_builder_new(zlb_engine_registry(engine.e), _b(local_zone, 128))
+        if self.b == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.b != NULL:
+            zlb_snap_builder_free(self.b)
+
+    def add_cluster(self, str name, str policy="round_robin", *, int connect_timeout_ms=5000,
+                    int connect_retries=2, int panic_threshold=50, int ring_size=1024,
+                    int maglev_table_size=65537, int overprovisioning=140, int ewma_decay_ms=10000,
+                    int consecutive_failures=5, int base_ejection_ms=30000, int max_ejection_ms=300000,
+                    int max_ejection_percent=10):
+        cdef zlb_cluster_opts o
+        cdef char err[512]
+        zlb_cluster_opts_defaults(&o)
+        nb = _b(name, 128)
+        pb = _b(policy, 32)
+        o.name[:len(nb) + 1] = nb + b"\0"
+        o.policy[:len(pb) + 1] = pb + b"\0"
+        o.connect_timeout_ms = connect_timeout_ms
+        o.connect_retries = connect_retries
+        o.panic_threshold = panic_threshold
+        o.ring_size = ring_size
+        o.maglev_table_size = maglev_table_size
+        o.overprovisioning = overprovisioning
+        o.ewma_decay_ms = ewma_decay_ms
+        o.outlier.consecutive_failures = consecutive_failures
+        o.outlier.base_ejection_ms = base_ejection_ms
+        o.outlier.max_ejection_ms = max_ejection_ms
+        o.outlier.max_ejection_percent = max_ejection_percent
+        idx = zlb_snap_add_cluster(self.b, &o, err, sizeof(err))
+        if idx < 0:
+            raise NativeError(err.decode(errors="replace"))
+        return idx
+
+    def add_endpoint(self, int cluster, str host, int port, *, int weight=1, int priority=0,
+                     str zone="", str health="healthy"):
+        cdef char err[512]
+        if health not in HEALTH:
+            raise NativeError(f"unknown health {health!r}")
+        if zlb_snap_add_endpoint(self.b, cluster, _b(host, 64), port, weight, priority,
+                                 _b(zone, 128), HEALTH[health], err, sizeof(err)) != 0:
+            raise NativeError(err.decode(errors="replace"))
+
+
+cdef class NativeEngine:
+    """Worker threads, listeners and the published snapshot (csrc/engine.h)."""
+    cdef zlb_engine *e
+    cdef uint64_t version
+
+    def __cinit__(self, int workers, unsigned long long seed=0x5eed):
+        cdef zlb_engine_opts o
+        cdef char err[512]
+        memset(&o, 0, sizeof(o))
+        o.workers = workers
+        o.rng_seed = seed
+        self.e = zlb_engine_new(&o, err, sizeof(err))
+        if self.e == NULL:
+            raise NativeError(err.decode(errors="replace"))
+        if zlb_engine_start(self.e, err, sizeof(err)) != 0:
+            zlb_engine_free(self.e)
+            self.e = NULL
+            raise NativeError(err.decode(errors="replace"))
+
+    def __dealloc__(self):
+        self.close()
+
+    cdef zlb_engine *_live(self) except NULL:
+        if self.e == NULL:
+            raise NativeError("engine is closed")
+        return self.e
+
+    def close(self):
+        """Stops the workers and closes every listener and connection."""
+        if self.e != NULL:
+            with nogil:
+                zlb_engine_free(self.e)
+            self.e = NULL
+
+    @property
+    def workers(self):
+        return zlb_engine_workers(self._live())
+
+    def publish(self, SnapshotBuilder builder not None):
+        """Builds the snapshot and makes it the one workers use."""
+        cdef char err[512]
+        cdef zlb_engine *e = self._live()
+        self.version += 1
+        cdef zlb_snapshot *s = zlb_snap_build(builder.b, self.version, err, sizeof(err))
+        if s == NULL:
+            raise NativeError(err.decode(errors="replace"))
+        zlb_engine_publish(e, s)
+        return self.version
+
+    def reclaim(self):
+        """Frees retired snapshots no worker can see; returns how many wait."""
+        return zlb_engine_reclaim(self._live())
+
+    def add_listener(self, str name, str cluster, str host, int port, *, int max_connections=10000,
+                     int idle_timeout_ms=3600000, int backlog=4096):
+        cdef zlb_listener_opts o
+        cdef char err[512]
+        memset(&o, 0, sizeof(o))
+        nb = _b(name, 128)
+        cb = _b(cluster, 128)
+        hb = _b(host, 64)
+        o.name[:len(nb)] = nb
+        o.cluster[:len(cb)] = cb
+        o.host[:len(hb)] = hb
+        o.port = port
+        o.max_connections = max_connections
+        o.idle_timeout_ms = idle_timeout_ms
+        o.backlog = backlog
+        lid = zlb_engine_add_listener(self._live(), &o, err, sizeof(err))
+        if lid < 0:
+            raise NativeError(err.decode(errors="replace"))
+        return lid
+
+    def listener_port(self, int lid):
+        port = zlb_engine_listener_port(self._live(), lid)
+        if port < 0:
+            raise NativeError(f"unknown listener id {lid}")
+        return port
+
+    def listener_active(self, int lid):
+        return zlb_engine_listener_active(self._live(), lid)
+
+    def remove_listener(self, int lid):
+        if zlb_engine_remove_listener(self._live(), lid) != 0:
+            raise NativeError(f"unknown listener id {lid}")
+
+    def stats(self):
+        """Counters summed over workers, as a dict named by STAT_FIELDS."""
+        cdef uint64_t buf[64]
+        zlb_engine_stats(self._live(), <zlb_stats *>buf)
+        return {name: buf[i] for i, name in enumerate(STAT_FIELDS)}
+
+    def endpoints(self):
+        """Live state of every endpoint of the current snapshot, per cluster."""
+        cdef const zlb_snapshot *s = zlb_engine_current(self._live())
+        cdef const zlb_cluster *c
+        cdef const zlb_endpoint *ep
+        out = {}
+        if s == NULL:
+            return out
+        for i in range(s.n_clusters):
+            c = &s.clusters[i]
+            eps = []
+            for j in range(c.n_endpoints):
+                ep = &c.endpoints[j]
+                eps.append({
+                    "address": ep.name.decode(),
+                    "weight": ep.weight,
+                    "priority": ep.priority,
+                    "zone": s.zones[ep.zone_id].decode(),
+                    "health": _HEALTH_NAMES.get(ep.health, "unknown"),
+                    "active": ep.state.active,
+                    "picks": ep.state.total_picks,
+                    "failures": ep.state.total_failures,
+                    "ejections": ep.state.ejections,
+                    "ejected_until_ns": ep.state.ejected_until_ns,
+                    "ewma_ns": ep.state.ewma_ns,
+                })
+            out[c.opts.name.decode()] = eps
+        return out
+
+    def set_active_health(self, str cluster, str address, str health):
+        """Active health-check verdict for one endpoint (kept across reloads)."""
+        if health not in HEALTH:
+            raise NativeError(f"unknown health {health!r}")
+        if zlb_engine_set_active_health(self._live(), _b(cluster, 128), _b(address, 64), HEALTH[health]) != 0:
+            raise NativeError(f"no endpoint {address} in cluster {cluster}")
+
+
+cdef extern from *:
+    """
+    static void zlb_py_spin_holding_gil(double seconds) {
+        int64_t end = zlb_now_ns() + (int64_t)(seconds * 1e9);
+        while (zlb_now_ns() < end) { }
+    }
+    """
+    void zlb_py_spin_holding_gil(double seconds)
+
+
+def hold_gil(double seconds):
+    """Test hook: busy-waits WITHOUT releasing the GIL (proves workers never need it)."""
+    zlb_py_spin_holding_gil(seconds)
+
+
+def debug_counters():
+    """Process-wide live objects; tests assert they return to zero."""
+    return {
+        "conns": zlb_debug_live_conns(),
+        "pipes": zlb_debug_live_pipes(),
+        "snapshots": zlb_debug_snapshots_alive(),
+    }
+
+
+def policy_names():
+    return zlb_lb_names().decode().split(",")
+
+
+def total_ejections():
+    return zlb_lb_total_ejections()
+
 
 include "_loadgen.pxi"

@@ -1,0 +1,356 @@
+/*
+ * engine.c - control-thread side of the engine: creating workers, binding
+ * listeners, publishing snapshots, summing statistics. See engine.h.
+ */
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+static void snapshot_free_cb(void *p) { zlb_snapshot_free(p); }
+
+void zlb_listener_unref(zlb_listener *l)
+{
+    if (atomic_fetch_sub(&l->refs, 1) == 1)
+        free(l);
+}
+
+zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen)
+{
+    if (o->workers < 1 || o->workers > 1024) {
+        snprintf(err, errlen, "workers must be between 1 and 1024, got %u", o->workers);
+        return NULL;
+    }
+    zlb_engine *e = calloc(1, sizeof(*e));
+    if (!e)
+        goto oom;
+    e->opts = *o;
+    e->registry = zlb_ep_registry_new();
+    e->workers = calloc(o->workers, sizeof(zlb_worker));
+    if (!e->registry || !e->workers || zlb_qsbr_init(&e->qsbr, o->workers, snapshot_free_cb) != 0)
+        goto oom;
+    pthread_mutex_init(&e->listeners_lock, NULL);
+    for (uint32_t i = 0; i < o->workers; i++) {
+        zlb_worker *w = &e->workers[i];
+        w->eng = e;
+        w->id = i;
+        w->wake_io.kind = ZLB_IO_WAKE;
+        w->epfd = -1;
+        w->wake_fd = -1;
+        /* The generator state must be non-zero: mix the seed and the id. */
+        w->rng = (o->rng_seed + i) * 0x9E3779B97F4A7C15ULL | 1;
+        pthread_mutex_init(&w->cmd_lock, NULL);
+        w->epfd = epoll_create1(EPOLL_CLOEXEC);
+        w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        w->lb = zlb_lb_cache_new();
+        if (w->epfd < 0 || w->wake_fd < 0 || !w->lb) {
+            snprintf(err, errlen, "cannot create worker %u: %s", i, strerror(errno));
+            zlb_engine_free(e);
+            return NULL;
+        }
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->wake_io};
+        epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->wake_fd, &ev);
+    }
+    return e;
+oom:
+    snprintf(err, errlen, "out of memory");
+    if (e) {
+        zlb_ep_registry_free(e->registry);
+        free(e->workers);
+        free(e);
+    }
+    return NULL;
+}
+
+int zlb_engine_start(zlb_engine *e, char *err, size_t errlen)
+{
+    for (uint32_t i = 0; i < e->opts.workers; i++) {
+        int rc = pthread_create(&e->workers[i].thread, NULL, zlb_worker_main, &e->workers[i]);
+        if (rc != 0) {
+            snprintf(err, errlen, "cannot start worker %u: %s", i, strerror(rc));
+            /* Stop the ones already running. */
+            for (uint32_t j = 0; j < i; j++) {
+                atomic_store(&e->workers[j].stop, 1);
+                zlb_worker_wake(&e->workers[j]);
+                pthread_join(e->workers[j].thread, NULL);
+            }
+            return -1;
+        }
+        e->started = (int)i + 1;
+    }
+    return 0;
+}
+
+static void free_cmds(zlb_cmd *c)
+{
+    while (c) {
+        zlb_cmd *next = c->next;
+        if (c->kind == ZLB_CMD_ADD_LISTENER) {
+            close(c->fd);
+            zlb_listener_unref(c->l);
+        }
+        free(c);
+        c = next;
+    }
+}
+
+void zlb_engine_free(zlb_engine *e)
+{
+    if (!e)
+        return;
+    for (int i = 0; i < e->started; i++) {
+        atomic_store(&e->workers[i].stop, 1);
+        zlb_worker_wake(&e->workers[i]);
+    }
+    for (int i = 0; i < e->started; i++)
+        pthread_join(e->workers[i].thread, NULL);
+    /* Workers are gone: their per-thread state can be torn down here. */
+    for (uint32_t i = 0; i < e->opts.workers; i++) {
+        zlb_worker *w = &e->workers[i];
+        free_cmds(w->cmds);
+        if (w->epfd >= 0)
+            close(w->epfd);
+        if (w->wake_fd >= 0)
+            close(w->wake_fd);
+        zlb_lb_cache_free(w->lb);
+        pthread_mutex_destroy(&w->cmd_lock);
+    }
+    for (int i = 0; i < e->n_listeners; i++)
+        if (e->listeners[i])
+            zlb_listener_unref(e->listeners[i]);
+    free(e->listeners);
+    zlb_qsbr_destroy(&e->qsbr);
+    zlb_ep_registry_free(e->registry);
+    pthread_mutex_destroy(&e->listeners_lock);
+    free(e->workers);
+    free(e);
+}
+
+zlb_ep_registry *zlb_engine_registry(zlb_engine *e) { return e->registry; }
+uint32_t zlb_engine_workers(const zlb_engine *e) { return e->opts.workers; }
+
+void zlb_engine_publish(zlb_engine *e, zlb_snapshot *s)
+{
+    zlb_qsbr_publish(&e->qsbr, s);
+    zlb_ep_registry_sweep(e->registry);
+}
+
+const zlb_snapshot *zlb_engine_current(zlb_engine *e) { return zlb_qsbr_current(&e->qsbr); }
+
+uint64_t zlb_engine_reclaim(zlb_engine *e)
+{
+    uint64_t left = zlb_qsbr_reclaim(&e->qsbr);
+    zlb_ep_registry_sweep(e->registry);
+    return left;
+}
+
+/* Queues a command for worker w and wakes it. The worker takes ownership. */
+static void post_cmd(zlb_worker *w, zlb_cmd *c)
+{
+    pthread_mutex_lock(&w->cmd_lock);
+    zlb_cmd **pp = &w->cmds; /* FIFO so add/remove of one id stay ordered */
+    while (*pp)
+        pp = &(*pp)->next;
+    c->next = NULL;
+    *pp = c;
+    pthread_mutex_unlock(&w->cmd_lock);
+    zlb_worker_wake(w);
+}
+
+/* Creates, binds and listens one SO_REUSEPORT socket. Returns fd or -1. */
+static int bind_listener_socket(const zlb_listener_opts *o, uint16_t port, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t len;
+    int family;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, o->host, &s4->sin_addr) == 1) {
+        family = AF_INET;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(port);
+        len = sizeof(*s4);
+    } else if (inet_pton(AF_INET6, o->host, &s6->sin6_addr) == 1) {
+        family = AF_INET6;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(port);
+        len = sizeof(*s6);
+    } else {
+        snprintf(err, errlen, "listener %s: address '%s' is not a numeric IP", o->name, o->host);
+        return -1;
+    }
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "listener %s: socket: %s", o->name, strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, o->backlog > 0 ? o->backlog : 4096) != 0) {
+        snprintf(err, errlen, "listener %s: cannot listen on %s:%u: %s", o->name, o->host, port,
+                 strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static uint16_t socket_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+int zlb_engine_add_listener(zlb_engine *e, const zlb_listener_opts *o, char *err, size_t errlen)
+{
+    uint32_t n = e->opts.workers;
+    int *fds = calloc(n, sizeof(int));
+    zlb_listener *l = calloc(1, sizeof(*l));
+    if (!fds || !l) {
+        free(fds);
+        free(l);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    l->opts = *o;
+    /* Bind every worker's socket before handing any over, so a failure
+     * leaves nothing half-installed. Port 0: the first bind picks the port
+     * and the others share it through SO_REUSEPORT. */
+    uint16_t port = o->port;
+    for (uint32_t i = 0; i < n; i++) {
+        fds[i] = bind_listener_socket(o, port, err, errlen);
+        if (fds[i] < 0) {
+            for (uint32_t j = 0; j < i; j++)
+                close(fds[j]);
+            free(fds);
+            free(l);
+            return -1;
+        }
+        if (port == 0)
+            port = socket_port(fds[i]);
+    }
+    l->bound_port = port;
+    pthread_mutex_lock(&e->listeners_lock);
+    if (e->n_listeners == e->cap_listeners) {
+        int cap = e->cap_listeners ? e->cap_listeners * 2 : 8;
+        zlb_listener **arr = realloc(e->listeners, sizeof(*arr) * (size_t)cap);
+        if (!arr) {
+            pthread_mutex_unlock(&e->listeners_lock);
+            for (uint32_t i = 0; i < n; i++)
+                close(fds[i]);
+            free(fds);
+            free(l);
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        e->listeners = arr;
+        e->cap_listeners = cap;
+    }
+    l->id = e->n_listeners;
+    e->listeners[e->n_listeners++] = l;
+    atomic_store(&l->refs, 1 + (int64_t)n);
+    pthread_mutex_unlock(&e->listeners_lock);
+    for (uint32_t i = 0; i < n; i++) {
+        zlb_cmd *c = calloc(1, sizeof(*c));
+        if (!c) {
+            /* Keep going: that worker simply does not accept on it. */
+            close(fds[i]);
+            zlb_listener_unref(l);
+            continue;
+        }
+        c->kind = ZLB_CMD_ADD_LISTENER;
+        c->fd = fds[i];
+        c->l = l;
+        post_cmd(&e->workers[i], c);
+    }
+    free(fds);
+    return l->id;
+}
+
+static zlb_listener *listener_by_id(zlb_engine *e, int id)
+{
+    return (id >= 0 && id < e->n_listeners) ? e->listeners[id] : NULL;
+}
+
+int zlb_engine_listener_port(zlb_engine *e, int id)
+{
+    pthread_mutex_lock(&e->listeners_lock);
+    zlb_listener *l = listener_by_id(e, id);
+    int port = l ? l->bound_port : -1;
+    pthread_mutex_unlock(&e->listeners_lock);
+    return port;
+}
+
+int64_t zlb_engine_listener_active(zlb_engine *e, int id)
+{
+    pthread_mutex_lock(&e->listeners_lock);
+    zlb_listener *l = listener_by_id(e, id);
+    int64_t active = l ? atomic_load(&l->active) : -1;
+    pthread_mutex_unlock(&e->listeners_lock);
+    return active;
+}
+
+int zlb_engine_remove_listener(zlb_engine *e, int id)
+{
+    pthread_mutex_lock(&e->listeners_lock);
+    zlb_listener *l = listener_by_id(e, id);
+    if (l)
+        e->listeners[id] = NULL;
+    pthread_mutex_unlock(&e->listeners_lock);
+    if (!l)
+        return -1;
+    for (uint32_t i = 0; i < e->opts.workers; i++) {
+        zlb_cmd *c = calloc(1, sizeof(*c));
+        if (!c)
+            continue; /* that worker keeps accepting until shutdown */
+        c->kind = ZLB_CMD_REMOVE_LISTENER;
+        c->listener_id = id;
+        post_cmd(&e->workers[i], c);
+    }
+    zlb_listener_unref(l);
+    return 0;
+}
+
+int zlb_engine_set_active_health(zlb_engine *e, const char *cluster, const char *address, int health)
+{
+    const zlb_snapshot *s = zlb_qsbr_current(&e->qsbr);
+    int ci = s ? zlb_snapshot_find_cluster(s, cluster) : -1;
+    if (ci < 0)
+        return -1;
+    const zlb_cluster *c = &s->clusters[ci];
+    for (uint32_t i = 0; i < c->n_endpoints; i++) {
+        if (strcmp(c->endpoints[i].name, address) != 0)
+            continue;
+        uint8_t old = atomic_exchange(&c->endpoints[i].state->active_health, (uint8_t)health);
+        if (old != (uint8_t)health)
+            atomic_fetch_add_explicit(&e->registry->health_gen, 1, memory_order_release);
+        return 0;
+    }
+    return -1;
+}
+
+void zlb_engine_stats(zlb_engine *e, zlb_stats *out)
+{
+    uint64_t *acc = (uint64_t *)out;
+    size_t n = sizeof(zlb_stats) / sizeof(uint64_t);
+    memset(out, 0, sizeof(*out));
+    for (uint32_t i = 0; i < e->opts.workers; i++)
+        for (size_t k = 0; k < n; k++)
+            acc[k] += atomic_load_explicit(&e->workers[i].stats.c[k], memory_order_relaxed);
+}

@@ -1,0 +1,89 @@
+/*
+ * engine.h - the data-plane engine: N worker threads, listeners, snapshot
+ * publication and statistics. This is the whole C API that the Cython module
+ * (zlbfast/_native.pyx) uses.
+ *
+ * Threads: every zlb_engine_* function is called from the control thread
+ * (Python, holding or not holding the GIL - none of them calls back into
+ * Python). Workers never call these functions.
+ */
+#ifndef ZLB_ENGINE_H
+#define ZLB_ENGINE_H
+
+#include "snapshot.h"
+
+typedef struct zlb_engine zlb_engine;
+
+typedef struct zlb_engine_opts {
+    uint32_t workers;   /* >= 1 */
+    uint64_t rng_seed;  /* seeds the per-worker generators (worker i: seed + i) */
+} zlb_engine_opts;
+
+typedef struct zlb_listener_opts {
+    char name[ZLB_NAME_MAX];
+    char cluster[ZLB_NAME_MAX];
+    char host[ZLB_ADDR_STR_MAX];   /* numeric IPv4/IPv6 */
+    uint16_t port;                 /* 0 = ephemeral (the same port on every worker) */
+    uint32_t max_connections;      /* per listener, all workers together */
+    uint32_t idle_timeout_ms;      /* 0 = none */
+    int backlog;
+} zlb_listener_opts;
+
+/* Counters summed over workers. Field order is the ABI with _native.pyx. */
+typedef struct zlb_stats {
+    uint64_t conns_accepted;
+    uint64_t conns_active;
+    uint64_t conns_overflow;     /* closed at once: listener max_connections reached */
+    uint64_t connect_attempts;
+    uint64_t connect_failures;   /* refused/unreachable upstream connects */
+    uint64_t connect_timeouts;
+    uint64_t retries;            /* connects tried again on another endpoint */
+    uint64_t upstream_exhausted; /* clients closed because every attempt failed */
+    uint64_t no_cluster;         /* listener's cluster missing from the snapshot */
+    uint64_t idle_timeouts;
+    uint64_t resets;             /* connections ended by an error on either side */
+    uint64_t bytes_down_up;      /* client -> upstream */
+    uint64_t bytes_up_down;      /* upstream -> client */
+    uint64_t splice_fallbacks;   /* connections that fell back to read/write */
+} zlb_stats;
+
+zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen);
+/* Starts the worker threads. 0 or -1. */
+int zlb_engine_start(zlb_engine *e, char *err, size_t errlen);
+/* Stops and joins workers, closes every socket, frees everything. */
+void zlb_engine_free(zlb_engine *e);
+
+zlb_ep_registry *zlb_engine_registry(zlb_engine *e);
+uint32_t zlb_engine_workers(const zlb_engine *e);
+
+/* Installs s (ownership passes to the engine); the previous snapshot is freed
+ * once every worker has passed a quiescent point. */
+void zlb_engine_publish(zlb_engine *e, zlb_snapshot *s);
+/* The snapshot workers currently see. Control thread only: valid until the
+ * next zlb_engine_publish from this same thread (the only place that frees). */
+const zlb_snapshot *zlb_engine_current(zlb_engine *e);
+/* Frees retired snapshots that are no longer visible; returns how many wait. */
+uint64_t zlb_engine_reclaim(zlb_engine *e);
+
+/* Binds one SO_REUSEPORT socket per worker and hands them over. Returns the
+ * listener id (>= 0) or -1 with err set. */
+int zlb_engine_add_listener(zlb_engine *e, const zlb_listener_opts *o, char *err, size_t errlen);
+/* Bound port of a listener, or -1 for an unknown id. */
+int zlb_engine_listener_port(zlb_engine *e, int id);
+/* Live connections accepted on a listener (all workers), or -1. */
+int64_t zlb_engine_listener_active(zlb_engine *e, int id);
+/* Workers close the listener's sockets; open connections continue. 0 or -1. */
+int zlb_engine_remove_listener(zlb_engine *e, int id);
+
+/* Records an active health-check verdict (zlb_health) for an endpoint of the
+ * current snapshot; the state object keeps it across reloads. Workers see it
+ * at their next pick. 0, or -1 when no such endpoint exists. */
+int zlb_engine_set_active_health(zlb_engine *e, const char *cluster, const char *address, int health);
+
+void zlb_engine_stats(zlb_engine *e, zlb_stats *out);
+
+/* Debug counters (process-wide) that tests assert return to zero. */
+int64_t zlb_debug_live_conns(void);
+int64_t zlb_debug_live_pipes(void);
+
+#endif

@@ -1,0 +1,552 @@
+/*
+ * l4.c - the TCP (L4) proxy state machine of a worker thread:
+ *   accept -> pick endpoint -> non-blocking connect (timeout, retry on
+ *   another endpoint) -> bidirectional splice(2) through a pipe pair, with a
+ *   read/write fallback -> half-close propagation -> idle timeout -> close.
+ *
+ * Everything here runs on the owning worker thread. Sockets are registered
+ * edge-triggered once (EPOLLIN|EPOLLOUT|EPOLLRDHUP), so every event simply
+ * pumps both directions until the kernel says EAGAIN; no epoll_ctl calls on
+ * the hot path.
+ */
+#define _GNU_SOURCE /* splice, pipe2, accept4, F_SETPIPE_SZ */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#define ZLB_PIPE_SIZE (256 * 1024)   /* bigger pipes: fewer splice calls on bulk */
+#define ZLB_COPY_BUF (64 * 1024)     /* read/write fallback buffer per direction */
+#define ZLB_PIPE_POOL_MAX 256        /* empty pipes kept per worker */
+#define ZLB_ACCEPT_BATCH 64          /* accepts per listener event (fairness) */
+
+static _Atomic int64_t live_conns;
+static _Atomic int64_t live_pipes;
+
+int64_t zlb_debug_live_conns(void) { return atomic_load(&live_conns); }
+int64_t zlb_debug_live_pipes(void) { return atomic_load(&live_pipes); }
+
+enum conn_state { CONN_CONNECTING, CONN_OPEN, CONN_CLOSED };
+
+/* One direction of a proxied connection: bytes read from `src` wait in a
+ * pipe (splice) or buffer (fallback) until written to `dst`. */
+typedef struct zlb_dir {
+    int pipe[2];
+    size_t pending;       /* bytes read but not yet written */
+    char *buf;            /* fallback only */
+    size_t off;
+    uint8_t eof;          /* src reached end of stream */
+    uint8_t done;         /* eof forwarded with shutdown(dst, SHUT_WR) */
+} zlb_dir;
+
+typedef struct zlb_conn {
+    zlb_io down_io;               /* client side registration */
+    zlb_io up_io;                 /* upstream side registration */
+    zlb_worker *w;
+    int down_fd, up_fd;
+    uint8_t state;
+    uint8_t use_splice;
+    uint8_t up_registered, down_registered;
+    uint32_t attempts;
+    zlb_listener *l;              /* reference held */
+    /* The endpoint being used. `ep` is only valid while the worker is still
+     * on the snapshot (pointer and version) it was picked from; the state
+     * reference keeps the live counters valid regardless. */
+    zlb_ep_state *ep_state;
+    const zlb_endpoint *ep;
+    const zlb_snapshot *ep_snap;
+    uint64_t ep_snap_version;
+    uint64_t src_hash;
+    int64_t connect_start_ns;
+    int64_t last_activity_ns;
+    zlb_timer timer;              /* connect timeout, then idle timeout */
+    zlb_dir d[2];                 /* 0: client -> upstream, 1: upstream -> client */
+    struct zlb_conn *prev, *next;
+} zlb_conn;
+
+#define CONN_OF(ptr, member) ((zlb_conn *)((char *)(ptr) - offsetof(zlb_conn, member)))
+
+/* ---- pipes ------------------------------------------------------------ */
+
+static int pipe_get(zlb_worker *w, int p[2])
+{
+    if (w->n_pipes > 0) {
+        w->n_pipes--;
+        p[0] = w->pipe_pool[w->n_pipes][0];
+        p[1] = w->pipe_pool[w->n_pipes][1];
+        return 0;
+    }
+    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0)
+        return -1;
+    /* Best effort: the default 64 KiB works too, only slower on bulk. */
+    fcntl(p[1], F_SETPIPE_SZ, ZLB_PIPE_SIZE);
+    atomic_fetch_add(&live_pipes, 1);
+    return 0;
+}
+
+static void pipe_close(int p[2])
+{
+    close(p[0]);
+    close(p[1]);
+    p[0] = p[1] = -1;
+    atomic_fetch_sub(&live_pipes, 1);
+}
+
+/* Returns a pipe to the pool; a pipe that still holds data is closed since
+ * its bytes belong to a dead connection. */
+static void pipe_put(zlb_worker *w, int p[2], size_t pending)
+{
+    if (p[0] < 0)
+        return;
+    if (pending == 0 && w->n_pipes < ZLB_PIPE_POOL_MAX) {
+        if (w->n_pipes == w->cap_pipes) {
+            uint32_t cap = w->cap_pipes ? w->cap_pipes * 2 : 16;
+            void *arr = realloc(w->pipe_pool, sizeof(*w->pipe_pool) * cap);
+            if (!arr) {
+                pipe_close(p);
+                return;
+            }
+            w->pipe_pool = arr;
+            w->cap_pipes = cap;
+        }
+        w->pipe_pool[w->n_pipes][0] = p[0];
+        w->pipe_pool[w->n_pipes][1] = p[1];
+        w->n_pipes++;
+        p[0] = p[1] = -1;
+        return;
+    }
+    pipe_close(p);
+}
+
+void zlb_l4_pipe_pool_free(zlb_worker *w)
+{
+    while (w->n_pipes > 0) {
+        w->n_pipes--;
+        pipe_close(w->pipe_pool[w->n_pipes]);
+    }
+    free(w->pipe_pool);
+    w->pipe_pool = NULL;
+    w->cap_pipes = 0;
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+/* Drops the endpoint the connection is bound to (active count, reference). */
+static void release_endpoint(zlb_conn *c)
+{
+    if (!c->ep_state)
+        return;
+    atomic_fetch_sub_explicit(&c->ep_state->active, 1, memory_order_relaxed);
+    zlb_ep_state_unref(c->ep_state);
+    c->ep_state = NULL;
+}
+
+static void set_rst_on_close(int fd)
+{
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+/* Closes both sockets and releases everything but the memory, which
+ * zlb_l4_reap frees after the current event batch. `reset` makes the peers
+ * see RST instead of FIN (an error on one side aborts the other). */
+static void conn_close(zlb_conn *c, int reset)
+{
+    zlb_worker *w = c->w;
+    if (c->state == CONN_CLOSED)
+        return;
+    zlb_timer_cancel(&w->timers, &c->timer);
+    if (reset)
+        ZLB_STAT_ADD(w, resets, 1);
+    if (c->down_fd >= 0) {
+        if (reset)
+            set_rst_on_close(c->down_fd);
+        close(c->down_fd);
+    }
+    if (c->up_fd >= 0) {
+        if (reset)
+            set_rst_on_close(c->up_fd);
+        close(c->up_fd);
+    }
+    c->down_fd = c->up_fd = -1;
+    for (int i = 0; i < 2; i++) {
+        pipe_put(w, c->d[i].pipe, c->d[i].pending);
+        free(c->d[i].buf);
+        c->d[i].buf = NULL;
+    }
+    release_endpoint(c);
+    atomic_fetch_sub(&c->l->active, 1);
+    zlb_listener_unref(c->l);
+    c->l = NULL;
+    ZLB_STAT_SUB(w, conns_active, 1);
+    c->state = CONN_CLOSED;
+    /* Move from the open list to the closed list. */
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = NULL;
+    c->next = w->closed;
+    w->closed = c;
+}
+
+void zlb_l4_reap(zlb_worker *w)
+{
+    while (w->closed) {
+        zlb_conn *c = w->closed;
+        w->closed = c->next;
+        free(c);
+        atomic_fetch_sub(&live_conns, 1);
+    }
+}
+
+void zlb_l4_close_all(zlb_worker *w)
+{
+    while (w->conns)
+        conn_close(w->conns, 1);
+    zlb_l4_reap(w);
+}
+
+/* ---- endpoint choice and connect --------------------------------------- */
+
+static const zlb_cluster *conn_cluster(zlb_worker *w, zlb_conn *c)
+{
+    if (!w->snap)
+        return NULL;
+    int idx = zlb_snapshot_find_cluster(w->snap, c->l->opts.cluster);
+    return idx < 0 ? NULL : &w->snap->clusters[idx];
+}
+
+/* The endpoint of the current snapshot that corresponds to the connection's
+ * endpoint state, or NULL when the endpoint was removed by a config change. */
+static zlb_endpoint *current_endpoint(zlb_worker *w, zlb_conn *c, const zlb_cluster *cl)
+{
+    if (c->ep_snap == w->snap && w->snap && c->ep_snap_version == w->snap->version)
+        return (zlb_endpoint *)c->ep;
+    for (uint32_t i = 0; cl && i < cl->n_endpoints; i++)
+        if (cl->endpoints[i].state == c->ep_state)
+            return &cl->endpoints[i];
+    return NULL;
+}
+
+static void report(zlb_worker *w, zlb_conn *c, int success, int64_t latency_ns)
+{
+    const zlb_cluster *cl = conn_cluster(w, c);
+    zlb_endpoint *ep = current_endpoint(w, c, cl);
+    if (ep)
+        zlb_lb_report(w->snap, cl, ep, success, latency_ns, w->now_ns);
+}
+
+static int register_fd(zlb_worker *w, int fd, zlb_io *io)
+{
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = io};
+    return epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+static void pump_all(zlb_conn *c);
+static void on_timer(zlb_timer *t, int64_t now_ns);
+
+static void arm_idle(zlb_conn *c)
+{
+    uint32_t idle = c->l->opts.idle_timeout_ms;
+    if (idle)
+        zlb_timer_arm(&c->w->timers, &c->timer, c->last_activity_ns + (int64_t)idle * 1000000);
+    else
+        zlb_timer_cancel(&c->w->timers, &c->timer);
+}
+
+static void on_connected(zlb_conn *c)
+{
+    zlb_worker *w = c->w;
+    report(w, c, 1, w->now_ns - c->connect_start_ns);
+    c->state = CONN_OPEN;
+    c->last_activity_ns = w->now_ns;
+    int one = 1;
+    setsockopt(c->up_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (register_fd(w, c->down_fd, &c->down_io) != 0) {
+        conn_close(c, 1);
+        return;
+    }
+    c->down_registered = 1;
+    arm_idle(c);
+    pump_all(c);
+}
+
+/* Drops a failed upstream socket and counts the failure. */
+static void connect_failed(zlb_conn *c, int timed_out)
+{
+    zlb_worker *w = c->w;
+    if (timed_out)
+        ZLB_STAT_ADD(w, connect_timeouts, 1);
+    else
+        ZLB_STAT_ADD(w, connect_failures, 1);
+    report(w, c, 0, 0);
+    zlb_timer_cancel(&w->timers, &c->timer);
+    if (c->up_fd >= 0)
+        close(c->up_fd);
+    c->up_fd = -1;
+    c->up_registered = 0;
+    /* Keep ep/ep_snap so the next pick can exclude this endpoint. */
+    release_endpoint(c);
+}
+
+/* Picks an endpoint and starts connecting; on immediate failure tries the
+ * next one, up to 1 + connect_retries attempts, then closes the client. */
+static void try_connect(zlb_conn *c)
+{
+    zlb_worker *w = c->w;
+    for (;;) {
+        const zlb_cluster *cl = conn_cluster(w, c);
+        if (!cl) {
+            ZLB_STAT_ADD(w, no_cluster, 1);
+            conn_close(c, 1);
+            return;
+        }
+        if (c->attempts > cl->opts.connect_retries) {
+            ZLB_STAT_ADD(w, upstream_exhausted, 1);
+            conn_close(c, 1);
+            return;
+        }
+        zlb_pick_ctx ctx = {.rng = &w->rng, .has_hash = 1, .hash = c->src_hash, .now_ns = w->now_ns};
+        const zlb_endpoint *exclude =
+            (c->ep_snap == w->snap && c->ep_snap_version == w->snap->version) ? c->ep : NULL;
+        zlb_endpoint *ep = zlb_lb_pick(w->lb, w->snap, cl, &ctx, exclude);
+        if (!ep) {
+            ZLB_STAT_ADD(w, upstream_exhausted, 1);
+            conn_close(c, 1);
+            return;
+        }
+        if (c->attempts > 0)
+            ZLB_STAT_ADD(w, retries, 1);
+        c->attempts++;
+        ZLB_STAT_ADD(w, connect_attempts, 1);
+        c->ep = ep;
+        c->ep_snap = w->snap;
+        c->ep_snap_version = w->snap->version;
+        c->ep_state = ep->state;
+        zlb_ep_state_ref(ep->state);
+        atomic_fetch_add_explicit(&ep->state->active, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ep->state->total_picks, 1, memory_order_relaxed);
+        c->connect_start_ns = w->now_ns;
+
+        c->up_fd = socket(ep->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (c->up_fd < 0) {
+            connect_failed(c, 0);
+            continue;
+        }
+        if (register_fd(w, c->up_fd, &c->up_io) != 0) {
+            connect_failed(c, 0);
+            continue;
+        }
+        c->up_registered = 1;
+        int rc = connect(c->up_fd, (const struct sockaddr *)&ep->addr, ep->addrlen);
+        if (rc == 0) {
+            on_connected(c);
+            return;
+        }
+        if (errno == EINPROGRESS) {
+            zlb_timer_arm(&w->timers, &c->timer,
+                          w->now_ns + (int64_t)cl->opts.connect_timeout_ms * 1000000);
+            return;
+        }
+        connect_failed(c, 0);
+    }
+}
+
+static void on_timer(zlb_timer *t, int64_t now_ns)
+{
+    zlb_conn *c = CONN_OF(t, timer);
+    if (c->state == CONN_CONNECTING) {
+        connect_failed(c, 1);
+        try_connect(c);
+        return;
+    }
+    int64_t idle_ns = (int64_t)c->l->opts.idle_timeout_ms * 1000000;
+    if (now_ns - c->last_activity_ns >= idle_ns) {
+        ZLB_STAT_ADD(c->w, idle_timeouts, 1);
+        conn_close(c, 0);
+    } else {
+        arm_idle(c);
+    }
+}
+
+void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
+{
+    zlb_listener *l = wl->l;
+    for (int i = 0; i < ZLB_ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(wl->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            return; /* EAGAIN, or EMFILE: the level-triggered socket retries */
+        }
+        ZLB_STAT_ADD(w, conns_accepted, 1);
+        if ((uint64_t)atomic_fetch_add(&l->active, 1) >= l->opts.max_connections) {
+            /* Over the limit: accepted then closed so the client learns at
+             * once instead of waiting in the backlog. */
+            atomic_fetch_sub(&l->active, 1);
+            ZLB_STAT_ADD(w, conns_overflow, 1);
+            set_rst_on_close(fd);
+            close(fd);
+            continue;
+        }
+        zlb_conn *c = calloc(1, sizeof(*c));
+        if (!c) {
+            atomic_fetch_sub(&l->active, 1);
+            close(fd);
+            continue;
+        }
+        atomic_fetch_add(&live_conns, 1);
+        ZLB_STAT_ADD(w, conns_active, 1);
+        atomic_fetch_add(&l->refs, 1);
+        c->w = w;
+        c->l = l;
+        c->down_io.kind = ZLB_IO_DOWN;
+        c->up_io.kind = ZLB_IO_UP;
+        c->down_fd = fd;
+        c->up_fd = -1;
+        c->state = CONN_CONNECTING;
+        c->use_splice = 1;
+        zlb_timer_init(&c->timer, on_timer);
+        for (int k = 0; k < 2; k++)
+            c->d[k].pipe[0] = c->d[k].pipe[1] = -1;
+        /* Hash key for ring_hash/maglev on L4: the source IP (not the port). */
+        if (ss.ss_family == AF_INET)
+            c->src_hash = zlb_hash64(&((struct sockaddr_in *)&ss)->sin_addr, 4, 0);
+        else
+            c->src_hash = zlb_hash64(&((struct sockaddr_in6 *)&ss)->sin6_addr, 16, 0);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        c->next = w->conns;
+        if (w->conns)
+            w->conns->prev = c;
+        w->conns = c;
+        if (pipe_get(w, c->d[0].pipe) != 0 || pipe_get(w, c->d[1].pipe) != 0) {
+            pipe_put(w, c->d[0].pipe, 0);
+            c->use_splice = 0;
+            ZLB_STAT_ADD(w, splice_fallbacks, 1);
+        }
+        try_connect(c);
+    }
+}
+
+/* ---- data transfer ------------------------------------------------------ */
+
+/* Switches a connection to read/write copying (splice unsupported for this
+ * socket pair). Pipes are empty at this point. Returns -1 on OOM. */
+static int fall_back_to_copy(zlb_conn *c)
+{
+    for (int i = 0; i < 2; i++) {
+        pipe_put(c->w, c->d[i].pipe, c->d[i].pending);
+        c->d[i].pending = 0;
+        c->d[i].buf = malloc(ZLB_COPY_BUF);
+        if (!c->d[i].buf)
+            return -1;
+    }
+    c->use_splice = 0;
+    ZLB_STAT_ADD(c->w, splice_fallbacks, 1);
+    return 0;
+}
+
+/* Moves bytes in one direction until the kernel would block.
+ * Returns 0 to keep going, -1 when the connection must be reset. */
+static int pump(zlb_conn *c, int dir)
+{
+    zlb_worker *w = c->w;
+    zlb_dir *d = &c->d[dir];
+    int src = dir == 0 ? c->down_fd : c->up_fd;
+    int dst = dir == 0 ? c->up_fd : c->down_fd;
+    for (;;) {
+        if (d->pending > 0) {
+            ssize_t n = c->use_splice
+                ? splice(d->pipe[0], NULL, dst, NULL, d->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+                : write(dst, d->buf + d->off, d->pending);
+            if (n < 0) {
+                if (errno == EAGAIN)
+                    return 0;
+                if (errno == EINTR)
+                    continue;
+                return -1;
+            }
+            d->pending -= (size_t)n;
+            d->off = d->pending ? d->off + (size_t)n : 0;
+            if (dir == 0)
+                ZLB_STAT_ADD(w, bytes_down_up, (uint64_t)n);
+            else
+                ZLB_STAT_ADD(w, bytes_up_down, (uint64_t)n);
+            continue;
+        }
+        if (d->done)
+            return 0;
+        if (d->eof) {
+            /* Half-close: the peer sees our FIN only after every byte. */
+            shutdown(dst, SHUT_WR);
+            d->done = 1;
+            return 0;
+        }
+        ssize_t n = c->use_splice
+            ? splice(src, NULL, d->pipe[1], NULL, ZLB_PIPE_SIZE, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+            : read(src, d->buf, ZLB_COPY_BUF);
+        if (n == 0) {
+            d->eof = 1;
+            continue;
+        }
+        if (n < 0) {
+            if (errno == EAGAIN)
+                return 0;
+            if (errno == EINTR)
+                continue;
+            if (errno == EINVAL && c->use_splice) {
+                if (fall_back_to_copy(c) != 0)
+                    return -1;
+                continue;
+            }
+            return -1;
+        }
+        d->pending = (size_t)n;
+        c->last_activity_ns = w->now_ns;
+    }
+}
+
+static void pump_all(zlb_conn *c)
+{
+    if (pump(c, 0) != 0 || pump(c, 1) != 0) {
+        conn_close(c, 1);
+        return;
+    }
+    if (c->d[0].done && c->d[1].done)
+        conn_close(c, 0);
+}
+
+void zlb_l4_on_event(zlb_worker *w, zlb_io *io, uint32_t events)
+{
+    zlb_conn *c = io->kind == ZLB_IO_DOWN ? CONN_OF(io, down_io) : CONN_OF(io, up_io);
+    ZLB_UNUSED(w);
+    if (c->state == CONN_CLOSED)
+        return;
+    if (c->state == CONN_CONNECTING) {
+        if (io->kind != ZLB_IO_UP)
+            return;
+        int soerr = 0;
+        socklen_t len = sizeof(soerr);
+        getsockopt(c->up_fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
+        if (soerr == 0 && (events & EPOLLOUT)) {
+            zlb_timer_cancel(&c->w->timers, &c->timer);
+            on_connected(c);
+        } else if (soerr != 0 || (events & (EPOLLERR | EPOLLHUP))) {
+            connect_failed(c, 0);
+            try_connect(c);
+        }
+        return;
+    }
+    pump_all(c);
+}

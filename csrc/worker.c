@@ -1,0 +1,157 @@
+/*
+ * worker.c - one worker thread's event loop. Each worker owns an epoll
+ * instance, its SO_REUSEPORT listening sockets, its connections and its
+ * timers; nothing here is shared except the atomics noted in worker.h.
+ */
+#include "worker.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#define ZLB_MAX_EVENTS 256
+/* Upper bound on one epoll_wait so a stop request is never missed for long
+ * even if a wake-up were lost. */
+#define ZLB_MAX_WAIT_MS 1000
+
+void zlb_worker_wake(zlb_worker *w)
+{
+    uint64_t one = 1;
+    /* EAGAIN means the counter is already non-zero: the worker will wake. */
+    ssize_t rc = write(w->wake_fd, &one, sizeof(one));
+    ZLB_UNUSED(rc);
+}
+
+static void add_listener(zlb_worker *w, zlb_cmd *c)
+{
+    zlb_wlistener *wl = calloc(1, sizeof(*wl));
+    if (!wl) {
+        close(c->fd);
+        zlb_listener_unref(c->l);
+        return;
+    }
+    wl->io.kind = ZLB_IO_LISTENER;
+    wl->fd = c->fd;
+    wl->l = c->l;
+    wl->cached_cluster = -1;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &wl->io};
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, wl->fd, &ev) != 0) {
+        close(wl->fd);
+        zlb_listener_unref(wl->l);
+        free(wl);
+        return;
+    }
+    wl->next = w->listeners;
+    w->listeners = wl;
+}
+
+/* Closing the fd removes it from epoll; events already returned by the
+ * current epoll_wait batch for it are skipped because commands run before
+ * the batch is fetched (see the loop). */
+static void close_wlistener(zlb_wlistener *wl)
+{
+    close(wl->fd);
+    zlb_listener_unref(wl->l);
+    free(wl);
+}
+
+static void remove_listener(zlb_worker *w, int id)
+{
+    for (zlb_wlistener **pp = &w->listeners; *pp; pp = &(*pp)->next) {
+        if ((*pp)->l->id == id) {
+            zlb_wlistener *wl = *pp;
+            *pp = wl->next;
+            close_wlistener(wl);
+            return;
+        }
+    }
+}
+
+static void run_commands(zlb_worker *w)
+{
+    uint64_t v;
+    ssize_t rc = read(w->wake_fd, &v, sizeof(v));
+    ZLB_UNUSED(rc);
+    pthread_mutex_lock(&w->cmd_lock);
+    zlb_cmd *c = w->cmds;
+    w->cmds = NULL;
+    pthread_mutex_unlock(&w->cmd_lock);
+    while (c) {
+        zlb_cmd *next = c->next;
+        if (c->kind == ZLB_CMD_ADD_LISTENER)
+            add_listener(w, c);
+        else
+            remove_listener(w, c->listener_id);
+        free(c);
+        c = next;
+    }
+}
+
+void *zlb_worker_main(void *arg)
+{
+    zlb_worker *w = arg;
+    zlb_engine *e = w->eng;
+    struct epoll_event events[ZLB_MAX_EVENTS];
+
+    zlb_qsbr_online(&e->qsbr, w->id);
+    while (!atomic_load(&w->stop)) {
+        /* Quiescent point: nothing from the previous iteration's snapshot is
+         * held past here (connections keep endpoint-state references, never
+         * snapshot pointers across iterations). */
+        w->now_ns = zlb_now_ns();
+        zlb_timer_run(&w->timers, w->now_ns);
+        int timeout = zlb_timer_next_ms(&w->timers, w->now_ns, ZLB_MAX_WAIT_MS);
+
+        /* Blocking: announce an extended quiescent state so publishers never
+         * wait for an idle worker. */
+        zlb_qsbr_offline(&e->qsbr, w->id);
+        int n = epoll_wait(w->epfd, events, ZLB_MAX_EVENTS, timeout);
+        zlb_qsbr_online(&e->qsbr, w->id);
+        w->snap = zlb_qsbr_current(&e->qsbr);
+        w->now_ns = zlb_now_ns();
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        /* Commands first: a listener removed by a command must not be used
+         * by an event of this batch, so listener events are re-validated. */
+        for (int i = 0; i < n; i++) {
+            zlb_io *io = events[i].data.ptr;
+            if (io->kind == ZLB_IO_WAKE) {
+                run_commands(w);
+                events[i].data.ptr = NULL;
+            }
+        }
+        for (int i = 0; i < n; i++) {
+            zlb_io *io = events[i].data.ptr;
+            if (!io)
+                continue;
+            if (io->kind == ZLB_IO_LISTENER) {
+                /* Only accept on sockets still installed. */
+                for (zlb_wlistener *wl = w->listeners; wl; wl = wl->next)
+                    if (&wl->io == io) {
+                        zlb_l4_accept(w, wl);
+                        break;
+                    }
+            } else {
+                zlb_l4_on_event(w, io, events[i].events);
+            }
+        }
+        /* Connections closed during the batch are freed only now, since a
+         * later event of the same batch may still point at them. */
+        zlb_l4_reap(w);
+    }
+    zlb_qsbr_offline(&e->qsbr, w->id);
+
+    while (w->listeners) {
+        zlb_wlistener *wl = w->listeners;
+        w->listeners = wl->next;
+        close_wlistener(wl);
+    }
+    zlb_l4_close_all(w);
+    zlb_l4_pipe_pool_free(w);
+    zlb_timer_heap_free(&w->timers);
+    return NULL;
+}

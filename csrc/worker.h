@@ -1,0 +1,116 @@
+/*
+ * worker.h - internals shared by engine.c (control side), worker.c (the
+ * event loop) and l4.c (the TCP proxy state machine). Not part of the API.
+ */
+#ifndef ZLB_WORKER_H
+#define ZLB_WORKER_H
+
+#include <pthread.h>
+#include "engine.h"
+#include "lb.h"
+#include "qsbr.h"
+#include "timer.h"
+
+/* Every epoll registration points at one of these as its first member, so
+ * the loop can dispatch on `kind`. */
+enum zlb_io_kind { ZLB_IO_WAKE, ZLB_IO_LISTENER, ZLB_IO_DOWN, ZLB_IO_UP };
+typedef struct zlb_io {
+    uint8_t kind;
+} zlb_io;
+
+/* A listener as the engine knows it. Refcounted: the engine's table holds
+ * one reference, each worker socket one, each accepted connection one. */
+typedef struct zlb_listener {
+    _Atomic int64_t refs;
+    _Atomic int64_t active;         /* live connections, all workers */
+    int id;
+    uint16_t bound_port;
+    zlb_listener_opts opts;
+} zlb_listener;
+
+void zlb_listener_unref(zlb_listener *l);
+
+/* One worker's accepting socket of a listener (owned by that worker). */
+typedef struct zlb_wlistener {
+    zlb_io io;
+    int fd;
+    zlb_listener *l;
+    struct zlb_wlistener *next;
+    /* Cluster index cached per snapshot so accept does no name lookup. */
+    const zlb_snapshot *cached_snap;
+    int cached_cluster;
+} zlb_wlistener;
+
+/* Per-worker counters: written by the owning worker only (relaxed atomics so
+ * the control thread can read them without tearing). Mirrors zlb_stats. */
+typedef struct zlb_worker_stats {
+    _Atomic uint64_t c[sizeof(zlb_stats) / sizeof(uint64_t)];
+} zlb_worker_stats;
+
+#define ZLB_STAT(w, field) \
+    (w)->stats.c[offsetof(zlb_stats, field) / sizeof(uint64_t)]
+#define ZLB_STAT_ADD(w, field, v) \
+    atomic_fetch_add_explicit(&ZLB_STAT(w, field), (v), memory_order_relaxed)
+#define ZLB_STAT_SUB(w, field, v) \
+    atomic_fetch_sub_explicit(&ZLB_STAT(w, field), (v), memory_order_relaxed)
+
+enum zlb_cmd_kind { ZLB_CMD_ADD_LISTENER, ZLB_CMD_REMOVE_LISTENER };
+typedef struct zlb_cmd {
+    enum zlb_cmd_kind kind;
+    int fd;                 /* ADD: the socket, ownership passes to the worker */
+    zlb_listener *l;        /* ADD: a reference passes to the worker */
+    int listener_id;        /* REMOVE */
+    struct zlb_cmd *next;
+} zlb_cmd;
+
+typedef struct zlb_worker {
+    zlb_engine *eng;
+    uint32_t id;
+    pthread_t thread;
+    int epfd;
+    zlb_io wake_io;
+    int wake_fd;                 /* eventfd: commands and stop */
+    pthread_mutex_t cmd_lock;    /* protects cmds only (control path) */
+    zlb_cmd *cmds;
+    _Atomic int stop;
+
+    const zlb_snapshot *snap;    /* loaded once per loop iteration */
+    zlb_lb_cache *lb;
+    uint64_t rng;
+    zlb_timer_heap timers;
+    int64_t now_ns;              /* refreshed once per loop iteration */
+    zlb_wlistener *listeners;
+    struct zlb_conn *conns;      /* every open connection of this worker */
+    struct zlb_conn *closed;     /* closed in this batch, freed by zlb_l4_reap */
+
+    int (*pipe_pool)[2];         /* empty pipes kept for reuse */
+    uint32_t n_pipes, cap_pipes;
+
+    zlb_worker_stats stats;
+} zlb_worker;
+
+struct zlb_engine {
+    zlb_engine_opts opts;
+    zlb_worker *workers;
+    zlb_qsbr qsbr;
+    zlb_ep_registry *registry;
+    pthread_mutex_t listeners_lock;   /* control threads only */
+    zlb_listener **listeners;         /* indexed by id, NULL when removed */
+    int n_listeners, cap_listeners;
+    int started;
+};
+
+/* worker.c */
+void *zlb_worker_main(void *arg);
+void zlb_worker_wake(zlb_worker *w);
+
+/* l4.c (worker thread) */
+void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl);
+void zlb_l4_on_event(zlb_worker *w, zlb_io *io, uint32_t events);
+/* Frees connections closed during the last event batch. */
+void zlb_l4_reap(zlb_worker *w);
+/* Closes every connection of the worker (engine shutdown). */
+void zlb_l4_close_all(zlb_worker *w);
+void zlb_l4_pipe_pool_free(zlb_worker *w);
+
+#endif

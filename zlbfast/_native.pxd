@@ -1,0 +1,112 @@
+# The C API of the data plane (csrc/engine.h, csrc/snapshot.h), as Cython sees it.
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+
+cdef extern from "snapshot.h" nogil:
+    ctypedef struct zlb_ep_state:
+        int64_t active
+        uint64_t ewma_ns
+        uint32_t consecutive_failures
+        uint32_t ejections
+        int64_t ejected_until_ns
+        uint8_t active_health
+        uint64_t total_picks
+        uint64_t total_failures
+
+    ctypedef struct zlb_ep_registry:
+        pass
+
+    ctypedef struct zlb_outlier_opts:
+        uint32_t consecutive_failures
+        uint32_t base_ejection_ms
+        uint32_t max_ejection_ms
+        uint32_t max_ejection_percent
+
+    ctypedef struct zlb_cluster_opts:
+        char name[128]
+        char policy[32]
+        uint32_t connect_timeout_ms
+        uint32_t connect_retries
+        uint32_t panic_threshold
+        uint32_t ring_size
+        uint32_t maglev_table_size
+        uint32_t overprovisioning
+        uint32_t ewma_decay_ms
+        zlb_outlier_opts outlier
+
+    ctypedef struct zlb_endpoint:
+        uint32_t weight
+        uint32_t priority
+        uint32_t zone_id
+        uint8_t health
+        zlb_ep_state *state
+        char name[64]
+
+    ctypedef struct zlb_cluster:
+        zlb_cluster_opts opts
+        uint32_t n_endpoints
+        zlb_endpoint *endpoints
+
+    ctypedef struct zlb_snapshot:
+        uint64_t version
+        uint32_t n_zones
+        char **zones
+        uint32_t n_clusters
+        zlb_cluster *clusters
+
+    ctypedef struct zlb_snap_builder:
+        pass
+
+    void zlb_cluster_opts_defaults(zlb_cluster_opts *o)
+    zlb_snap_builder *zlb_snap_builder_new(zlb_ep_registry *reg, const char *local_zone)
+    void zlb_snap_builder_free(zlb_snap_builder *b)
+    int zlb_snap_add_cluster(zlb_snap_builder *b, const zlb_cluster_opts *o, char *err, size_t errlen)
+    int zlb_snap_add_endpoint(zlb_snap_builder *b, int cluster, const char *host, uint16_t port,
+                              uint32_t weight, uint32_t priority, const char *zone, int health,
+                              char *err, size_t errlen)
+    zlb_snapshot *zlb_snap_build(zlb_snap_builder *b, uint64_t version, char *err, size_t errlen)
+    void zlb_snapshot_free(zlb_snapshot *s)
+    int64_t zlb_debug_snapshots_alive()
+
+
+cdef extern from "lb.h" nogil:
+    const char *zlb_lb_names()
+    uint64_t zlb_lb_total_ejections()
+
+
+cdef extern from "engine.h" nogil:
+    ctypedef struct zlb_engine:
+        pass
+
+    ctypedef struct zlb_engine_opts:
+        uint32_t workers
+        uint64_t rng_seed
+
+    ctypedef struct zlb_listener_opts:
+        char name[128]
+        char cluster[128]
+        char host[64]
+        uint16_t port
+        uint32_t max_connections
+        uint32_t idle_timeout_ms
+        int backlog
+
+    ctypedef struct zlb_stats:
+        pass
+
+    zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen)
+    int zlb_engine_start(zlb_engine *e, char *err, size_t errlen)
+    void zlb_engine_free(zlb_engine *e)
+    zlb_ep_registry *zlb_engine_registry(zlb_engine *e)
+    uint32_t zlb_engine_workers(const zlb_engine *e)
+    void zlb_engine_publish(zlb_engine *e, zlb_snapshot *s)
+    const zlb_snapshot *zlb_engine_current(zlb_engine *e)
+    uint64_t zlb_engine_reclaim(zlb_engine *e)
+    int zlb_engine_add_listener(zlb_engine *e, const zlb_listener_opts *o, char *err, size_t errlen)
+    int zlb_engine_listener_port(zlb_engine *e, int id)
+    int64_t zlb_engine_listener_active(zlb_engine *e, int id)
+    int zlb_engine_remove_listener(zlb_engine *e, int id)
+    int zlb_engine_set_active_health(zlb_engine *e, const char *cluster, const char *address, int health)
+    void zlb_engine_stats(zlb_engine *e, zlb_stats *out)
+    int64_t zlb_debug_live_conns()
+    int64_t zlb_debug_live_pipes()

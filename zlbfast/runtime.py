@@ -1,0 +1,158 @@
+"""The runtime: compiles the configuration model into native snapshots and
+listeners, and applies configuration changes without disturbing traffic.
+
+Threading: an Engine is driven from one Python thread (the asyncio thread in
+`zlbfast run`). The C workers never call back into Python.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from zlbfast import _native
+from zlbfast.config import validate
+from zlbfast.model import Cluster, Config, Listener
+
+
+class ApplyError(Exception):
+    """The new configuration could not be installed; the previous one stays active."""
+
+
+@dataclass
+class _InstalledListener:
+    spec: Listener
+    native_id: int
+    port: int
+
+
+def default_workers() -> int:
+    """Workers to run when the config says 0: one per CPU this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def _add_cluster(builder: _native.SnapshotBuilder, cluster: Cluster) -> None:
+    idx = builder.add_cluster(
+        cluster.name,
+        cluster.policy,
+        connect_timeout_ms=cluster.connect_timeout_ms,
+        connect_retries=cluster.connect_retries,
+        panic_threshold=cluster.panic_threshold,
+        ring_size=cluster.ring_size,
+        maglev_table_size=cluster.maglev_table_size,
+        overprovisioning=cluster.overprovisioning,
+        ewma_decay_ms=cluster.ewma_decay_ms,
+        consecutive_failures=cluster.outlier.consecutive_failures,
+        base_ejection_ms=cluster.outlier.base_ejection_time_ms,
+        max_ejection_ms=cluster.outlier.max_ejection_time_ms,
+        max_ejection_percent=cluster.outlier.max_ejection_percent,
+    )
+    for ep in cluster.endpoints:
+        builder.add_endpoint(
+            idx, ep.address, ep.port, weight=ep.weight, priority=ep.priority, zone=ep.zone, health=ep.health
+        )
+
+
+class Engine:
+    """A running data plane: worker threads plus the configuration applied to them."""
+
+    def __init__(self, workers: int = 0, seed: int = 0x5EED) -> None:
+        self.native = _native.NativeEngine(workers or default_workers(), seed)
+        self.config: Config | None = None
+        self._listeners: dict[str, _InstalledListener] = {}
+
+    # -- configuration -------------------------------------------------------
+
+    def _publish(self, cfg: Config) -> None:
+        builder = _native.SnapshotBuilder(self.native, cfg.local_zone)
+        try:
+            for cluster in cfg.clusters:
+                _add_cluster(builder, cluster)
+            self.native.publish(builder)
+        except _native.NativeError as exc:
+            raise ApplyError(f"{cfg.source}: {exc}") from exc
+
+    def apply(self, cfg: Config) -> None:
+        """Installs cfg. Established connections are untouched; on any error
+        the previous configuration stays fully active and ApplyError is raised."""
+        validate(cfg)
+        previous = self.config
+        self._publish(cfg)
+        added: dict[str, _InstalledListener] = {}
+        try:
+            for spec in cfg.listeners:
+                current = self._listeners.get(spec.name)
+                if current is not None and current.spec == spec:
+                    continue
+                # With SO_REUSEPORT the replacement binds next to the old socket,
+                # so a changed listener never stops accepting.
+                lid = self.native.add_listener(
+                    spec.name,
+                    spec.cluster,
+                    spec.address,
+                    spec.port,
+                    max_connections=spec.max_connections,
+                    idle_timeout_ms=spec.idle_timeout_ms,
+                )
+                added[spec.name] = _InstalledListener(spec, lid, self.native.listener_port(lid))
+        except _native.NativeError as exc:
+            for inst in added.values():
+                self.native.remove_listener(inst.native_id)
+            if previous is not None:
+                self._publish(previous)
+            raise ApplyError(f"{cfg.source}: {exc}") from exc
+        wanted = {spec.name for spec in cfg.listeners}
+        for name, inst in list(self._listeners.items()):
+            if name not in wanted or name in added:
+                self.native.remove_listener(inst.native_id)
+                del self._listeners[name]
+        self._listeners.update(added)
+        self.config = cfg
+
+    # -- inspection ----------------------------------------------------------
+
+    def listener_port(self, name: str) -> int:
+        return self._listeners[name].port
+
+    def listener_addresses(self) -> dict[str, tuple[str, int]]:
+        return {name: (inst.spec.address, inst.port) for name, inst in self._listeners.items()}
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.native.stats())
+
+    def endpoints(self) -> dict[str, list[dict[str, object]]]:
+        return dict(self.native.endpoints())
+
+    def active_connections(self) -> int:
+        return int(self.native.stats()["conns_active"])
+
+    # -- shutdown --------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        """Closes every listener; open connections continue."""
+        for inst in self._listeners.values():
+            self.native.remove_listener(inst.native_id)
+        self._listeners.clear()
+
+    def wait_idle(self, timeout_s: float, poll_s: float = 0.05) -> bool:
+        """Blocks until no connection is open or the deadline passes; True when idle."""
+        deadline = time.monotonic() + timeout_s
+        while self.active_connections() > 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
+        return True
+
+    def close(self) -> None:
+        """Stops workers; connections still open are reset."""
+        self.native.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
