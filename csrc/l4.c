@@ -333,7 +333,6 @@ static void try_connect(zlb_conn *c)
         c->ep_state = ep->state;
         zlb_ep_state_ref(ep->state);
         atomic_fetch_add_explicit(&ep->state->active, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&ep->state->total_picks, 1, memory_order_relaxed);
         c->connect_start_ns = w->now_ns;
 
         c->up_fd = socket(ep->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

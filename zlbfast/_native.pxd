@@ -2,6 +2,10 @@
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
+cdef extern from "zlb_common.h" nogil:
+    void zlb_strlcpy(char *dst, const char *src, size_t dst_size)
+
+
 cdef extern from "snapshot.h" nogil:
     ctypedef struct zlb_ep_state:
         int64_t active

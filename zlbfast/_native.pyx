@@ -61,10 +61,8 @@ cdef class SnapshotBuilder:
         cdef zlb_cluster_opts o
         cdef char err[512]
         zlb_cluster_opts_defaults(&o)
-        nb = _b(name, 128)
-        pb = _b(policy, 32)
-        o.name[:len(nb) + 1] = nb + b"\0"
-        o.policy[:len(pb) + 1] = pb + b"\0"
+        zlb_strlcpy(o.name, _b(name, 128), sizeof(o.name))
+        zlb_strlcpy(o.policy, _b(policy, 32), sizeof(o.policy))
         o.connect_timeout_ms = connect_timeout_ms
         o.connect_retries = connect_retries
         o.panic_threshold = panic_threshold
@@ -149,12 +147,9 @@ cdef class NativeEngine:
         cdef zlb_listener_opts o
         cdef char err[512]
         memset(&o, 0, sizeof(o))
-        nb = _b(name, 128)
-        cb = _b(cluster, 128)
-        hb = _b(host, 64)
-        o.name[:len(nb)] = nb
-        o.cluster[:len(cb)] = cb
-        o.host[:len(hb)] = hb
+        zlb_strlcpy(o.name, _b(name, 128), sizeof(o.name))
+        zlb_strlcpy(o.cluster, _b(cluster, 128), sizeof(o.cluster))
+        zlb_strlcpy(o.host, _b(host, 64), sizeof(o.host))
         o.port = port
         o.max_connections = max_connections
         o.idle_timeout_ms = idle_timeout_ms
@@ -186,13 +181,13 @@ cdef class NativeEngine:
     def endpoints(self):
         """Live state of every endpoint of the current snapshot, per cluster."""
         cdef const zlb_snapshot *s = zlb_engine_current(self._live())
-        cdef const zlb_cluster *c
-        cdef const zlb_endpoint *ep
+        cdef zlb_cluster *c
+        cdef zlb_endpoint *ep
         out = {}
         if s == NULL:
             return out
         for i in range(s.n_clusters):
-            c = &s.clusters[i]
+            c = <zlb_cluster *>&s.clusters[i]
             eps = []
             for j in range(c.n_endpoints):
                 ep = &c.endpoints[j]
