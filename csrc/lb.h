@@ -37,11 +37,15 @@ typedef struct zlb_pick_ctx {
 typedef struct zlb_lb_ops {
     const char *name;
     /* Control thread, while the snapshot is built. May leave lb_data NULL.
-     * Returns 0, or -1 with a message in err. */
+     * Returns 0, or -1 with a message in err. build may be a NULL pointer
+     * when the policy precomputes nothing; destroy is only called when
+     * lb_data is non-NULL. */
     int (*build)(zlb_prio *p, const zlb_cluster_opts *o, char *err, size_t errlen);
     void (*destroy)(zlb_prio *p);
-    /* Worker thread: per-subset mutable state (may return NULL when the
-     * policy keeps none). Called once after the subset is filled in. */
+    /* Worker thread: per-subset mutable state. Called once after the
+     * subset is filled in, only for non-empty subsets. A policy that keeps
+     * no per-subset state leaves subset_init and subset_free NULL; one that
+     * has them returns NULL only when out of memory. */
     void *(*subset_init)(const zlb_prio *p, const zlb_subset *s);
     void (*subset_free)(void *scratch);
     /* Worker thread: returns an index into p->eps that is a member of s, or
@@ -91,5 +95,15 @@ int zlb_lb_endpoint_available(const zlb_endpoint *ep, int64_t now_ns);
 
 /* Test hook: counts ejections performed since start (all clusters). */
 uint64_t zlb_lb_total_ejections(void);
+
+/* ---- helpers for the policy files (defined in lb.c) ------------------ */
+
+/* ops->destroy for policies whose lb_data is a single malloc'ed block. */
+void zlb_lb_free_data(zlb_prio *p);
+/* Power of two choices over the members of s: two distinct random members
+ * (when s has two), the lower cost wins, equal costs are broken at random.
+ * -1 when s is empty. Worker thread; never allocates. */
+int32_t zlb_lb_p2c(const zlb_prio *p, const zlb_subset *s, zlb_pick_ctx *ctx,
+                   double (*cost)(const zlb_endpoint *ep));
 
 #endif
