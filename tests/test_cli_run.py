@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netutil import Backend, connect, free_port, label_handler, read_label, wait_for
+from tests.netutil import Backend, connect, free_port, read_label, wait_for
 
 
 class ProxyProcess:
