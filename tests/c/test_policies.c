@@ -260,19 +260,26 @@ static void test_maglev_weighted(void)
     ZT_CHECKF(chi < CHI2_DF3_P001, "chi2 %.2f counts %u %u %u %u", chi, counts[0], counts[1], counts[2], counts[3]);
 }
 
+/* Every test gets its own registry so that no endpoint state (active
+ * counts, EWMA, health) leaks from one test into the next. */
+#define RUN(fn)                                  \
+    do {                                         \
+        reg = zlb_ep_registry_new();             \
+        ZT_RUN(fn);                              \
+        zlb_ep_registry_free(reg);               \
+    } while (0)
+
 int main(void)
 {
-    reg = zlb_ep_registry_new();
-    ZT_RUN(test_round_robin_exact);
-    ZT_RUN(test_weighted_smooth);
-    ZT_RUN(test_random_weighted);
-    ZT_RUN(test_random_uniform);
-    ZT_RUN(test_least_request);
-    ZT_RUN(test_least_request_weight_aware);
-    ZT_RUN(test_peak_ewma);
-    ZT_RUN(test_ring_hash);
-    ZT_RUN(test_maglev);
-    ZT_RUN(test_maglev_weighted);
-    zlb_ep_registry_free(reg);
+    RUN(test_round_robin_exact);
+    RUN(test_weighted_smooth);
+    RUN(test_random_weighted);
+    RUN(test_random_uniform);
+    RUN(test_least_request);
+    RUN(test_least_request_weight_aware);
+    RUN(test_peak_ewma);
+    RUN(test_ring_hash);
+    RUN(test_maglev);
+    RUN(test_maglev_weighted);
     return zt_summary();
 }
