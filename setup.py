@@ -13,7 +13,7 @@ from setuptools import Extension, setup
 
 debug = os.environ.get("ZLBFAST_DEBUG") == "1"
 c_sources = sorted(glob.glob("csrc/*.c"))
-extra_compile = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
+extra_compile = ["-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"]
 extra_compile += ["-O0", "-g"] if debug else ["-O2"]
 
 ext = Extension(
