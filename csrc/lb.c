@@ -33,7 +33,9 @@
  *    order is taken. When the chosen set has no other member, the level's
  *    whole available set, then the other levels, then (in panic) the first
  *    level's endpoints are tried; `exclude` comes back only when nothing
- *    else is available.
+ *    else is available. `exclude` is compared by pointer, so it must be an
+ *    endpoint of the same snapshot (a retry after a snapshot swap may
+ *    therefore land on the same address again).
  *  Outlier ejection: see zlb_lb_report().
  *
  * Per-worker cache

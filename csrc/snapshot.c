@@ -309,6 +309,12 @@ void zlb_snap_builder_free(zlb_snap_builder *b)
  * (ring_size, maglev_table_size) are checked by ops->build. */
 int zlb_snap_add_cluster(zlb_snap_builder *b, const zlb_cluster_opts *o, char *err, size_t errlen)
 {
+    /* Fixed-size fields filled by foreign code: never read past them. */
+    if (!memchr(o->name, 0, sizeof(o->name)) || !memchr(o->policy, 0, sizeof(o->policy))) {
+        set_err(err, errlen, "cluster name or policy longer than %zu/%zu bytes", sizeof(o->name) - 1,
+                sizeof(o->policy) - 1);
+        return -1;
+    }
     if (!o->name[0]) {
         set_err(err, errlen, "cluster with an empty name");
         return -1;
@@ -341,7 +347,6 @@ int zlb_snap_add_cluster(zlb_snap_builder *b, const zlb_cluster_opts *o, char *e
     bcluster *bc = &b->clusters[b->n_clusters];
     memset(bc, 0, sizeof(*bc));
     bc->opts = *o;
-    bc->opts.name[ZLB_NAME_MAX - 1] = '\0';
     zlb_strlcpy(bc->opts.policy, policy, sizeof(bc->opts.policy));
     bc->lb = lb;
     return (int)b->n_clusters++;

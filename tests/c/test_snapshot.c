@@ -64,6 +64,18 @@ static void test_builder_errors(void)
     ZT_CHECK(build_fails("", 65537, "10.0.0.1", 80, 0, 0, "endpoint '10.0.0.1:80': weight"));
     ZT_CHECK(build_fails("", 65537, "10.0.0.1", 0, 1, 0, "port 0"));
     ZT_CHECK(build_fails("", 65537, "10.0.0.1", 80, 1, 7, "bad health 7"));
+    {
+        zlb_ep_registry *r = zlb_ep_registry_new();
+        zlb_snap_builder *b = zlb_snap_builder_new(r, NULL);
+        zlb_cluster_opts o;
+        zlb_cluster_opts_defaults(&o);
+        memset(o.name, 'x', sizeof(o.name)); /* no terminator */
+        char err[256] = "";
+        int rc = zlb_snap_add_cluster(b, &o, err, sizeof(err));
+        zlb_snap_builder_free(b);
+        zlb_ep_registry_free(r);
+        ZT_CHECK(rc == -1 && strstr(err, "longer than 127"));
+    }
     ZT_CHECK(build_fails("maglev", 65536, "10.0.0.1", 80, 1, 0, "cluster 'web' (priority 0): maglev_table_size 65536 is not prime"));
 
     /* Duplicate cluster and duplicate endpoint (same address spelled
