@@ -22,6 +22,7 @@ import functools
 import ipaddress
 import os
 import re
+import weakref
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -316,7 +317,18 @@ def parse_config(data: object, source: str) -> Config:
         "a mapping with the keys 'listeners' and 'clusters' at the top level",
     )
     validate(cfg)
+    _check_complete(cfg)
     return cfg
+
+
+def _check_complete(cfg: Config) -> None:
+    """A file or command line must describe a proxy that can run on its own. The model allows empty sets
+    because a control plane (zlbfast.xds) delivers clusters before listeners and may empty a cluster."""
+    if not cfg.listeners:
+        _fail(cfg.source, "listeners", "at least one listener is required")
+    for i, cluster in enumerate(cfg.clusters):
+        if not cluster.endpoints:
+            _fail(cfg.source, f"clusters[{i}].endpoints", "at least one endpoint is required")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -453,6 +465,31 @@ def _validate_outlier(outlier: OutlierDetection, path: str, source: str) -> None
     _check_range(outlier.max_ejection_percent, 0, 100, f"{path}.max_ejection_percent", source)
 
 
+# Clusters and endpoints that passed validation, by identity (the rules do not depend on path or source). An
+# xDS update replaces one cluster, or some endpoints of one, among thousands, and Engine.apply validates the
+# whole config; the unchanged parts are the very same frozen objects, and judging them again would cost about
+# 5 us per endpoint on every update.
+_VALIDATED: dict[int, weakref.ref[Any]] = {}
+
+
+def _validated_once(check: Callable[[T, str, str], None]) -> Callable[[T, str, str], None]:
+    def run(obj: T, path: str, source: str) -> None:
+        key = id(obj)
+        ref = _VALIDATED.get(key)
+        if ref is not None and ref() is obj:
+            return
+        check(obj, path, source)
+        # The callback runs while the object is being freed, before its id can be reused.
+        _VALIDATED[key] = weakref.ref(obj, lambda _ref: _VALIDATED.pop(key, None))
+
+    return run
+
+
+# Parsed addresses for the duplicate check, which runs on every validation of a cluster; xDS updates repeat
+# the same addresses.
+_ip = functools.lru_cache(maxsize=1 << 16)(ipaddress.ip_address)
+
+
 def _validate_endpoint(endpoint: Endpoint, path: str, source: str) -> None:
     _check_address(endpoint.address, endpoint.port, f"{path}.address", source, listening=False)
     _check_range(endpoint.weight, 1, MAX_WEIGHT, f"{path}.weight", source)
@@ -477,14 +514,12 @@ def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
     _check_duration(cluster.ewma_decay_ms, f"{path}.ewma_decay", source)
     _validate_outlier(cluster.outlier, f"{path}.outlier_detection", source)
 
-    if not cluster.endpoints:
-        _fail(source, f"{path}.endpoints", "at least one endpoint is required")
     seen: set[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = set()
     for i, endpoint in enumerate(cluster.endpoints):
         endpoint_path = f"{path}.endpoints[{i}]"
-        _validate_endpoint(endpoint, endpoint_path, source)
+        _validate_endpoint_once(endpoint, endpoint_path, source)
         # Compared as IP objects so that "::1" and "0::1" built in code are still caught.
-        key = (ipaddress.ip_address(endpoint.address), endpoint.port)
+        key = (_ip(endpoint.address), endpoint.port)
         if key in seen:
             shown = _format_hostport(endpoint.address, endpoint.port)
             _fail(
@@ -492,7 +527,7 @@ def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
             )
         seen.add(key)
 
-    if cluster.policy == "maglev":
+    if cluster.policy == "maglev" and cluster.endpoints:
         # The table is built per priority level; with fewer slots than endpoints some get no traffic at all.
         priority, count = collections.Counter(e.priority for e in cluster.endpoints).most_common(1)[0]
         if count > cluster.maglev_table_size:
@@ -501,6 +536,10 @@ def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
                 size_path,
                 f"{cluster.maglev_table_size} slots cannot hold the {count} endpoints of priority {priority}",
             )
+
+
+_validate_endpoint_once = _validated_once(_validate_endpoint)
+_validate_cluster_once = _validated_once(_validate_cluster)
 
 
 def _validate_listener(listener: Listener, path: str, source: str, clusters: list[str]) -> None:
@@ -527,8 +566,6 @@ def validate(cfg: Config) -> None:
     # 0 is meaningful here: close remaining connections at once.
     _check_duration(cfg.drain_timeout_ms, "drain_timeout", source, minimum_ms=0)
 
-    if not cfg.listeners:
-        _fail(source, "listeners", "at least one listener is required")
     cluster_names = [cluster.name for cluster in cfg.clusters]
     names: dict[str, str] = {}
     bound: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], str] = {}
@@ -551,7 +588,7 @@ def validate(cfg: Config) -> None:
     seen_clusters: dict[str, str] = {}
     for i, cluster in enumerate(cfg.clusters):
         path = f"clusters[{i}]"
-        _validate_cluster(cluster, path, source)
+        _validate_cluster_once(cluster, path, source)
         first = seen_clusters.setdefault(cluster.name, path)
         if first != path:
             _fail(source, f"{path}.name", f"duplicate cluster name {cluster.name!r} (first used by {first})")
