@@ -143,3 +143,24 @@ def plot(path: str, doc: dict[str, Any]) -> None:
 
 def print_table(doc: dict[str, Any]) -> None:
     print(table(doc), file=sys.stdout, flush=True)
+
+
+def topology_table(cases: list[dict[str, Any]]) -> str:
+    head = ("topology", "proxies", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "CPU s/1k req")
+    rows, notes = [], []
+    for c in cases:
+        if c["status"] != "ok":
+            notes.append(f"{c['name']}: {c['status']}: {c['reason']}")
+            rows.append((c["name"], c["status"], *["-"] * (len(head) - 2)))
+            continue
+        lat = c["latency_ms"]
+        rows.append((c["name"], str(c["proxies"]), f"{c['rps']:,.0f}", f"{lat['p50']:.3f}", f"{lat['p99']:.3f}",
+                     f"{lat['p99_9']:.3f}", str(sum(c["errors"].values())),
+                     _num(c["cpu_s_per_1k_requests"], ".3f")))
+    delay = next((c.get("network_delay") for c in cases if c["status"] == "ok"), None)
+    notes.append(f"host-to-host delay: {delay or 'none (netem unavailable)'}")
+    widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
+    lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in (head, *rows)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(["", *lines, *notes])

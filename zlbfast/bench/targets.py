@@ -134,7 +134,7 @@ class Target:
 # ---- command and config builders --------------------------------------------
 
 
-def _zlbfast_argv(workers: int) -> Callable[[Addr, Sequence[Addr], str], list[str]]:
+def zlbfast_argv(workers: int) -> Callable[[Addr, Sequence[Addr], str], list[str]]:
     def argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
         cmd = [sys.executable, "-m", "zlbfast", "proxy", "--from", fmt(listen)]
         for b in backends:
@@ -248,7 +248,7 @@ def check_peer(name: str) -> None:
 
 def make_targets(compare: Sequence[str], proxy_workers: int) -> list[Target]:
     """direct, zlbfast, then the peers in the order asked."""
-    out = [Target("direct", "baseline"), Target("zlbfast", "zlbfast", _zlbfast_argv(proxy_workers))]
+    out = [Target("direct", "baseline"), Target("zlbfast", "zlbfast", zlbfast_argv(proxy_workers))]
     builders = {"haproxy": _haproxy_argv, "nginx": _nginx_argv, "envoy": _envoy_argv}
     for name in compare:
         out.append(Target(name, "peer", builders[name]))
