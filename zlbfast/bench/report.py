@@ -82,6 +82,15 @@ def _num(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _grid(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Aligned text columns: the first left-aligned, numbers right-aligned."""
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in (head, *rows)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
 def table(doc: dict[str, Any]) -> str:
     head = ("target", "req/s", "x direct", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors",
             "CPU s/1k req", "peak RSS MiB")
@@ -100,11 +109,7 @@ def table(doc: dict[str, Any]) -> str:
             str(sum(t["errors"].values())), _num(t["cpu_s_per_1k_requests"], ".3f"),
             "-" if rss is None else f"{rss / 1024:.1f}",
         ))
-    widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
-    lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in (head, *rows)]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines + notes)
+    return "\n".join([*_grid(head, rows), *notes])
 
 
 def plot(path: str, doc: dict[str, Any]) -> None:
@@ -159,8 +164,4 @@ def topology_table(cases: list[dict[str, Any]]) -> str:
                      _num(c["cpu_s_per_1k_requests"], ".3f")))
     delay = next((c.get("network_delay") for c in cases if c["status"] == "ok"), None)
     notes.append(f"host-to-host delay: {delay or 'none (netem unavailable)'}")
-    widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
-    lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in (head, *rows)]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(["", *lines, *notes])
+    return "\n".join(["", *_grid(head, rows), *notes])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from zlbfast._native import BuiltinBackend, Histogram, LoadResult, run_load
 from zlbfast.bench import procstat
@@ -76,9 +77,9 @@ class TargetResult:
         self.status, self.reason = "failed", reason
 
 
-def load_kwargs(cfg: BenchConfig) -> dict[str, object]:
+def load_kwargs(cfg: BenchConfig) -> dict[str, Any]:
     """run_load() keywords for the scenario (the address comes separately)."""
-    common: dict[str, object] = {"threads": cfg.threads, "connections": cfg.connections,
+    common: dict[str, Any] = {"threads": cfg.threads, "connections": cfg.connections,
                                  "rate": cfg.rate, "timeout": cfg.timeout}
     if cfg.scenario == "tcp":
         return {**common, "mode": "tcp", "tcp_size": cfg.tcp_size}
@@ -106,7 +107,7 @@ def measure(target: Target, addr: Addr, cfg: BenchConfig, seconds: float) -> tup
     """One load run against addr; returns it and the target's CPU seconds."""
     pid = target.pid
     cpu0 = procstat.cpu_seconds(pid) if pid else None
-    r = run_load(addr[0], addr[1], duration=seconds, **load_kwargs(cfg))  # type: ignore[arg-type]
+    r = run_load(addr[0], addr[1], duration=seconds, **load_kwargs(cfg))
     cpu = procstat.cpu_seconds(pid) - cpu0 if pid and cpu0 is not None else None
     return r, cpu
 
