@@ -20,7 +20,7 @@ ext = Extension(
     "zlbfast._native",
     sources=["zlbfast/_native.pyx", *c_sources],
     include_dirs=["csrc"],
-    libraries=["ssl", "crypto", "pthread"],
+    libraries=["ssl", "crypto", "pthread", "m"],
     extra_compile_args=extra_compile,
     depends=sorted(glob.glob("csrc/*.h")) + sorted(glob.glob("zlbfast/*.pxd")) + sorted(glob.glob("zlbfast/*.pxi")),
 )

@@ -112,10 +112,12 @@ def test_hash_policies_are_sticky_and_remap_a_fifth(backends, engine_factory, po
     eng.apply(make_config(bs, policy))
     after = {src: read_label(port, src) for src in sources}
     moved = sum(1 for s in sources if after[s] != before[s])
-    # Ideal is 1/5; consistent hashing must not move more than 1/4 of the keys,
-    # and every moved key must have moved to the new endpoint.
+    # Ideal is 1/5; consistent hashing must not move more than 1/4 of the keys.
+    # Moved keys go to the new endpoint: all of them on a ketama ring; Maglev
+    # trades a little extra disruption for balance, so allow a few there.
     assert 0.10 * len(sources) <= moved <= 0.25 * len(sources), moved
-    assert all(after[s] == "b4" for s in sources if after[s] != before[s])
+    to_others = sum(1 for s in sources if after[s] != before[s] and after[s] != "b4")
+    assert to_others <= (0 if policy == "ring_hash" else 0.05 * len(sources)), (moved, to_others)
 
 
 def test_killed_backend_is_ejected_and_clients_never_fail(backends, engine_factory):
