@@ -694,24 +694,33 @@ static int build_request(const zlb_lg_config *cfg, char **out, size_t *len)
     return 0;
 }
 
+int zlb_lg_sockaddr(const char *host, uint16_t port, struct sockaddr_storage *ss, unsigned *len)
+{
+    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+    memset(ss, 0, sizeof *ss);
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(port);
+        *len = sizeof *a4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(port);
+        *len = sizeof *a6;
+        return 0;
+    }
+    return -1;
+}
+
 static int check_config(const zlb_lg_config *cfg, lg_shared *sh, char *err, size_t errlen)
 {
     const char *why = NULL;
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&sh->addr;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&sh->addr;
-    memset(&sh->addr, 0, sizeof sh->addr);
-    if (inet_pton(AF_INET, cfg->host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons(cfg->port);
-        sh->addrlen = sizeof *a4;
-    } else if (inet_pton(AF_INET6, cfg->host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons(cfg->port);
-        sh->addrlen = sizeof *a6;
-    } else {
+    unsigned alen = 0;
+    if (zlb_lg_sockaddr(cfg->host, cfg->port, &sh->addr, &alen) < 0)
         why = "host must be a numeric IPv4 or IPv6 address";
-    }
-    if (cfg->port == 0)
+    else if (cfg->port == 0)
         why = "port must be set";
     else if (cfg->mode != ZLB_LG_HTTP && cfg->mode != ZLB_LG_TCP)
         why = "mode must be http or tcp";
@@ -729,6 +738,7 @@ static int check_config(const zlb_lg_config *cfg, lg_shared *sh, char *err, size
         why = "tcp_size must be >= 1";
     else if (cfg->mode == ZLB_LG_HTTP && (cfg->path[0] != '/' || strpbrk(cfg->path, " \r\n")))
         why = "path must start with / and hold no spaces or line breaks";
+    sh->addrlen = (socklen_t)alen;
     if (why)
         snprintf(err, errlen, "%s", why);
     return why ? -1 : 0;

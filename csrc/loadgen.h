@@ -21,6 +21,8 @@
  * latency recorded) or as one error of kind connect/reset/timeout/protocol.
  * bad_status counts responses (already in requests) whose status is outside
  * 200..399. With max_requests and no errors, requests == max_requests.
+ * When duration_ns ends the run, requests still in flight are abandoned:
+ * neither responses nor errors (as in wrk).
  */
 #ifndef ZLB_LOADGEN_H
 #define ZLB_LOADGEN_H
@@ -76,6 +78,13 @@ typedef struct zlb_lg_result {
     uint64_t labels_missing;      /* responses without the label header */
     zlb_lg_label labels[ZLB_LG_LABELS];
 } zlb_lg_result;
+
+struct sockaddr_storage;
+
+/* Parse a numeric IPv4/IPv6 address and port into *ss, setting *len.
+ * Returns 0, or -1 when host is not numeric. Pure; shared with the test
+ * backends (testbackend.c). */
+int zlb_lg_sockaddr(const char *host, uint16_t port, struct sockaddr_storage *ss, unsigned *len);
 
 /* Fill cfg with defaults: 127.0.0.1, HTTP, 1 thread, 64 connections,
  * closed loop, 10 s, timeout 5 s, path "/", tcp_size 64. */

@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "loadgen.h" /* zlb_lg_sockaddr */
 #include "zlb_common.h"
 
 #define IN_MAX 16384      /* per-connection input: a request head must fit */
@@ -396,22 +397,12 @@ static int build_response(struct zlb_tb *tb)
 static int open_listener(struct zlb_tb *tb, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
-    socklen_t sl;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, tb->cfg.host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons(tb->cfg.port);
-        sl = sizeof *a4;
-    } else if (inet_pton(AF_INET6, tb->cfg.host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons(tb->cfg.port);
-        sl = sizeof *a6;
-    } else {
+    unsigned alen;
+    if (zlb_lg_sockaddr(tb->cfg.host, tb->cfg.port, &ss, &alen) < 0) {
         snprintf(err, errlen, "host must be a numeric IPv4 or IPv6 address: %s", tb->cfg.host);
         return -1;
     }
+    socklen_t sl = (socklen_t)alen;
     tb->lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (tb->lfd < 0 || setsockopt(tb->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
@@ -420,7 +411,8 @@ static int open_listener(struct zlb_tb *tb, char *err, size_t errlen)
         snprintf(err, errlen, "cannot listen on %s:%u: %s", tb->cfg.host, tb->cfg.port, strerror(errno));
         return -1;
     }
-    tb->port = ntohs(ss.ss_family == AF_INET ? a4->sin_port : a6->sin6_port);
+    tb->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                             : ((struct sockaddr_in6 *)&ss)->sin6_port);
     return 0;
 }
 
