@@ -81,6 +81,7 @@ typedef struct zlb_h1_parser {
     int state;
     uint32_t cl_count;
     uint32_t te_seen;
+    uint32_t hdr_bits;           /* Connection tokens, Upgrade, Expect, Host seen so far */
 } zlb_h1_parser;
 
 /* Prepares a parser for one message head. limits may be NULL (defaults). */
@@ -118,12 +119,13 @@ typedef struct zlb_h1_chunked {
     uint32_t max_line;           /* chunk-size line and trailer line limit (default 4096) */
     uint32_t trailer_bytes;      /* total trailer bytes so far */
     uint32_t max_trailers;       /* limit for the trailer section (default 8192) */
+    const char *error;           /* after ZLB_H1_CHUNK_ERROR: static string saying what was wrong */
 } zlb_h1_chunked;
 
 void zlb_h1_chunked_init(zlb_h1_chunked *c);
 
 #define ZLB_H1_CHUNK_DONE 2      /* last-chunk and trailer section consumed */
-#define ZLB_H1_CHUNK_DATA 1      /* *data_off/*data_len: a piece of payload inside buf */
+#define ZLB_H1_CHUNK_DATA 1      /* *data_off, *data_len: a piece of payload inside buf */
 #define ZLB_H1_CHUNK_AGAIN 0     /* everything consumed, need more bytes */
 #define ZLB_H1_CHUNK_ERROR (-1)  /* invalid chunk framing */
 
