@@ -1,0 +1,177 @@
+"""A test ADS server drives an in-process zlbfast (real Engine, real TCP traffic) through initial
+CDS/EDS/LDS, endpoint changes under load, a NACKed resource, RDS, cluster removal and delta subscriptions."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from envoy.config.route.v3 import route_pb2
+from google.protobuf import json_format
+
+from tests.netutil import free_port, read_label, wait_for
+from tests.xds.adsserver import AdsServer
+from tests.xds.envoy_res import assignment, eds_cluster, tcp_listener
+from zlbfast.xds import resources as r
+
+
+def no_backend(port: int) -> bool:
+    """The proxy accepted and then closed or reset the connection without reaching a backend."""
+    try:
+        return read_label(port) == ""
+    except ConnectionResetError:
+        return True
+
+
+def labels_seen(port: int, n: int) -> set[str]:
+    return {read_label(port) for _ in range(n)}
+
+
+class Load:
+    """Connections through the proxy in a thread until stopped (bounded: at most 20 000 connections or 60 s),
+    counting those that got no backend label."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ok = 0
+        self.failed: list[str] = []
+        self.labels: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 60
+        for _ in range(20_000):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                return
+            try:
+                label = read_label(self.port)
+            except OSError as exc:
+                self.failed.append(repr(exc))
+                continue
+            if label:
+                self.ok += 1
+                self.labels.append(label)
+            else:
+                self.failed.append("closed without a label")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def serve_basic(server: AdsServer, backends: list, port: int) -> None:
+    server.set(r.CLUSTER, {"a": eds_cluster("a")})
+    server.set(r.ENDPOINT, {"a": assignment("a", [(b.host, b.port) for b in backends])})
+    server.set(r.LISTENER, {"l": tcp_listener("l", port, "a")})
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_ads_lifecycle(ads_server, agent_factory, backends, delta):
+    b = backends(4)
+    port = free_port()
+    serve_basic(ads_server, b[:2], port)
+    agent = agent_factory(ads_server, delta=delta)
+
+    # Initial CDS -> EDS -> LDS: the listener appears once its cluster has endpoints.
+    wait_for(lambda: agent.has_listener("l"), what="listener from LDS")
+    assert labels_seen(port, 20) == {"b0", "b1"}
+    st = agent.state()
+    assert st["connected"] and not st["serving_from_cache"] and st["nacks"] == 0
+    assert st["last_version"]["Cluster"] == "1"
+
+    # Endpoint changes under load: no connection fails while b0 goes and b2 comes.
+    load = Load(port)
+    try:
+        wait_for(lambda: load.ok > 50, what="traffic before the change")
+        ads_server.set(r.ENDPOINT, {"a": assignment("a", [(b[1].host, b[1].port), (b[2].host, b[2].port)])})
+        ads_server.wait_ack(r.ENDPOINT)
+        mark = len(load.labels)
+        wait_for(lambda: len(load.labels) > mark + 50, what="traffic after the change")
+    finally:
+        load.stop()
+    assert load.failed == []
+    # The one client thread may have had one connection in flight across the update.
+    assert set(load.labels[mark + 1:]) == {"b1", "b2"}
+
+    # A bad resource is NACKed with a message naming resource and field; the old config keeps serving.
+    bad = eds_cluster("a", policy="CLUSTER_PROVIDED")
+    ads_server.set(r.CLUSTER, {"a": bad})
+    wait_for(lambda: ads_server.nacks(r.CLUSTER), what="NACK of the bad cluster")
+    assert "Cluster 'a': lb_policy: CLUSTER_PROVIDED is not supported" in ads_server.nacks(r.CLUSTER)[0]
+    st = agent.state()
+    assert st["nacks"] == 1 and st["last_version"]["Cluster"] == "1"
+    assert labels_seen(port, 10) == {"b1", "b2"}
+    if not delta:  # the NACK carries the last accepted version
+        nack = [x for x in ads_server.recorded(type_url=r.CLUSTER) if x.nack][0]
+        assert nack.request.version_info == "1"
+
+    # A listener with http_connection_manager is refused with a clear message.
+    hcm = json_format.ParseDict({
+        "name": "web", "address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                     ".HttpConnectionManager", "stat_prefix": "web", "rds": {"route_config_name": "r1",
+                     "config_source": {"ads": {}}}}}]}]}, type(tcp_listener("x", 1, "a"))())
+    ads_server.set(r.LISTENER, {"l": tcp_listener("l", port, "a"), "web": hcm})
+    wait_for(lambda: ads_server.nacks(r.LISTENER), what="NACK of the HTTP listener")
+    assert "Listener 'web': filter_chains[0].filters[0]: http_connection_manager is not supported" in \
+        ads_server.nacks(r.LISTENER)[0]
+
+    # Fix the cluster, add a second cluster and listener (delta: a new EDS subscription), then remove them.
+    port_c = free_port()
+    ads_server.set(r.ENDPOINT, {"a": assignment("a", [(b[1].host, b[1].port), (b[2].host, b[2].port)]),
+                                "c": assignment("c", [(b[3].host, b[3].port)])})
+    ads_server.set(r.CLUSTER, {"a": eds_cluster("a"), "c": eds_cluster("c", policy="LEAST_REQUEST")})
+    ads_server.set(r.LISTENER, {"l": tcp_listener("l", port, "a"), "lc": tcp_listener("lc", port_c, "c")})
+    wait_for(lambda: agent.has_listener("lc"), what="second listener")
+    assert labels_seen(port_c, 5) == {"b3"}
+    ads_server.set(r.LISTENER, {"l": tcp_listener("l", port, "a")})
+    ads_server.set(r.CLUSTER, {"a": eds_cluster("a")})
+    wait_for(lambda: not agent.has_listener("lc"), what="listener removal")
+    ads_server.wait_ack(r.CLUSTER)
+    engine = agent.engine
+    wait_for(lambda: set(agent.call(engine.endpoints)) == {"a"}, what="cluster removal in the engine")
+    assert labels_seen(port, 10) == {"b1", "b2"}
+
+    eds_requests = [x.request for x in ads_server.recorded(type_url=r.ENDPOINT) if not x.request.response_nonce
+                    or not delta]
+    if delta:
+        subscribed = [n for q in eds_requests for n in q.resource_names_subscribe]
+        unsubscribed = [n for q in eds_requests for n in q.resource_names_unsubscribe]
+        assert subscribed == ["a", "c"] and unsubscribed == ["c"]
+    else:
+        assert [sorted(q.resource_names) for q in eds_requests if not q.response_nonce] == [["a"]]
+        assert ["a", "c"] in [sorted(q.resource_names) for q in eds_requests]
+        assert sorted(eds_requests[-1].resource_names) == ["a"]
+
+
+def test_route_configuration_is_translated(ads_server, agent_factory):
+    agent = agent_factory(ads_server)
+    ads_server.set(r.ROUTE, {"r1": json_format.ParseDict({"name": "r1", "virtual_hosts": [
+        {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/api"}, "route": {"cluster": "api"}}]}]},
+        route_pb2.RouteConfiguration())})
+    ads = agent.agent.ads
+    agent.call(lambda: ads.subscribe(r.ROUTE, {"r1"}))
+    wait_for(lambda: "r1" in agent.call(lambda: dict(agent.agent.pipeline.routes)), what="RDS")
+    table = agent.call(lambda: agent.agent.pipeline.routes["r1"])
+    assert table == r.RouteTable("r1", (r.VirtualHost("all", ("*",), (r.Route("prefix", "/api", "api"),)),))
+
+
+def test_cluster_warming_and_initial_fetch_timeout(ads_server, agent_factory, backends):
+    """An EDS cluster is not installed before its endpoints arrive; after initial_fetch_timeout it is
+    installed empty (connections to it fail fast) and its listener comes up."""
+    (b0,) = backends(1)
+    port = free_port()
+    ads_server.set(r.CLUSTER, {"w": eds_cluster("w")})
+    ads_server.set(r.LISTENER, {"lw": tcp_listener("lw", port, "w")})
+    agent = agent_factory(ads_server, fetch_timeout="1s")
+    wait_for(lambda: agent.state()["last_version"].get("Cluster") == "1", what="CDS")
+    assert agent.state()["warming_clusters"] == ["w"]
+    assert not agent.has_listener("lw")
+    wait_for(lambda: agent.has_listener("lw"), what="listener after the initial fetch timeout")
+    assert no_backend(port)
+    ads_server.set(r.ENDPOINT, {"w": assignment("w", [(b0.host, b0.port)])})
+    wait_for(lambda: read_label(port) == "b0", what="endpoints after warming")

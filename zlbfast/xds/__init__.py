@@ -1,0 +1,8 @@
+"""xDS for zlbfast: Envoy v3 bootstraps, ADS (state-of-the-world and delta) over gRPC, REST-JSON polling and
+watched files, all feeding one pipeline that installs zlbfast.model.Config on the engine and persists every
+accepted state (see docs/xds.md)."""
+
+from zlbfast.xds.agent import Agent, serve
+from zlbfast.xds.bootstrap import is_envoy_bootstrap
+
+__all__ = ["Agent", "is_envoy_bootstrap", "serve"]

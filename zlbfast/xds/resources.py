@@ -1,0 +1,466 @@
+"""Envoy v3 resources -> zlbfast's typed model.
+
+One translator per resource type. Each checks that the message uses only the fields zlbfast implements
+(docs/xds.md lists them): a field that would change behaviour and is not implemented raises ResourceError
+naming the resource and the field path, which becomes a NACK (xDS) or a startup error (bootstrap). Fields that
+only label things (stat prefixes, metadata) are accepted and have no effect.
+
+Endpoints are the bulk of any large configuration, so ``translate_assignment`` reuses the model Endpoint
+objects of the previous version of the same assignment: unchanged endpoints keep their identity, which lets
+``zlbfast.config.validate`` skip them and keeps memory flat across updates.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2,  # registered so that JSON sources with an HTTP listener get a clear refusal
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError, Message
+
+from zlbfast import model
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    LISTENER: listener_pb2.Listener,
+    ROUTE: route_pb2.RouteConfiguration,
+    CLUSTER: cluster_pb2.Cluster,
+    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    SECRET: secret_pb2.Secret,
+}
+# Short names for logs, metrics and messages.
+KIND = {LISTENER: "Listener", ROUTE: "RouteConfiguration", CLUSTER: "Cluster", ENDPOINT: "ClusterLoadAssignment",
+        SECRET: "Secret"}
+
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
+
+
+class ResourceError(Exception):
+    """A resource zlbfast cannot honour: which resource, which field, why."""
+
+    def __init__(self, kind: str, name: str, field: str, problem: str) -> None:
+        super().__init__(kind, name, field, problem)
+        self.kind = kind
+        self.name = name
+        self.field = field
+        self.problem = problem
+
+    def __str__(self) -> str:
+        where = f"{self.kind} {self.name!r}"
+        return f"{where}: {self.field}: {self.problem}" if self.field else f"{where}: {self.problem}"
+
+
+class Ctx:
+    """Raises ResourceError for one resource; paths are Envoy's proto field names."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind = kind
+        self.name = name
+
+    def fail(self, field: str, problem: str) -> ResourceError:
+        return ResourceError(self.kind, self.name, field, problem)
+
+    def only(self, msg: Message, path: str, allowed: Iterable[str]) -> None:
+        """Every field set in msg must be one zlbfast implements or one that does not change behaviour."""
+        allowed = set(allowed)
+        for fd, _ in msg.ListFields():
+            if fd.name not in allowed:
+                where = f"{path}.{fd.name}" if path else fd.name
+                supported = ", ".join(sorted(allowed))
+                raise self.fail(where, f"field is not supported by zlbfast (supported here: {supported})")
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def duration_ms(d: duration_pb2.Duration) -> int:
+    return d.seconds * 1000 + d.nanos // 1_000_000
+
+
+def canonical_ip(text: str) -> str | None:
+    """Canonical text of a numeric IP address, None if text is not one. inet_pton is about five times faster
+    than ipaddress, which matters for EDS messages with thousands of endpoints."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        return socket.inet_ntop(family, socket.inet_pton(family, text))
+    except OSError:
+        return None
+
+
+def socket_address(ctx: Ctx, addr: address_pb2.Address, path: str, *, listening: bool) -> tuple[str, int]:
+    ctx.only(addr, path, ("socket_address",))
+    sa = addr.socket_address
+    sa_path = _join(path, "socket_address")
+    ctx.only(sa, sa_path, ("address", "port_value", "protocol"))
+    if sa.protocol != address_pb2.SocketAddress.TCP:
+        raise ctx.fail(f"{sa_path}.protocol", "only TCP is supported")
+    ip = canonical_ip(sa.address)
+    if ip is None:
+        raise ctx.fail(f"{sa_path}.address", f"expected a numeric IP address (no DNS), got {sa.address!r}")
+    low = 0 if listening else 1
+    if not low <= sa.port_value <= 65535:
+        raise ctx.fail(f"{sa_path}.port_value", f"must be between {low} and 65535, got {sa.port_value}")
+    return ip, sa.port_value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Clusters
+
+_POLICIES = {
+    # Envoy's ROUND_ROBIN honours load_balancing_weight; smooth weighted round robin is plain round robin
+    # when all weights are equal.
+    cluster_pb2.Cluster.ROUND_ROBIN: "weighted",
+    cluster_pb2.Cluster.LEAST_REQUEST: "least_request",
+    cluster_pb2.Cluster.RANDOM: "random",
+    cluster_pb2.Cluster.RING_HASH: "ring_hash",
+    cluster_pb2.Cluster.MAGLEV: "maglev",
+}
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A translated Cluster: the model cluster (with its static endpoints) and, for EDS clusters, the name
+    of the ClusterLoadAssignment that supplies its endpoints."""
+
+    cluster: model.Cluster
+    eds_name: str | None
+
+
+def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
+    ctx = Ctx("Cluster", c.name)
+    if not c.name:
+        raise ctx.fail("name", "must not be empty")
+    ctx.only(c, "", ("name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment",
+                     "outlier_detection", "common_lb_config", "ring_hash_lb_config", "maglev_lb_config",
+                     "metadata", "alt_stat_name"))
+    kw: dict[str, object] = {}
+    if c.HasField("connect_timeout"):
+        kw["connect_timeout_ms"] = duration_ms(c.connect_timeout)
+    if c.lb_policy not in _POLICIES:
+        raise ctx.fail("lb_policy", f"{cluster_pb2.Cluster.LbPolicy.Name(c.lb_policy)} is not supported; "
+                       "use ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH or MAGLEV")
+    kw["policy"] = _POLICIES[c.lb_policy]
+    if c.HasField("common_lb_config"):
+        ctx.only(c.common_lb_config, "common_lb_config", ("healthy_panic_threshold",))
+        if c.common_lb_config.HasField("healthy_panic_threshold"):
+            # Envoy takes a double percent; the data plane takes whole percents.
+            kw["panic_threshold"] = round(c.common_lb_config.healthy_panic_threshold.value)
+    if c.HasField("ring_hash_lb_config"):
+        ctx.only(c.ring_hash_lb_config, "ring_hash_lb_config", ("minimum_ring_size",))
+        if c.ring_hash_lb_config.HasField("minimum_ring_size"):
+            kw["ring_size"] = c.ring_hash_lb_config.minimum_ring_size.value
+    if c.HasField("maglev_lb_config"):
+        ctx.only(c.maglev_lb_config, "maglev_lb_config", ("table_size",))
+        if c.maglev_lb_config.HasField("table_size"):
+            kw["maglev_table_size"] = c.maglev_lb_config.table_size.value
+    if c.HasField("outlier_detection"):
+        kw["outlier"] = _outlier(ctx, c.outlier_detection)
+
+    endpoints: tuple[model.Endpoint, ...] = ()
+    eds_name: str | None = None
+    if c.type == cluster_pb2.Cluster.EDS:
+        if c.HasField("load_assignment"):
+            raise ctx.fail("load_assignment", "an EDS cluster takes its endpoints from EDS, not load_assignment")
+        ctx.only(c.eds_cluster_config, "eds_cluster_config", ("eds_config", "service_name"))
+        _check_config_source(ctx, c.eds_cluster_config.eds_config, "eds_cluster_config.eds_config")
+        eds_name = c.eds_cluster_config.service_name or c.name
+    elif c.type == cluster_pb2.Cluster.STATIC:
+        if c.HasField("eds_cluster_config"):
+            raise ctx.fail("eds_cluster_config", "only EDS clusters take eds_cluster_config")
+        assignment = translate_assignment(c.load_assignment, None, field="load_assignment", owner=ctx)
+        endpoints = assignment.endpoints
+        if assignment.overprovisioning is not None:
+            kw["overprovisioning"] = assignment.overprovisioning
+    else:
+        raise ctx.fail("type", f"{cluster_pb2.Cluster.DiscoveryType.Name(c.type)} is not supported; use STATIC "
+                       "or EDS (zlbfast resolves no names)")
+    return ClusterSpec(model.Cluster(c.name, endpoints, **kw), eds_name)  # type: ignore[arg-type]
+
+
+def _outlier(ctx: Ctx, od: cluster_pb2.OutlierDetection) -> model.OutlierDetection:
+    path = "outlier_detection"
+    # `interval` paces Envoy's success-rate sweeps, which zlbfast does not run; consecutive-failure ejection
+    # happens at once in both, so the interval changes nothing here.
+    ctx.only(od, path, ("consecutive_5xx", "consecutive_gateway_failure", "consecutive_local_origin_failure",
+                        "base_ejection_time", "max_ejection_time", "max_ejection_percent", "interval",
+                        "enforcing_consecutive_5xx"))
+    kw: dict[str, int] = {}
+    # A TCP proxy has no HTTP status: Envoy counts connect failures as 5xx-class errors.
+    if od.HasField("consecutive_5xx"):
+        kw["consecutive_failures"] = od.consecutive_5xx.value
+    if od.HasField("enforcing_consecutive_5xx") and od.enforcing_consecutive_5xx.value not in (0, 100):
+        raise ctx.fail(f"{path}.enforcing_consecutive_5xx", "only 0 (off) or 100 (always) is supported")
+    if od.HasField("enforcing_consecutive_5xx") and od.enforcing_consecutive_5xx.value == 0:
+        kw["consecutive_failures"] = 0
+    if od.HasField("base_ejection_time"):
+        kw["base_ejection_time_ms"] = duration_ms(od.base_ejection_time)
+    if od.HasField("max_ejection_time"):
+        kw["max_ejection_time_ms"] = duration_ms(od.max_ejection_time)
+    if od.HasField("max_ejection_percent"):
+        kw["max_ejection_percent"] = od.max_ejection_percent.value
+    return model.OutlierDetection(**kw)
+
+
+def _check_config_source(ctx: Ctx, src: config_source_pb2.ConfigSource, path: str) -> None:
+    """Dynamic resources must come over ADS or the one REST/gRPC source the bootstrap names; zlbfast keeps
+    a single pipeline per process, so a source naming another server is refused."""
+    ctx.only(src, path, ("ads", "resource_api_version", "initial_fetch_timeout", "self"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Endpoints
+
+_HEALTH = {
+    health_check_pb2.UNKNOWN: "healthy",
+    health_check_pb2.HEALTHY: "healthy",
+    health_check_pb2.DEGRADED: "degraded",
+    health_check_pb2.UNHEALTHY: "unhealthy",
+    health_check_pb2.DRAINING: "unhealthy",
+    health_check_pb2.TIMEOUT: "unhealthy",
+}
+
+
+@dataclass(frozen=True)
+class Assignment:
+    name: str
+    endpoints: tuple[model.Endpoint, ...]
+    overprovisioning: int | None  # percent, None = the cluster's default
+
+
+def translate_assignment(cla: endpoint_pb2.ClusterLoadAssignment, previous: Assignment | None, *,
+                         field: str = "", owner: Ctx | None = None) -> Assignment:
+    """`previous` is the assignment this one replaces; its Endpoint objects are reused where unchanged."""
+    ctx = owner or Ctx("ClusterLoadAssignment", cla.cluster_name)
+    if owner is None and not cla.cluster_name:
+        raise ctx.fail("cluster_name", "must not be empty")
+    ctx.only(cla, field, ("cluster_name", "endpoints", "policy"))
+    overprovisioning: int | None = None
+    if cla.HasField("policy"):
+        ctx.only(cla.policy, _join(field, "policy"), ("overprovisioning_factor",))
+        if cla.policy.HasField("overprovisioning_factor"):
+            overprovisioning = cla.policy.overprovisioning_factor.value
+    known: Mapping[tuple[str, int, int, int, str, str], model.Endpoint] = (
+        {(e.address, e.port, e.weight, e.priority, e.zone, e.health): e for e in previous.endpoints}
+        if previous is not None else {})
+    out: list[model.Endpoint] = []
+    seen: set[tuple[str, int]] = set()
+    lb_fields = ("endpoint", "health_status", "load_balancing_weight", "metadata")
+    ep_fields = ("address", "hostname", "health_check_config")
+    for i, locality_eps in enumerate(cla.endpoints):
+        lpath = _join(field, f"endpoints[{i}]")
+        ctx.only(locality_eps, lpath, ("locality", "lb_endpoints", "priority", "load_balancing_weight"))
+        # region and sub_zone are accepted as labels: the data plane prefers by zone only.
+        zone = locality_eps.locality.zone
+        priority = locality_eps.priority
+        if priority > 127:
+            raise ctx.fail(f"{lpath}.priority", f"must be at most 127, got {priority}")
+        for j, lb in enumerate(locality_eps.lb_endpoints):
+            path = f"{lpath}.lb_endpoints[{j}]"
+            ctx.only(lb, path, lb_fields)
+            ctx.only(lb.endpoint, f"{path}.endpoint", ep_fields)
+            if lb.endpoint.HasField("health_check_config"):
+                _check_health_check_config(ctx, lb.endpoint.health_check_config, f"{path}.endpoint")
+            address, port = socket_address(ctx, lb.endpoint.address, f"{path}.endpoint.address", listening=False)
+            weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else 1
+            if not 1 <= weight <= 1_000_000:
+                raise ctx.fail(f"{path}.load_balancing_weight", f"must be between 1 and 1000000, got {weight}")
+            if (address, port) in seen:
+                raise ctx.fail(f"{path}.endpoint.address", f"duplicate endpoint {address}:{port}")
+            seen.add((address, port))
+            key = (address, port, weight, priority, zone, _HEALTH.get(lb.health_status, "unhealthy"))
+            ep = known.get(key)
+            out.append(ep if ep is not None else model.Endpoint(*key))
+    return Assignment(cla.cluster_name, tuple(out), overprovisioning)
+
+
+def _check_health_check_config(ctx: Ctx, hc: endpoint_components_pb2.Endpoint.HealthCheckConfig,
+                               path: str) -> None:
+    # Only meaningful with active health checks on the cluster, which zlbfast refuses; an empty one is harmless.
+    if hc.ListFields():
+        raise ctx.fail(f"{path}.health_check_config", "active health checking is not supported yet")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Listeners
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    """A TCP proxy listener; `cluster` may not exist yet (the listener waits for it)."""
+
+    listener: model.Listener
+
+
+def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
+    ctx = Ctx("Listener", lst.name)
+    if not lst.name:
+        raise ctx.fail("name", "must not be empty")
+    ctx.only(lst, "", ("name", "address", "filter_chains", "stat_prefix", "traffic_direction", "metadata"))
+    address, port = socket_address(ctx, lst.address, "address", listening=True)
+    if len(lst.filter_chains) != 1:
+        raise ctx.fail("filter_chains", f"exactly one filter chain is supported, got {len(lst.filter_chains)}")
+    chain: listener_components_pb2.FilterChain = lst.filter_chains[0]
+    ctx.only(chain, "filter_chains[0]", ("filters", "name"))
+    if len(chain.filters) != 1:
+        raise ctx.fail("filter_chains[0].filters", f"exactly one network filter is supported, got {len(chain.filters)}")
+    f = chain.filters[0]
+    fpath = "filter_chains[0].filters[0]"
+    ctx.only(f, fpath, ("name", "typed_config"))
+    type_name = f.typed_config.TypeName()
+    if f.name == HTTP_CONNECTION_MANAGER or type_name.endswith("HttpConnectionManager"):
+        raise ctx.fail(fpath, "http_connection_manager is not supported yet (the HTTP data plane is not wired "
+                       "to xDS); use envoy.filters.network.tcp_proxy")
+    if type_name != tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name:
+        raise ctx.fail(f"{fpath}.typed_config", f"unsupported network filter {f.name or type_name!r}; "
+                       f"only {TCP_PROXY} is supported")
+    tp = tcp_proxy_pb2.TcpProxy()
+    f.typed_config.Unpack(tp)
+    tpath = f"{fpath}.typed_config"
+    ctx.only(tp, tpath, ("stat_prefix", "cluster", "idle_timeout"))
+    if not tp.cluster:
+        raise ctx.fail(f"{tpath}.cluster", "a tcp_proxy needs a cluster (weighted_clusters is not supported)")
+    kw: dict[str, int] = {}
+    if tp.HasField("idle_timeout"):
+        kw["idle_timeout_ms"] = duration_ms(tp.idle_timeout)
+    return ListenerSpec(model.Listener(lst.name, address, port, tp.cluster, **kw))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Routes: translated and kept, not yet used by the data plane (the HTTP/1.1 router consumes them later).
+
+
+@dataclass(frozen=True)
+class Route:
+    match_kind: str  # "prefix" | "path"
+    match: str
+    cluster: str
+
+
+@dataclass(frozen=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+
+
+def translate_route(rc: route_pb2.RouteConfiguration) -> RouteTable:
+    ctx = Ctx("RouteConfiguration", rc.name)
+    if not rc.name:
+        raise ctx.fail("name", "must not be empty")
+    ctx.only(rc, "", ("name", "virtual_hosts"))
+    vhosts = []
+    for i, vh in enumerate(rc.virtual_hosts):
+        vpath = f"virtual_hosts[{i}]"
+        ctx.only(vh, vpath, ("name", "domains", "routes"))
+        routes = []
+        for j, r in enumerate(vh.routes):
+            rpath = f"{vpath}.routes[{j}]"
+            ctx.only(r, rpath, ("name", "match", "route"))
+            routes.append(_route(ctx, r, rpath))
+        vhosts.append(VirtualHost(vh.name, tuple(vh.domains), tuple(routes)))
+    return RouteTable(rc.name, tuple(vhosts))
+
+
+def _route(ctx: Ctx, r: route_components_pb2.Route, path: str) -> Route:
+    ctx.only(r.match, f"{path}.match", ("prefix", "path"))
+    kind = r.match.WhichOneof("path_specifier")
+    if kind is None:
+        raise ctx.fail(f"{path}.match", "needs prefix or path")
+    ctx.only(r.route, f"{path}.route", ("cluster",))
+    if not r.route.cluster:
+        raise ctx.fail(f"{path}.route.cluster", "must name a cluster")
+    return Route(kind, getattr(r.match, kind), r.route.cluster)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Secrets: kept for the TLS data plane; only inline PEM material and files are understood.
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    name: str
+    certificate_chain: bytes  # PEM; empty for a validation context
+    private_key: bytes
+    trusted_ca: bytes
+
+    def __repr__(self) -> str:  # never print key material
+        return f"SecretSpec({self.name!r})"
+
+
+def _data_source(ctx: Ctx, ds: base_pb2.DataSource, path: str) -> bytes:
+    kind = ds.WhichOneof("specifier")
+    if kind == "inline_bytes":
+        return ds.inline_bytes
+    if kind == "inline_string":
+        return ds.inline_string.encode()
+    if kind == "filename":
+        try:
+            with open(ds.filename, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise ctx.fail(f"{path}.filename", f"cannot read {ds.filename!r}: {exc.strerror or exc}") from exc
+    raise ctx.fail(path, f"unsupported data source {kind!r}")
+
+
+def translate_secret(s: secret_pb2.Secret) -> SecretSpec:
+    ctx = Ctx("Secret", s.name)
+    if not s.name:
+        raise ctx.fail("name", "must not be empty")
+    ctx.only(s, "", ("name", "tls_certificate", "validation_context"))
+    if s.HasField("tls_certificate"):
+        tc: common_pb2.TlsCertificate = s.tls_certificate
+        ctx.only(tc, "tls_certificate", ("certificate_chain", "private_key"))
+        return SecretSpec(s.name, _data_source(ctx, tc.certificate_chain, "tls_certificate.certificate_chain"),
+                          _data_source(ctx, tc.private_key, "tls_certificate.private_key"), b"")
+    if s.HasField("validation_context"):
+        vc: common_pb2.CertificateValidationContext = s.validation_context
+        ctx.only(vc, "validation_context", ("trusted_ca",))
+        return SecretSpec(s.name, b"", b"", _data_source(ctx, vc.trusted_ca, "validation_context.trusted_ca"))
+    raise ctx.fail("", "needs tls_certificate or validation_context")
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def unpack(type_url: str, resource: any_pb2.Any) -> Message:
+    """The typed message inside an Any; ResourceError when it is not of the subscribed type."""
+    cls = MESSAGE_TYPES[type_url]
+    if resource.type_url != type_url:
+        raise ResourceError(KIND[type_url], "?", "", f"got a resource of type {resource.type_url!r}")
+    msg = cls()
+    try:
+        msg.ParseFromString(resource.value)
+    except DecodeError as exc:
+        raise ResourceError(KIND[type_url], "?", "", f"cannot decode: {exc}") from exc
+    return msg
+
+
+def resource_name(msg: Message) -> str:
+    if isinstance(msg, endpoint_pb2.ClusterLoadAssignment):
+        return str(msg.cluster_name)
+    return str(msg.name)
+

@@ -1,0 +1,408 @@
+"""The xDS pipeline: accepted resources -> one zlbfast.model.Config -> Engine.apply, plus the on-disk cache.
+
+Every transport (ADS state-of-the-world and delta, REST polling, watched files, the cache itself) hands
+whole responses to ``Pipeline.update``. An update is all-or-nothing: the resources are translated, the new
+config is composed and applied to the engine, and only then is the new state committed. Any failure raises
+ResourceError (or ApplyError) and leaves the previous state both stored and running, which is what a NACK
+promises the control plane.
+
+Threading: one asyncio thread owns a Pipeline and its Engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from google.protobuf import any_pb2
+
+from zlbfast import model
+from zlbfast.runtime import ApplyError, Engine
+from zlbfast.xds import resources as r
+
+log = logging.getLogger("zlbfast.xds")
+
+# Order in which a cached state is replayed: endpoints before the clusters that wait for them, clusters
+# before the listeners that name them.
+REPLAY_ORDER = (r.ENDPOINT, r.CLUSTER, r.LISTENER, r.ROUTE, r.SECRET)
+# Types whose state-of-the-world responses list every resource (absence means removal); for the others a
+# response only carries the named resources it updates.
+FULL_STATE_TYPES = (r.LISTENER, r.CLUSTER)
+
+CACHE_FILE = "xds-state.json"
+CACHE_FORMAT = 1
+
+
+@dataclass
+class _TypeState:
+    version: str = ""
+    raw: dict[str, bytes] = field(default_factory=dict)  # name -> serialized resource, for the cache
+    resource_versions: dict[str, str] = field(default_factory=dict)  # delta xDS per-resource versions
+
+
+@dataclass(frozen=True)
+class Static:
+    """Resources from the bootstrap's static_resources: always present, never replaced by xDS."""
+
+    clusters: dict[str, r.ClusterSpec]
+    listeners: dict[str, r.ListenerSpec]
+    local_zone: str = ""
+    workers: int = 0
+
+
+class Cache:
+    """The last accepted state on disk, written atomically (temp file + fsync + rename)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, CACHE_FILE)
+
+    def load(self) -> dict[str, _TypeState] | None:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.error("xDS cache %s is unreadable, ignoring it: %s", self.path, exc)
+            return None
+        if data.get("format") != CACHE_FORMAT:
+            log.error("xDS cache %s has format %r, expected %d; ignoring it", self.path, data.get("format"),
+                      CACHE_FORMAT)
+            return None
+        out: dict[str, _TypeState] = {}
+        for type_url, entry in data["types"].items():
+            raw = {name: base64.b64decode(blob) for name, blob in entry["resources"].items()}
+            out[type_url] = _TypeState(entry["version"], raw, dict(entry.get("resource_versions", {})))
+        return out
+
+    def save(self, types: dict[str, _TypeState]) -> None:
+        data = {
+            "format": CACHE_FORMAT,
+            "saved_at": time.time(),
+            "types": {
+                t: {"version": s.version, "resource_versions": s.resource_versions,
+                    "resources": {n: base64.b64encode(b).decode() for n, b in s.raw.items()}}
+                for t, s in types.items()
+            },
+        }
+        os.makedirs(self.directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".xds-state.", dir=self.directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        # The rename itself must reach the disk, or a crash could bring back the previous file.
+        dfd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class Pipeline:
+    def __init__(self, engine: Engine, static: Static, *, cache: Cache | None = None,
+                 initial_fetch_timeout_s: float = 15.0, source: str = "xDS") -> None:
+        self.engine = engine
+        self.static = static
+        self.cache = cache
+        self.initial_fetch_timeout_s = initial_fetch_timeout_s
+        self.source = source
+        self.types: dict[str, _TypeState] = {t: _TypeState() for t in r.MESSAGE_TYPES}
+        self.clusters: dict[str, r.ClusterSpec] = {}
+        self.assignments: dict[str, r.Assignment] = {}
+        self.listeners: dict[str, r.ListenerSpec] = {}
+        self.routes: dict[str, r.RouteTable] = {}
+        self.secrets: dict[str, r.SecretSpec] = {}
+        # Installed (composed) clusters by name, reused while neither spec nor assignment changes so that
+        # unchanged clusters keep their identity (validation and memory, see resources.py).
+        self._composed: dict[str, tuple[r.ClusterSpec, r.Assignment | None, model.Cluster]] = {}
+        self._warm_deadline: dict[str, float] = {}  # EDS cluster -> monotonic time it stops waiting
+        self._warm_timer: asyncio.TimerHandle | None = None
+        self._save_task: asyncio.Task[None] | None = None
+        self._save_again = False
+        self._replaying = False
+        # Metrics (see state()).
+        self.connected = False
+        self.serving_from_cache = False
+        self.nacks = 0
+        self.updates = 0
+        self.last_error = ""
+        self.last_update_s = 0.0
+
+    # -- metrics -------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What an operator needs to know about the control-plane connection (gauges and counters)."""
+        return {
+            "connected": self.connected,
+            "serving_from_cache": self.serving_from_cache,
+            "last_version": {r.KIND[t]: s.version for t, s in self.types.items() if s.version},
+            "nacks": self.nacks,
+            "updates": self.updates,
+            "last_error": self.last_error,
+            "warming_clusters": sorted(self.warming()),
+            "clusters": len(self.clusters) + len(self.static.clusters),
+            "listeners": len(self.listeners) + len(self.static.listeners),
+            "endpoints": sum(len(a.endpoints) for a in self.assignments.values()),
+        }
+
+    def warming(self) -> set[str]:
+        """EDS clusters waiting for their first endpoints, within their initial fetch timeout."""
+        now = time.monotonic()
+        return {n for n, spec in self.clusters.items() if spec.eds_name and spec.eds_name not in self.assignments
+                and self._warm_deadline.get(n, 0.0) > now}
+
+    def eds_names(self) -> set[str]:
+        specs = list(self.clusters.values()) + list(self.static.clusters.values())
+        return {s.eds_name for s in specs if s.eds_name}
+
+    def version(self, type_url: str) -> str:
+        return self.types[type_url].version
+
+    def resource_versions(self, type_url: str) -> dict[str, str]:
+        return dict(self.types[type_url].resource_versions)
+
+    # -- updates ---------------------------------------------------------------
+
+    def update(self, type_url: str, version: str, resources: Sequence[any_pb2.Any], removed: Sequence[str] = (),
+               *, full_state: bool, resource_versions: dict[str, str] | None = None) -> None:
+        """Applies one response. Raises ResourceError/ApplyError (the NACK message) and keeps the old state."""
+        try:
+            self._update(type_url, version, resources, removed, full_state, resource_versions or {})
+        except (r.ResourceError, ApplyError) as exc:
+            self.nacks += 1
+            self.last_error = str(exc)
+            log.error("rejected %s version %r, keeping the previous state: %s", r.KIND[type_url], version, exc)
+            raise
+
+    def _update(self, type_url: str, version: str, resources: Sequence[any_pb2.Any], removed: Sequence[str],
+                full_state: bool, resource_versions: dict[str, str]) -> None:
+        kind = r.KIND[type_url]
+        state = self.types[type_url]
+        raw = {} if full_state else dict(state.raw)
+        rversions = {} if full_state else dict(state.resource_versions)
+        decoded: dict[str, Any] = {}
+        for res in resources:
+            msg = r.unpack(type_url, res)
+            name = r.resource_name(msg)
+            if name in decoded:
+                raise r.ResourceError(kind, name, "name", "appears twice in one response")
+            decoded[name] = msg
+            raw[name] = res.value
+            if name in resource_versions:
+                rversions[name] = resource_versions[name]
+        for name in removed:
+            raw.pop(name, None)
+            rversions.pop(name, None)
+
+        table = self._table(type_url)
+        new = {} if full_state else dict(table)
+        for name in removed:
+            new.pop(name, None)
+        for name, msg in decoded.items():
+            new[name] = self._translate(type_url, msg, table.get(name))
+        if type_url == r.CLUSTER:
+            for name in new:
+                if name in self.static.clusters:
+                    raise r.ResourceError(kind, name, "name", "a static cluster of the bootstrap cannot be replaced")
+        if type_url == r.LISTENER:
+            for name in new:
+                if name in self.static.listeners:
+                    raise r.ResourceError(kind, name, "name", "a static listener of the bootstrap cannot be replaced")
+
+        staged = {type_url: new}
+        cfg = self._compose(staged)
+        self.engine.apply(cfg)  # raises ApplyError; the engine keeps the previous config
+
+        # Commit.
+        table.clear()
+        table.update(new)
+        if type_url == r.CLUSTER:
+            self._track_warming()
+        state.version = version
+        state.raw = raw
+        state.resource_versions = rversions
+        self.updates += 1
+        self.last_update_s = time.monotonic()
+        self._schedule_save()
+
+    def _table(self, type_url: str) -> dict[str, Any]:
+        tables: dict[str, dict[str, Any]] = {r.LISTENER: self.listeners, r.ROUTE: self.routes, r.CLUSTER: self.clusters,
+                r.ENDPOINT: self.assignments, r.SECRET: self.secrets}
+        return tables[type_url]
+
+    @staticmethod
+    def _translate(type_url: str, msg: Any, previous: Any) -> Any:
+        if type_url == r.CLUSTER:
+            return r.translate_cluster(msg)
+        if type_url == r.ENDPOINT:
+            return r.translate_assignment(msg, previous)
+        if type_url == r.LISTENER:
+            return r.translate_listener(msg)
+        if type_url == r.ROUTE:
+            return r.translate_route(msg)
+        return r.translate_secret(msg)
+
+    # -- composing the model ---------------------------------------------------
+
+    def _compose(self, staged: dict[str, dict[str, Any]]) -> model.Config:
+        clusters: dict[str, r.ClusterSpec] = {**self.static.clusters, **staged.get(r.CLUSTER, self.clusters)}
+        assignments: dict[str, r.Assignment] = staged.get(r.ENDPOINT, self.assignments)
+        listeners: dict[str, r.ListenerSpec] = {**self.static.listeners, **staged.get(r.LISTENER, self.listeners)}
+        now = time.monotonic()
+        installed: dict[str, model.Cluster] = {}
+        for name, spec in clusters.items():
+            assignment = assignments.get(spec.eds_name) if spec.eds_name else None
+            if spec.eds_name and assignment is None:
+                previous = self._composed.get(name)
+                deadline = self._warm_deadline.get(name)
+                if previous is not None and previous[0] == spec:
+                    installed[name] = previous[2]  # unchanged cluster whose assignment is being refetched
+                    continue
+                if deadline is None or now < deadline:
+                    # Warming: a new or changed EDS cluster waits for its endpoints; the version it replaces
+                    # (if any) keeps serving meanwhile, like Envoy's cluster warming.
+                    if previous is not None:
+                        installed[name] = previous[2]
+                    continue
+            installed[name] = self._cluster_for(name, spec, assignment)
+        ready = []
+        for name, lspec in sorted(listeners.items()):
+            if lspec.listener.cluster in installed:
+                ready.append(lspec.listener)
+            else:
+                log.info("listener %s waits for cluster %s", name, lspec.listener.cluster)
+        return model.Config(listeners=tuple(ready), clusters=tuple(installed[n] for n in sorted(installed)),
+                            workers=self.static.workers, local_zone=self.static.local_zone, source=self.source)
+
+    def _cluster_for(self, name: str, spec: r.ClusterSpec, assignment: r.Assignment | None) -> model.Cluster:
+        previous = self._composed.get(name)
+        if previous is not None and previous[0] is spec and previous[1] is assignment:
+            return previous[2]
+        cluster = spec.cluster
+        if assignment is not None:
+            kw: dict[str, Any] = {"endpoints": assignment.endpoints}
+            if assignment.overprovisioning is not None:
+                kw["overprovisioning"] = assignment.overprovisioning
+            cluster = replace(cluster, **kw)
+        self._composed[name] = (spec, assignment, cluster)
+        return cluster
+
+    def _track_warming(self) -> None:
+        """Starts the initial-fetch timer for EDS clusters that have no endpoints yet; drops composed entries
+        and assignments of removed clusters."""
+        now = time.monotonic()
+        for name in list(self._composed):
+            if name not in self.clusters and name not in self.static.clusters:
+                del self._composed[name]
+        wanted = self.eds_names()
+        for name in [n for n in self.assignments if n not in wanted]:
+            del self.assignments[name]
+            self.types[r.ENDPOINT].raw.pop(name, None)
+        for name in list(self._warm_deadline):
+            if name not in self.clusters:
+                del self._warm_deadline[name]
+        for name, spec in self.clusters.items():
+            if spec.eds_name and spec.eds_name not in self.assignments:
+                self._warm_deadline.setdefault(name, now + self.initial_fetch_timeout_s)
+        self._arm_warm_timer()
+
+    def _arm_warm_timer(self) -> None:
+        if self._warm_timer is not None:
+            self._warm_timer.cancel()
+            self._warm_timer = None
+        pending = [self._warm_deadline[n] for n in self.warming()]
+        if pending:
+            delay = max(0.0, min(pending) - time.monotonic())
+            self._warm_timer = asyncio.get_running_loop().call_later(delay + 0.001, self._warm_timeout)
+
+    def _warm_timeout(self) -> None:
+        self._warm_timer = None
+        now = time.monotonic()
+        expired = sorted(n for n, d in self._warm_deadline.items() if 0.0 < d <= now)
+        for name in expired:
+            self._warm_deadline[name] = 0.0  # expired: installed without endpoints, reported once
+        if expired:
+            log.warning("initial fetch timeout: clusters %s start without endpoints", ", ".join(expired))
+            try:
+                self.engine.apply(self._compose({}))
+            except ApplyError as exc:
+                log.error("could not activate clusters after the initial fetch timeout: %s", exc)
+        self._arm_warm_timer()
+
+    # -- persistence -------------------------------------------------------------
+
+    def load_cache(self) -> bool:
+        """Installs the cached state; True when there was one and it applied."""
+        if self.cache is None:
+            return False
+        cached = self.cache.load()
+        if not cached:
+            return False
+        self._replaying = True
+        try:
+            for type_url in REPLAY_ORDER:
+                st = cached.get(type_url)
+                if st is None:
+                    continue
+                anys = [any_pb2.Any(type_url=type_url, value=b) for b in st.raw.values()]
+                self._update(type_url, st.version, anys, (), True, st.resource_versions)
+        except (r.ResourceError, ApplyError) as exc:
+            log.error("xDS cache %s does not apply, ignoring it: %s", self.cache.path, exc)
+            return False
+        finally:
+            self._replaying = False
+        self.serving_from_cache = True
+        return True
+
+    def _schedule_save(self) -> None:
+        if self.cache is None or self._replaying:
+            return  # replaying the cache: it already holds this state
+        if self._save_task is not None and not self._save_task.done():
+            self._save_again = True  # the running writer picks up the latest state when it finishes
+            return
+        self._save_task = asyncio.get_running_loop().create_task(self._save())
+
+    async def _save(self) -> None:
+        assert self.cache is not None
+        while True:
+            self._save_again = False
+            snapshot = {t: _TypeState(s.version, dict(s.raw), dict(s.resource_versions))
+                        for t, s in self.types.items() if s.version or s.raw}
+            try:
+                await asyncio.to_thread(self.cache.save, snapshot)
+            except OSError as exc:
+                log.error("cannot write the xDS cache %s: %s", self.cache.path, exc)
+            if not self._save_again:
+                return
+
+    async def flush(self) -> None:
+        """Waits for pending cache writes (tests and shutdown)."""
+        while self._save_task is not None and not self._save_task.done():
+            await self._save_task
+
+    def mark_connected(self, connected: bool) -> None:
+        if connected == self.connected:
+            return
+        self.connected = connected
+        log.info("control plane %s", "connected" if connected else "unreachable; keeping the last good state")
+
+    def mark_fresh(self) -> None:
+        """The control plane sent state: from now on it, not the cache, is what runs."""
+        if self.serving_from_cache:
+            log.info("control plane state replaces the cached state")
+        self.serving_from_cache = False
