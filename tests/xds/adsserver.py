@@ -108,7 +108,12 @@ class AdsServer:
     # -- configuration ------------------------------------------------------------
 
     def set(self, type_url: str, resources: Mapping[str, Message]) -> None:
-        """Replaces every resource of a type (a new version) and pushes it to the open streams."""
+        """Replaces every resource of a type (a new version) and pushes it to the open streams; before
+        start() it only prepares the state the first clients get."""
+        if self._loop is None:
+            self.resources[type_url] = dict(resources)
+            self.versions[type_url] += 1
+            return
         self._call(self._set(type_url, dict(resources)))
 
     async def _set(self, type_url: str, resources: dict[str, Message]) -> None:

@@ -3,9 +3,6 @@ CDS/EDS/LDS, endpoint changes under load, a NACKed resource, RDS, cluster remova
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format
@@ -13,6 +10,7 @@ from google.protobuf import json_format
 from tests.netutil import free_port, read_label, wait_for
 from tests.xds.adsserver import AdsServer
 from tests.xds.envoy_res import assignment, eds_cluster, tcp_listener
+from tests.xds.traffic import Load
 from zlbfast.xds import resources as r
 
 
@@ -26,40 +24,6 @@ def no_backend(port: int) -> bool:
 
 def labels_seen(port: int, n: int) -> set[str]:
     return {read_label(port) for _ in range(n)}
-
-
-class Load:
-    """Connections through the proxy in a thread until stopped (bounded: at most 20 000 connections or 60 s),
-    counting those that got no backend label."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.ok = 0
-        self.failed: list[str] = []
-        self.labels: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 60
-        for _ in range(20_000):
-            if self._stop.is_set() or time.monotonic() > deadline:
-                return
-            try:
-                label = read_label(self.port)
-            except OSError as exc:
-                self.failed.append(repr(exc))
-                continue
-            if label:
-                self.ok += 1
-                self.labels.append(label)
-            else:
-                self.failed.append("closed without a label")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
 
 def serve_basic(server: AdsServer, backends: list, port: int) -> None:
