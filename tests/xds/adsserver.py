@@ -49,14 +49,19 @@ class _Conn:
     def __init__(self, stream: Stream[Any, Any], delta: bool) -> None:
         self.stream = stream
         self.delta = delta
+        self.node_id = ""  # from the first request
         self.names: dict[str, set[str] | None] = {}  # type -> names, None = wildcard
         self.sent_versions: dict[str, dict[str, str]] = {}  # delta: what the client holds
         self.lock = asyncio.Lock()
 
 
 class AdsServer:
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0,
+                 per_node: Callable[[str, str, dict[str, Message]], dict[str, Message]] | None = None) -> None:
+        """per_node(node_id, type_url, resources) may tailor what one client gets (e.g. listener ports, so
+        that two proxies fed by one server do not bind the same address)."""
         self.port = port
+        self.per_node = per_node
         self.resources: dict[str, dict[str, Message]] = {t: {} for t in r.MESSAGE_TYPES}
         self.versions: dict[str, int] = {t: 0 for t in r.MESSAGE_TYPES}
         self.requests: list[Recorded] = []
@@ -158,6 +163,8 @@ class AdsServer:
         self._conns.add(conn)
         try:
             async for req in stream:
+                if req.HasField("node"):
+                    conn.node_id = req.node.id
                 with self._lock:
                     self.requests.append(Recorded(delta, req))
                 await on_request(conn, req)
@@ -197,7 +204,10 @@ class AdsServer:
         if type_url not in conn.names:
             return
         names = conn.names[type_url]
-        current = {n: m for n, m in self.resources[type_url].items() if names is None or n in names}
+        resources = self.resources[type_url]
+        if self.per_node is not None:
+            resources = self.per_node(conn.node_id, type_url, resources)
+        current = {n: m for n, m in resources.items() if names is None or n in names}
         async with conn.lock:
             if conn.delta:
                 await self._push_delta(conn, type_url, current)
