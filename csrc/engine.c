@@ -50,7 +50,8 @@ zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen)
         w->epfd = epoll_create1(EPOLL_CLOEXEC);
         w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         w->lb = zlb_lb_cache_new();
-        if (w->epfd < 0 || w->wake_fd < 0 || !w->lb) {
+        w->scratch = malloc(ZLB_SCRATCH);
+        if (w->epfd < 0 || w->wake_fd < 0 || !w->lb || !w->scratch) {
             snprintf(err, errlen, "cannot create worker %u: %s", i, strerror(errno));
             zlb_engine_free(e);
             return NULL;
@@ -120,6 +121,7 @@ void zlb_engine_free(zlb_engine *e)
         if (w->wake_fd >= 0)
             close(w->wake_fd);
         zlb_lb_cache_free(w->lb);
+        free(w->scratch);
         pthread_mutex_destroy(&w->cmd_lock);
     }
     for (int i = 0; i < e->n_listeners; i++)

@@ -5,11 +5,21 @@
  *   read/write fallback -> half-close propagation -> idle timeout -> close.
  *
  * Everything here runs on the owning worker thread. Sockets are registered
- * edge-triggered once (EPOLLIN|EPOLLOUT|EPOLLRDHUP); no epoll_ctl calls on
- * the hot path. Each direction remembers whether its source may still have
- * bytes (`readable`): a short read clears it, since with edge triggering any
- * later arrival raises a new event. That saves the EAGAIN probe syscalls that
- * would otherwise double the cost of small request/response exchanges.
+ * edge-triggered (EPOLLIN|EPOLLRDHUP). EPOLLOUT is asked for only while a
+ * socket has refused bytes: on loopback every ACK would otherwise wake the
+ * worker for nothing. So epoll_ctl runs only on back-pressure, never per
+ * message.
+ *
+ * Adaptive splice (the idea of HAProxy's splice-auto): each burst of data
+ * starts with read(2) into the worker's scratch buffer and an immediate
+ * write(2) - two syscalls for a small message, and a read shorter than the
+ * buffer proves the socket drained, so no EAGAIN probe is needed (with edge
+ * triggering any later arrival raises a new event). A read that fills the
+ * whole buffer means bulk: that direction switches to splice(2) through its
+ * pipe until the burst ends (EAGAIN). splice cannot use the short-read
+ * shortcut, because it also stops early when the pipe runs out of slots.
+ * Bytes a write could not take are parked in the direction's pipe, so no
+ * connection owns a userspace buffer.
  */
 #define _GNU_SOURCE /* splice, pipe2, accept4, F_SETPIPE_SZ */
 #include "worker.h"
@@ -23,7 +33,6 @@
 #include <unistd.h>
 
 #define ZLB_PIPE_SIZE (256 * 1024)   /* bigger pipes: fewer splice calls on bulk */
-#define ZLB_COPY_BUF (64 * 1024)     /* read/write fallback buffer per direction */
 #define ZLB_PIPE_POOL_MAX 256        /* empty pipes kept per worker */
 #define ZLB_ACCEPT_BATCH 64          /* accepts per listener event (fairness) */
 
@@ -35,13 +44,13 @@ int64_t zlb_debug_live_pipes(void) { return atomic_load(&live_pipes); }
 
 enum conn_state { CONN_CONNECTING, CONN_OPEN, CONN_CLOSED };
 
-/* One direction of a proxied connection: bytes read from `src` wait in a
- * pipe (splice) or buffer (fallback) until written to `dst`. */
+/* One direction of a proxied connection: bytes read from `src` that `dst`
+ * did not take yet wait in the pipe. */
 typedef struct zlb_dir {
     int pipe[2];
     size_t pending;       /* bytes read but not yet written */
-    char *buf;            /* fallback only */
-    size_t off;
+    uint8_t splicing;     /* in a bulk burst: read with splice into the pipe */
+    uint8_t hup;          /* src reported RDHUP/HUP/ERR: read on to the EOF or error */
     uint8_t eof;          /* src reached end of stream */
     uint8_t done;         /* eof forwarded with shutdown(dst, SHUT_WR) */
     uint8_t readable;     /* src may have bytes: set by EPOLLIN, cleared by a short read */
@@ -53,9 +62,9 @@ typedef struct zlb_conn {
     zlb_worker *w;
     int down_fd, up_fd;
     uint8_t state;
-    uint8_t use_splice;
-    uint32_t chunk;               /* bytes per read: the pipe's real capacity, or the copy buffer */
-    uint8_t up_registered, down_registered;
+    uint8_t no_splice;            /* splice(2) refused these sockets: copy only */
+    uint32_t chunk;               /* bytes per splice: the pipes' real capacity */
+    uint8_t want_write[2];        /* EPOLLOUT in the interest set: [0] client, [1] upstream */
     uint32_t attempts;
     zlb_listener *l;              /* reference held */
     /* The endpoint being used. `ep` is only valid while the worker is still
@@ -181,8 +190,6 @@ static void conn_close(zlb_conn *c, int reset)
     c->down_fd = c->up_fd = -1;
     for (int i = 0; i < 2; i++) {
         pipe_put(w, c->d[i].pipe, c->d[i].pending);
-        free(c->d[i].buf);
-        c->d[i].buf = NULL;
     }
     release_endpoint(c);
     atomic_fetch_sub(&c->l->active, 1);
@@ -249,14 +256,23 @@ static void report(zlb_worker *w, zlb_conn *c, int success, int64_t latency_ns)
         zlb_lb_report(w->snap, cl, ep, success, latency_ns, w->now_ns);
 }
 
-static int register_fd(zlb_worker *w, int fd, zlb_io *io)
+#define ZLB_EV_BASE (EPOLLIN | EPOLLRDHUP | EPOLLET)
+
+/* Sets whether the socket of `side` (0 client, 1 upstream) reports
+ * EPOLLOUT. Adding it to a writable socket reports at once (MOD re-arms). */
+static int want_write(zlb_conn *c, int side, int on)
 {
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = io};
-    return epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev);
+    if (c->want_write[side] == on)
+        return 0;
+    struct epoll_event ev = {.events = ZLB_EV_BASE | (on ? EPOLLOUT : 0),
+                             .data.ptr = side ? &c->up_io : &c->down_io};
+    if (epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, side ? c->up_fd : c->down_fd, &ev) != 0)
+        return -1;
+    c->want_write[side] = (uint8_t)on;
+    return 0;
 }
 
 static void pump_all(zlb_conn *c);
-static int fall_back_to_copy(zlb_conn *c);
 static void on_timer(zlb_timer *t, int64_t now_ns);
 
 static void arm_idle(zlb_conn *c)
@@ -276,11 +292,12 @@ static void on_connected(zlb_conn *c)
     c->last_activity_ns = w->now_ns;
     int one = 1;
     setsockopt(c->up_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (register_fd(w, c->down_fd, &c->down_io) != 0) {
+    struct epoll_event ev = {.events = ZLB_EV_BASE, .data.ptr = &c->down_io};
+    /* The connect wait needed EPOLLOUT upstream; data transfer does not. */
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->down_fd, &ev) != 0 || want_write(c, 1, 0) != 0) {
         conn_close(c, 1);
         return;
     }
-    c->down_registered = 1;
     c->d[0].readable = c->d[1].readable = 1;
     arm_idle(c);
     pump_all(c);
@@ -299,7 +316,6 @@ static void connect_failed(zlb_conn *c, int timed_out)
     if (c->up_fd >= 0)
         close(c->up_fd);
     c->up_fd = -1;
-    c->up_registered = 0;
     /* Keep ep/ep_snap so the next pick can exclude this endpoint. */
     release_endpoint(c);
 }
@@ -347,11 +363,12 @@ static void try_connect(zlb_conn *c)
             connect_failed(c, 0);
             continue;
         }
-        if (register_fd(w, c->up_fd, &c->up_io) != 0) {
+        struct epoll_event ev = {.events = ZLB_EV_BASE | EPOLLOUT, .data.ptr = &c->up_io};
+        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->up_fd, &ev) != 0) {
             connect_failed(c, 0);
             continue;
         }
-        c->up_registered = 1;
+        c->want_write[1] = 1;
         int rc = connect(c->up_fd, (const struct sockaddr *)&ep->addr, ep->addrlen);
         if (rc == 0) {
             on_connected(c);
@@ -421,7 +438,6 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
         c->down_fd = fd;
         c->up_fd = -1;
         c->state = CONN_CONNECTING;
-        c->use_splice = 1;
         zlb_timer_init(&c->timer, on_timer);
         for (int k = 0; k < 2; k++)
             c->d[k].pipe[0] = c->d[k].pipe[1] = -1;
@@ -441,7 +457,9 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
             int cap1 = fcntl(c->d[1].pipe[1], F_GETPIPE_SZ);
             int cap = cap0 < cap1 ? cap0 : cap1;
             c->chunk = cap > 0 ? (uint32_t)cap : 65536;
-        } else if (fall_back_to_copy(c) != 0) {
+        } else {
+            /* Out of file descriptors: refuse rather than proxy without a
+             * place to park unsent bytes. */
             conn_close(c, 1);
             continue;
         }
@@ -451,25 +469,47 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
 
 /* ---- data transfer ------------------------------------------------------ */
 
-/* Switches a connection to read/write copying (splice unsupported for this
- * socket pair). Pipes are empty at this point. Returns -1 on OOM. */
-static int fall_back_to_copy(zlb_conn *c)
+static void count_bytes(zlb_worker *w, int dir, size_t n)
 {
-    for (int i = 0; i < 2; i++) {
-        pipe_put(c->w, c->d[i].pipe, c->d[i].pending);
-        c->d[i].pending = 0;
-        c->d[i].buf = malloc(ZLB_COPY_BUF);
-        if (!c->d[i].buf)
-            return -1;
-    }
-    c->use_splice = 0;
-    c->chunk = ZLB_COPY_BUF;
-    ZLB_STAT_ADD(c->w, splice_fallbacks, 1);
-    return 0;
+    if (dir == 0)
+        ZLB_STAT_ADD(w, bytes_down_up, (uint64_t)n);
+    else
+        ZLB_STAT_ADD(w, bytes_up_down, (uint64_t)n);
 }
 
-/* Moves bytes in one direction until the kernel would block.
- * Returns 0 to keep going, -1 when the connection must be reset. */
+/* Small-message path: read into the worker's scratch buffer and write at
+ * once; whatever dst does not take is parked in the (empty) pipe. Returns
+ * bytes read (0 = EOF), or -1 with errno. */
+static ssize_t copy_once(zlb_conn *c, int dir, int src, int dst)
+{
+    zlb_worker *w = c->w;
+    zlb_dir *d = &c->d[dir];
+    ssize_t n = read(src, w->scratch, ZLB_SCRATCH);
+    if (n <= 0)
+        return n;
+    if (n == ZLB_SCRATCH && !c->no_splice)
+        d->splicing = 1;      /* more is likely waiting: bulk */
+    else if (n < ZLB_SCRATCH && !d->hup)
+        d->readable = 0;      /* short read: drained (a FIN already queued is not a new edge, hence hup) */
+    ssize_t m = write(dst, w->scratch, (size_t)n);
+    if (m < 0) {
+        if (errno != EAGAIN)
+            return -1;
+        m = 0;
+    }
+    count_bytes(w, dir, (size_t)m);
+    if (m < n) {
+        /* The pipe is empty and holds at least 64 KiB > ZLB_SCRATCH. */
+        ssize_t parked = write(d->pipe[1], w->scratch + m, (size_t)(n - m));
+        if (parked != n - m)
+            return -1;
+        d->pending = (size_t)parked;
+    }
+    return n;
+}
+
+/* Moves bytes in one direction until the kernel would block or the source
+ * is known to be drained. Returns 0 to keep going, -1 to reset. */
 static int pump(zlb_conn *c, int dir)
 {
     zlb_worker *w = c->w;
@@ -478,22 +518,18 @@ static int pump(zlb_conn *c, int dir)
     int dst = dir == 0 ? c->up_fd : c->down_fd;
     for (;;) {
         if (d->pending > 0) {
-            ssize_t n = c->use_splice
-                ? splice(d->pipe[0], NULL, dst, NULL, d->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
-                : write(dst, d->buf + d->off, d->pending);
+            ssize_t n = splice(d->pipe[0], NULL, dst, NULL, d->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (n < 0) {
                 if (errno == EAGAIN)
-                    return 0;
+                    return want_write(c, 1 - dir, 1);
                 if (errno == EINTR)
                     continue;
                 return -1;
             }
             d->pending -= (size_t)n;
-            d->off = d->pending ? d->off + (size_t)n : 0;
-            if (dir == 0)
-                ZLB_STAT_ADD(w, bytes_down_up, (uint64_t)n);
-            else
-                ZLB_STAT_ADD(w, bytes_up_down, (uint64_t)n);
+            count_bytes(w, dir, (size_t)n);
+            if (d->pending == 0 && want_write(c, 1 - dir, 0) != 0)
+                return -1;
             continue;
         }
         if (d->done)
@@ -506,9 +542,20 @@ static int pump(zlb_conn *c, int dir)
         }
         if (!d->readable)
             return 0;
-        ssize_t n = c->use_splice
-            ? splice(src, NULL, d->pipe[1], NULL, c->chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
-            : read(src, d->buf, c->chunk);
+        ssize_t n;
+        if (d->splicing) {
+            n = splice(src, NULL, d->pipe[1], NULL, c->chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0)
+                d->pending = (size_t)n;
+            else if (n < 0 && errno == EINVAL) {
+                c->no_splice = 1;   /* not spliceable: copy from now on */
+                d->splicing = 0;
+                ZLB_STAT_ADD(w, splice_fallbacks, 1);
+                continue;
+            }
+        } else {
+            n = copy_once(c, dir, src, dst);
+        }
         if (n == 0) {
             d->eof = 1;
             continue;
@@ -516,21 +563,13 @@ static int pump(zlb_conn *c, int dir)
         if (n < 0) {
             if (errno == EAGAIN) {
                 d->readable = 0;
+                d->splicing = 0;    /* burst over: the next one starts copying */
                 return 0;
             }
             if (errno == EINTR)
                 continue;
-            if (errno == EINVAL && c->use_splice) {
-                if (fall_back_to_copy(c) != 0)
-                    return -1;
-                continue;
-            }
             return -1;
         }
-        /* A short read drained the socket; a later arrival is a new edge. */
-        if ((size_t)n < c->chunk)
-            d->readable = 0;
-        d->pending = (size_t)n;
         c->last_activity_ns = w->now_ns;
     }
 }
@@ -573,6 +612,8 @@ void zlb_l4_on_event(zlb_worker *w, zlb_io *io, uint32_t events)
     int dir_to = 1 - dir_from;
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))
         c->d[dir_from].readable = 1;
+    if (events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP))
+        c->d[dir_from].hup = 1;
     int rc = 0;
     if (c->d[dir_from].readable)
         rc = pump(c, dir_from);

@@ -11,6 +11,10 @@
 #include "qsbr.h"
 #include "timer.h"
 
+/* Bytes per read(2) in the L4 copy path; a read that fills it switches the
+ * direction to splice (see l4.c). */
+#define ZLB_SCRATCH (16 * 1024)
+
 /* Every epoll registration points at one of these as its first member, so
  * the loop can dispatch on `kind`. */
 enum zlb_io_kind { ZLB_IO_WAKE, ZLB_IO_LISTENER, ZLB_IO_DOWN, ZLB_IO_UP };
@@ -49,10 +53,14 @@ typedef struct zlb_worker_stats {
 
 #define ZLB_STAT(w, field) \
     (w)->stats.c[offsetof(zlb_stats, field) / sizeof(uint64_t)]
-#define ZLB_STAT_ADD(w, field, v) \
-    atomic_fetch_add_explicit(&ZLB_STAT(w, field), (v), memory_order_relaxed)
-#define ZLB_STAT_SUB(w, field, v) \
-    atomic_fetch_sub_explicit(&ZLB_STAT(w, field), (v), memory_order_relaxed)
+/* Single writer (the owning worker): a relaxed load + store is enough and
+ * avoids a locked read-modify-write on every message. */
+#define ZLB_STAT_ADD(w, field, v)                                                        \
+    atomic_store_explicit(&ZLB_STAT(w, field),                                           \
+                          atomic_load_explicit(&ZLB_STAT(w, field), memory_order_relaxed) \
+                              + (uint64_t)(v),                                           \
+                          memory_order_relaxed)
+#define ZLB_STAT_SUB(w, field, v) ZLB_STAT_ADD(w, field, -(uint64_t)(v))
 
 enum zlb_cmd_kind { ZLB_CMD_ADD_LISTENER, ZLB_CMD_REMOVE_LISTENER };
 typedef struct zlb_cmd {
@@ -83,6 +91,7 @@ typedef struct zlb_worker {
     struct zlb_conn *conns;      /* every open connection of this worker */
     struct zlb_conn *closed;     /* closed in this batch, freed by zlb_l4_reap */
 
+    char *scratch;               /* ZLB_SCRATCH bytes for read/write copying */
     int (*pipe_pool)[2];         /* empty pipes kept for reuse */
     uint32_t n_pipes, cap_pipes;
 
