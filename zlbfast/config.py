@@ -485,9 +485,11 @@ def _validated_once(check: Callable[[T, str, str], None]) -> Callable[[T, str, s
     return run
 
 
-# Parsed addresses for the duplicate check, which runs on every validation of a cluster; xDS updates repeat
-# the same addresses.
-_ip = functools.lru_cache(maxsize=1 << 16)(ipaddress.ip_address)
+@functools.lru_cache(maxsize=1 << 16)
+def _ip_key(address: str) -> bytes:
+    """The address as bytes for the duplicate check, which runs on every validation of a cluster: cached because
+    xDS updates repeat the same addresses, bytes because they hash in C (IPv4 and IPv6 differ in length)."""
+    return ipaddress.ip_address(address).packed
 
 
 def _validate_endpoint(endpoint: Endpoint, path: str, source: str) -> None:
@@ -514,12 +516,12 @@ def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
     _check_duration(cluster.ewma_decay_ms, f"{path}.ewma_decay", source)
     _validate_outlier(cluster.outlier, f"{path}.outlier_detection", source)
 
-    seen: set[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = set()
+    seen: set[tuple[bytes, int]] = set()
     for i, endpoint in enumerate(cluster.endpoints):
         endpoint_path = f"{path}.endpoints[{i}]"
         _validate_endpoint_once(endpoint, endpoint_path, source)
         # Compared as IP objects so that "::1" and "0::1" built in code are still caught.
-        key = (_ip(endpoint.address), endpoint.port)
+        key = (_ip_key(endpoint.address), endpoint.port)
         if key in seen:
             shown = _format_hostport(endpoint.address, endpoint.port)
             _fail(

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import itertools
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ def pack(msg: Message) -> any_pb2.Any:
 class Recorded:
     delta: bool
     request: Any  # DiscoveryRequest or DeltaDiscoveryRequest
+    node_id: str = ""
+    at: float = 0.0  # time.monotonic() on arrival
 
     @property
     def nack(self) -> str:
@@ -67,6 +70,7 @@ class AdsServer:
         self.requests: list[Recorded] = []
         self._nonce = itertools.count(1)
         self.last_nonce: dict[str, str] = {}  # type -> nonce of the latest response sent
+        self.sent: dict[str, tuple[str, float]] = {}  # nonce -> (node id, time.monotonic() when sent)
         self._conns: set[_Conn] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started: Future[None] = Future()
@@ -143,9 +147,10 @@ class AdsServer:
 
         wait_for(acked, timeout, f"ACK of {r.KIND[type_url]} nonce {nonce}")
 
-    def _next_nonce(self, type_url: str) -> str:
+    def _next_nonce(self, type_url: str, node_id: str) -> str:
         nonce = str(next(self._nonce))
         self.last_nonce[type_url] = nonce
+        self.sent[nonce] = (node_id, time.monotonic())
         return nonce
 
     # -- gRPC -----------------------------------------------------------------------
@@ -166,7 +171,7 @@ class AdsServer:
                 if req.HasField("node"):
                     conn.node_id = req.node.id
                 with self._lock:
-                    self.requests.append(Recorded(delta, req))
+                    self.requests.append(Recorded(delta, req, conn.node_id, time.monotonic()))
                 await on_request(conn, req)
         finally:
             self._conns.discard(conn)
@@ -213,12 +218,13 @@ class AdsServer:
                 await self._push_delta(conn, type_url, current)
             else:
                 await conn.stream.send_message(discovery_pb2.DiscoveryResponse(
-                    version_info=str(self.versions[type_url]), type_url=type_url, nonce=self._next_nonce(type_url),
-                    resources=[pack(m) for m in current.values()]))
+                    version_info=str(self.versions[type_url]), type_url=type_url,
+                    nonce=self._next_nonce(type_url, conn.node_id), resources=[pack(m) for m in current.values()]))
 
     async def _push_delta(self, conn: _Conn, type_url: str, current: dict[str, Message]) -> None:
         held = conn.sent_versions[type_url]
-        resp = discovery_pb2.DeltaDiscoveryResponse(type_url=type_url, system_version_info=str(self.versions[type_url]))
+        resp = discovery_pb2.DeltaDiscoveryResponse(type_url=type_url,
+                                                    system_version_info=str(self.versions[type_url]))
         for name, msg in current.items():
             version = hashlib.sha256(msg.SerializeToString(deterministic=True)).hexdigest()[:16]
             if held.get(name) != version:
@@ -230,5 +236,5 @@ class AdsServer:
                 resp.removed_resources.append(name)
                 del held[name]
         if resp.resources or resp.removed_resources:
-            resp.nonce = self._next_nonce(type_url)
+            resp.nonce = self._next_nonce(type_url, conn.node_id)
             await conn.stream.send_message(resp)

@@ -10,16 +10,8 @@ from google.protobuf import json_format
 from tests.netutil import free_port, read_label, wait_for
 from tests.xds.adsserver import AdsServer
 from tests.xds.envoy_res import assignment, eds_cluster, tcp_listener
-from tests.xds.traffic import Load
+from tests.xds.traffic import Load, label_or_empty
 from zlbfast.xds import resources as r
-
-
-def no_backend(port: int) -> bool:
-    """The proxy accepted and then closed or reset the connection without reaching a backend."""
-    try:
-        return read_label(port) == ""
-    except ConnectionResetError:
-        return True
 
 
 def labels_seen(port: int, n: int) -> set[str]:
@@ -136,6 +128,6 @@ def test_cluster_warming_and_initial_fetch_timeout(ads_server, agent_factory, ba
     assert agent.state()["warming_clusters"] == ["w"]
     assert not agent.has_listener("lw")
     wait_for(lambda: agent.has_listener("lw"), what="listener after the initial fetch timeout")
-    assert no_backend(port)
+    assert label_or_empty(port) == ""  # no endpoints: closed or reset without a backend
     ads_server.set(r.ENDPOINT, {"w": assignment("w", [(b0.host, b0.port)])})
-    wait_for(lambda: read_label(port) == "b0", what="endpoints after warming")
+    wait_for(lambda: label_or_empty(port) == "b0", what="endpoints after warming")

