@@ -1,5 +1,6 @@
 """Type stubs for the Cython boundary module (zlbfast/_native.pyx)."""
 
+from collections.abc import Iterable
 from typing import Any
 
 STAT_FIELDS: tuple[str, ...]
@@ -67,3 +68,136 @@ def hold_gil(seconds: float) -> None: ...
 def debug_counters() -> dict[str, int]: ...
 def policy_names() -> list[str]: ...
 def total_ejections() -> int: ...
+
+# Load generator and built-in test backends (_loadgen.pxi).
+
+LOAD_ERROR_KINDS: tuple[str, ...]
+
+class Histogram:
+    def __init__(self) -> None: ...
+    def record(self, ns: int) -> None: ...
+    def record_many(self, values: Iterable[int]) -> None: ...
+    def merge(self, other: Histogram) -> None: ...
+    def percentile(self, q: float) -> int: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def min(self) -> int: ...
+    @property
+    def max(self) -> int: ...
+    @property
+    def mean(self) -> float: ...
+    @staticmethod
+    def bucket_bounds(ns: int) -> tuple[int, int]: ...
+    def buckets(self) -> list[tuple[int, int, int]]: ...
+
+class LoadResult:
+    @property
+    def requests(self) -> int: ...
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def errors(self) -> dict[str, int]: ...
+    @property
+    def bytes_read(self) -> int: ...
+    @property
+    def connects(self) -> int: ...
+    @property
+    def latency(self) -> Histogram: ...
+    @property
+    def labels(self) -> dict[str, int]: ...
+    @property
+    def labels_other(self) -> int: ...
+    @property
+    def labels_missing(self) -> int: ...
+    @property
+    def rps(self) -> float: ...
+    def summary(self) -> dict[str, Any]: ...
+
+def run_load(
+    host: str,
+    port: int,
+    *,
+    mode: str = "http",
+    threads: int = 1,
+    connections: int = 64,
+    rate: float = 0.0,
+    duration: float = 10.0,
+    max_requests: int = 0,
+    timeout: float = 5.0,
+    path: str = "/",
+    host_header: str = "",
+    label_header: str = "",
+    tcp_size: int = 64,
+) -> LoadResult: ...
+
+class BuiltinBackend:
+    kind: str
+    host: str
+    port: int
+    label: str
+    def __init__(
+        self,
+        kind: str = "http",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        threads: int = 1,
+        status: int = 200,
+        body_size: int = 64,
+        delay: float = 0.0,
+        label: str = "",
+    ) -> None: ...
+    def stop(self) -> None: ...
+    def stall(self, seconds: float) -> None: ...
+    @property
+    def requests(self) -> int: ...
+    @property
+    def bytes_received(self) -> int: ...
+    @property
+    def connections(self) -> int: ...
+    @property
+    def address(self) -> str: ...
+    def __enter__(self) -> BuiltinBackend: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+# HTTP/1.1 parser test surface (_http1.pxi).
+
+H1_F_CLOSE: int
+H1_F_EXPECT_100: int
+H1_F_UPGRADE: int
+H1_F_HAS_HOST: int
+H1_F_KEEP_ALIVE: int
+H1_BODY_KINDS: tuple[str, ...]
+
+# A parsed head: version_minor, headers (list of (name, value) bytes), body
+# (one of H1_BODY_KINDS), content_length, head_len, flags; requests add
+# method, target, host (bytes), responses add status (int) and reason (bytes).
+# Errors come back as (error_status, message); None means "incomplete".
+def h1_parse_request(
+    data: bytes, *, max_request_line: int = 8192, max_head: int = 65536, max_headers: int = 100
+) -> dict[str, Any] | tuple[int, str] | None: ...
+def h1_feed_request(
+    pieces: list[bytes], *, max_request_line: int = 8192, max_head: int = 65536, max_headers: int = 100
+) -> dict[str, Any] | tuple[int, str] | None: ...
+def h1_parse_response(
+    data: bytes,
+    *,
+    request_was_head: bool = False,
+    max_request_line: int = 8192,
+    max_head: int = 65536,
+    max_headers: int = 100,
+) -> dict[str, Any] | tuple[int, str] | None: ...
+def h1_feed_response(
+    pieces: list[bytes],
+    *,
+    request_was_head: bool = False,
+    max_request_line: int = 8192,
+    max_head: int = 65536,
+    max_headers: int = 100,
+) -> dict[str, Any] | tuple[int, str] | None: ...
+# (payload, bytes consumed) | error message | None (incomplete)
+def h1_dechunk(data: bytes, *, max_line: int = 4096, max_trailers: int = 8192) -> tuple[bytes, int] | str | None: ...
+def h1_dechunk_pieces(
+    pieces: list[bytes], *, max_line: int = 4096, max_trailers: int = 8192
+) -> tuple[bytes, int] | str | None: ...

@@ -248,3 +248,4 @@ def total_ejections():
 
 
 include "_loadgen.pxi"
+include "_http1.pxi"

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from zlbfast import __version__
+from zlbfast.bench import cli as bench
 from zlbfast.config import ConfigError, load_config, proxy_config
 from zlbfast.model import POLICIES, Config
 
@@ -103,9 +104,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from zlbfast.bench import cli as bench_cli
-
-    return bench_cli.run(args)
+    return bench.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,14 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("-c", "--config", required=True)
     validate.set_defaults(func=_cmd_validate)
 
-    bench = sub.add_parser("bench", help="measure throughput and latency (see docs/bench.md)")
-    try:
-        from zlbfast.bench import cli as bench_cli
-
-        bench_cli.add_arguments(bench)
-    except ImportError as exc:  # the bench package is part of the install; say so if it is broken
-        bench.set_defaults(bench_import_error=str(exc))
-    bench.set_defaults(func=_cmd_bench)
+    bench_parser = sub.add_parser("bench", help="measure throughput and latency (see docs/bench.md)")
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(func=_cmd_bench)
     return parser
 
 
