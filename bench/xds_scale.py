@@ -113,8 +113,8 @@ def peers(args: argparse.Namespace, tmp: str) -> dict[str, dict[str, float]]:
             yaml.safe_dump(ads_bootstrap(server.port, node_id="zlbfast"), f)
         t0 = time.monotonic()
         procs["zlbfast"] = subprocess.Popen(
-            [sys.executable, "-m", "zlbfast.xds", "-c", boot_z, "--workers", "1", "--cache-dir",
-             os.path.join(tmp, "cache"), "--log-level", "warning"], cwd=ROOT)
+            [sys.executable, "-m", "zlbfast", "--log-level", "warning", "run", "-c", boot_z, "--workers", "1",
+             "--xds-cache-dir", os.path.join(tmp, "cache")], cwd=ROOT)
         envoy = shutil.which("envoy")
         if envoy and not args.no_envoy:
             boot_e = os.path.join(tmp, "envoy.yaml")

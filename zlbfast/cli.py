@@ -8,11 +8,16 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import yaml
 
 from zlbfast import __version__
 from zlbfast.bench import cli as bench
-from zlbfast.config import ConfigError, load_config, proxy_config
+from zlbfast.config import ConfigError, is_envoy_bootstrap, load_config, proxy_config
 from zlbfast.model import POLICIES, Config
+from zlbfast.runtime import ApplyError, Engine
 
 log = logging.getLogger("zlbfast")
 
@@ -25,63 +30,114 @@ def _setup_logging(level: str) -> None:
     )
 
 
-async def _serve(cfg: Config, workers: int, reload: Callable[[], Config] | None) -> int:
-    """Runs the engine until SIGTERM/SIGINT; SIGHUP re-reads the config via `reload`."""
-    from zlbfast.runtime import ApplyError, Engine
+class _Source(Protocol):
+    """Where a running proxy's configuration comes from."""
 
-    engine = Engine(workers or cfg.workers)
-    try:
+    async def run(self, engine: Engine, stop: asyncio.Event) -> int:
+        """Installs configuration on `engine` and keeps it current until `stop` is set.
+        Returns non-zero when the configuration could not be installed at all."""
+        ...
+
+
+@dataclass
+class _StaticSource:
+    """A zlbfast YAML file (re-read on SIGHUP) or a config built from flags."""
+
+    cfg: Config
+    reload: Callable[[], Config] | None
+
+    async def run(self, engine: Engine, stop: asyncio.Event) -> int:
         try:
-            engine.apply(cfg)
+            engine.apply(self.cfg)
         except ApplyError as exc:
             log.error("%s", exc)
             return 1
         for name, (host, port) in engine.listener_addresses().items():
             log.info("listener %s listening on %s:%d", name, host, port)
-        log.info("ready: %d workers, %d clusters", engine.native.workers, len(cfg.clusters))
+        log.info("ready: %d workers, %d clusters", engine.native.workers, len(self.cfg.clusters))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_hup, engine)
+        await stop.wait()
+        return 0
 
+    def _on_hup(self, engine: Engine) -> None:
+        if self.reload is None:
+            log.warning("SIGHUP ignored: no configuration file to reload")
+            return
+        try:
+            new_cfg = self.reload()
+            engine.apply(new_cfg)
+        except (ConfigError, ApplyError) as exc:
+            log.error("reload rejected, keeping the running configuration: %s", exc)
+            return
+        log.info("reloaded %s: %d listeners, %d clusters", new_cfg.source, len(new_cfg.listeners),
+                 len(new_cfg.clusters))
+
+
+@dataclass
+class _XdsSource:
+    """An Envoy v3 bootstrap: static resources plus xDS (see docs/xds.md)."""
+
+    args: argparse.Namespace
+
+    async def run(self, engine: Engine, stop: asyncio.Event) -> int:
+        from zlbfast import xds  # grpc and protobuf load only for bootstraps
+
+        a = self.args
+        try:
+            await xds.serve(a.config, engine, stop, cache_dir=a.xds_cache_dir, node_id=a.node_id,
+                            node_cluster=a.node_cluster, zone=a.zone, backoff_max_s=a.xds_backoff_max)
+        except ConfigError as exc:
+            print(f"zlbfast: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+
+async def _serve(source: _Source, workers: int, drain_timeout_ms: int) -> int:
+    """Runs the engine fed by `source` until SIGTERM/SIGINT, then drains."""
+    engine = Engine(workers)
+    try:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-
-        def on_hup() -> None:
-            if reload is None:
-                log.warning("SIGHUP ignored: no configuration file to reload")
-                return
-            try:
-                new_cfg = reload()
-                engine.apply(new_cfg)
-            except (ConfigError, ApplyError) as exc:
-                log.error("reload rejected, keeping the running configuration: %s", exc)
-                return
-            log.info("reloaded %s: %d listeners, %d clusters", new_cfg.source, len(new_cfg.listeners),
-                     len(new_cfg.clusters))
-
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        await stop.wait()
-
-        drain_s = (engine.config or cfg).drain_timeout_ms / 1000
-        active = engine.active_connections()
-        log.info("draining: stopped accepting, %d connections open, deadline %.1fs", active, drain_s)
+        rc = await source.run(engine, stop)
+        if rc != 0:
+            return rc
+        drain_s = (engine.config.drain_timeout_ms if engine.config else drain_timeout_ms) / 1000
+        log.info("draining: stopped accepting, %d connections open, deadline %.1fs",
+                 engine.active_connections(), drain_s)
         engine.stop_accepting()
-        idle = await asyncio.to_thread(engine.wait_idle, drain_s)
-        if not idle:
-            log.warning("drain deadline passed with %d connections open; closing them",
-                        engine.active_connections())
+        if not await asyncio.to_thread(engine.wait_idle, drain_s):
+            log.warning("drain deadline passed with %d connections open; closing them", engine.active_connections())
         log.info("stopped")
         return 0
     finally:
         engine.close()
 
 
+def _read_yaml(path: str) -> object:
+    """The parsed file, or None when it cannot be read or parsed (the loaders then say why)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _is_envoy_bootstrap(path: str) -> bool:
+    return is_envoy_bootstrap(_read_yaml(path))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    if _is_envoy_bootstrap(args.config):
+        return asyncio.run(_serve(_XdsSource(args), args.workers, Config((), ()).drain_timeout_ms))
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(f"zlbfast: {exc}", file=sys.stderr)
         return 1
-    return asyncio.run(_serve(cfg, args.workers, lambda: load_config(args.config)))
+    source = _StaticSource(cfg, lambda: load_config(args.config))
+    return asyncio.run(_serve(source, args.workers or cfg.workers, cfg.drain_timeout_ms))
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
@@ -90,11 +146,17 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"zlbfast: {exc}", file=sys.stderr)
         return 1
-    return asyncio.run(_serve(cfg, args.workers, None))
+    return asyncio.run(_serve(_StaticSource(cfg, None), args.workers, cfg.drain_timeout_ms))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     try:
+        if _is_envoy_bootstrap(args.config):
+            from zlbfast.xds import bootstrap
+
+            bootstrap.load(args.config)
+            print(f"{args.config}: OK (Envoy v3 bootstrap)")
+            return 0
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(f"zlbfast: {exc}", file=sys.stderr)
@@ -113,9 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run with a configuration file")
-    run.add_argument("-c", "--config", required=True, help="zlbfast YAML configuration")
+    run = sub.add_parser("run", help="run with a zlbfast YAML file or an Envoy v3 bootstrap")
+    run.add_argument("-c", "--config", required=True, help="zlbfast YAML, or Envoy v3 bootstrap (YAML/JSON)")
     run.add_argument("--workers", type=int, default=0, help="worker threads (default: config, else CPUs)")
+    xds_group = run.add_argument_group("xDS (Envoy bootstraps only)")
+    xds_group.add_argument("--xds-cache-dir", default=None, help="where accepted xDS state is persisted")
+    xds_group.add_argument("--node-id", default="", help="overrides node.id of the bootstrap")
+    xds_group.add_argument("--node-cluster", default="", help="overrides node.cluster of the bootstrap")
+    xds_group.add_argument("--zone", default="", help="node locality zone (also the local zone for balancing)")
+    xds_group.add_argument("--xds-backoff-max", type=float, default=30.0, help="longest reconnect delay, seconds")
     run.set_defaults(func=_cmd_run)
 
     proxy = sub.add_parser("proxy", help="one-line TCP proxy: --from ADDR --to ADDR [--to ADDR ...]")

@@ -624,3 +624,12 @@ def proxy_config(listen: str, targets: list[str], policy: str = "round_robin", w
     except ConfigError as e:
         option = next((opt for prefix, opt in _CLI_OPTIONS if e.path.startswith(prefix)), e.path)
         raise ConfigError(e.file, option, e.problem) from None
+
+
+# Top-level keys that mark an Envoy v3 bootstrap rather than a zlbfast file.
+ENVOY_BOOTSTRAP_KEYS = frozenset({"node", "static_resources", "dynamic_resources", "admin"})
+
+
+def is_envoy_bootstrap(data: object) -> bool:
+    """True for a parsed document that is an Envoy v3 bootstrap (handled by zlbfast.xds)."""
+    return isinstance(data, dict) and bool(ENVOY_BOOTSTRAP_KEYS & set(data))

@@ -1,4 +1,4 @@
-"""Control-plane outage: zlbfast (the `python -m zlbfast.xds` process) keeps serving with zero failed
+"""Control-plane outage: zlbfast (the `zlbfast run -c bootstrap.yaml` process) keeps serving with zero failed
 connections while the control plane is dead, restarts from its cache while it is still dead, and takes the
 control plane's new state when it returns. This is the one long test (30 s of outage, required by issue 5)."""
 
@@ -26,8 +26,8 @@ OUTAGE_S = 30.0
 def start_zlbfast(boot_path: str, cache_dir: str, log_path: str) -> subprocess.Popen[bytes]:
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "zlbfast.xds", "-c", boot_path, "--cache-dir", cache_dir, "--workers", "1",
-             "--backoff-max", "1"], stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "zlbfast", "run", "-c", boot_path, "--xds-cache-dir", cache_dir, "--workers", "1",
+             "--xds-backoff-max", "1"], stdout=log, stderr=subprocess.STDOUT)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -3,6 +3,5 @@ watched files, all feeding one pipeline that installs zlbfast.model.Config on th
 accepted state (see docs/xds.md)."""
 
 from zlbfast.xds.agent import Agent, serve
-from zlbfast.xds.bootstrap import is_envoy_bootstrap
 
-__all__ = ["Agent", "is_envoy_bootstrap", "serve"]
+__all__ = ["Agent", "serve"]

@@ -25,7 +25,6 @@ from zlbfast.xds import resources as r
 from zlbfast.xds.state import Static
 
 # Top-level keys that mark a file as an Envoy bootstrap rather than zlbfast YAML.
-ENVOY_KEYS = frozenset({"node", "static_resources", "dynamic_resources", "admin"})
 _API = config_source_pb2.ApiConfigSource
 
 
@@ -46,10 +45,6 @@ class Plan:
     static: Static
     source: Source
     path: str
-
-
-def is_envoy_bootstrap(data: object) -> bool:
-    return isinstance(data, dict) and bool(ENVOY_KEYS & set(data))
 
 
 def load(path: str, *, node_id: str = "", node_cluster: str = "", zone: str = "", workers: int = 0) -> Plan:
