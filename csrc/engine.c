@@ -2,6 +2,7 @@
  * engine.c - control-thread side of the engine: creating workers, binding
  * listeners, publishing snapshots, summing statistics. See engine.h.
  */
+#include "sockaddr.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
@@ -122,6 +123,7 @@ void zlb_engine_free(zlb_engine *e)
             close(w->wake_fd);
         zlb_lb_cache_free(w->lb);
         free(w->scratch);
+        free(w->alog.slots);
         pthread_mutex_destroy(&w->cmd_lock);
     }
     for (int i = 0; i < e->n_listeners; i++)
@@ -170,25 +172,12 @@ static void post_cmd(zlb_worker *w, zlb_cmd *c)
 static int bind_listener_socket(const zlb_listener_opts *o, uint16_t port, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
     socklen_t len;
-    int family;
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, o->host, &s4->sin_addr) == 1) {
-        family = AF_INET;
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(port);
-        len = sizeof(*s4);
-    } else if (inet_pton(AF_INET6, o->host, &s6->sin6_addr) == 1) {
-        family = AF_INET6;
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(port);
-        len = sizeof(*s6);
-    } else {
+    if (zlb_sockaddr_parse(o->host, port, &ss, &len) != 0) {
         snprintf(err, errlen, "listener %s: address '%s' is not a numeric IP", o->name, o->host);
         return -1;
     }
+    int family = ss.ss_family;
     int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(err, errlen, "listener %s: socket: %s", o->name, strerror(errno));
@@ -345,6 +334,30 @@ int zlb_engine_set_active_health(zlb_engine *e, const char *cluster, const char 
         return 0;
     }
     return -1;
+}
+
+int zlb_engine_set_access_log(zlb_engine *e, int on)
+{
+    if (on) {
+        /* Slots exist before the flag is published (release), so a worker
+         * that sees the flag also sees its ring. Never freed while running. */
+        for (uint32_t i = 0; i < e->opts.workers; i++) {
+            zlb_access_ring *r = &e->workers[i].alog;
+            if (!r->slots && !(r->slots = calloc(ZLB_AL_RING, sizeof(zlb_access_record))))
+                return -1;
+        }
+    }
+    atomic_store_explicit(&e->access_log, on ? 1 : 0, memory_order_release);
+    return 0;
+}
+
+size_t zlb_engine_drain_access_log(zlb_engine *e, zlb_access_record *out, size_t max)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < e->opts.workers && n < max; i++)
+        if (e->workers[i].alog.slots)
+            n += zlb_access_ring_drain(&e->workers[i].alog, out + n, max - n);
+    return n;
 }
 
 void zlb_engine_stats(zlb_engine *e, zlb_stats *out)

@@ -10,6 +10,7 @@
 #ifndef ZLB_ENGINE_H
 #define ZLB_ENGINE_H
 
+#include "accesslog.h"
 #include "snapshot.h"
 
 typedef struct zlb_engine zlb_engine;
@@ -45,6 +46,7 @@ typedef struct zlb_stats {
     uint64_t bytes_down_up;      /* client -> upstream */
     uint64_t bytes_up_down;      /* upstream -> client */
     uint64_t splice_fallbacks;   /* connections that fell back to read/write */
+    uint64_t access_log_dropped; /* records lost because a worker's ring was full */
 } zlb_stats;
 
 zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen);
@@ -81,6 +83,12 @@ int zlb_engine_remove_listener(zlb_engine *e, int id);
 int zlb_engine_set_active_health(zlb_engine *e, const char *cluster, const char *address, int health);
 
 void zlb_engine_stats(zlb_engine *e, zlb_stats *out);
+
+/* Turns access-log records on or off (rings are allocated on first use).
+ * 0, or -1 on allocation failure. */
+int zlb_engine_set_access_log(zlb_engine *e, int on);
+/* Moves up to max finished-connection records into out; returns how many. */
+size_t zlb_engine_drain_access_log(zlb_engine *e, zlb_access_record *out, size_t max);
 
 /* Debug counters (process-wide) that tests assert return to zero. */
 int64_t zlb_debug_live_conns(void);

@@ -78,6 +78,13 @@ typedef struct zlb_conn {
     int64_t connect_start_ns;
     int64_t last_activity_ns;
     zlb_timer timer;              /* connect timeout, then idle timeout */
+    /* Access-log facts, pushed to the worker's ring when the connection ends. */
+    int64_t start_unix_ns;
+    int64_t start_ns;
+    struct sockaddr_in6 down_addr;
+    struct sockaddr_in6 up_addr;
+    uint64_t bytes[2];            /* per direction, as d[] */
+    uint16_t flags;               /* ZLB_AL_* */
     zlb_dir d[2];                 /* 0: client -> upstream, 1: upstream -> client */
     struct zlb_conn *prev, *next;
 } zlb_conn;
@@ -166,6 +173,41 @@ static void set_rst_on_close(int fd)
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
+/* Wall clock for access logs (CLOCK_REALTIME is a vDSO call too). */
+static int64_t unix_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Pushes the connection's access-log record when logging is on; a full ring
+ * drops it (counted) rather than making the worker wait. */
+static void push_record(zlb_worker *w, const zlb_access_record *rec)
+{
+    if (zlb_access_ring_push(&w->alog, rec) != 0)
+        ZLB_STAT_ADD(w, access_log_dropped, 1);
+}
+
+static void log_connection(zlb_conn *c)
+{
+    zlb_worker *w = c->w;
+    if (!atomic_load_explicit(&w->eng->access_log, memory_order_acquire))
+        return;
+    zlb_access_record rec = {
+        .start_unix_ns = c->start_unix_ns,
+        .duration_ns = w->now_ns - c->start_ns,
+        .down = c->down_addr,
+        .up = c->up_addr,
+        .bytes_received = c->bytes[0],
+        .bytes_sent = c->bytes[1],
+        .listener_id = c->l->id,
+        .attempts = (uint16_t)c->attempts,
+        .flags = c->flags,
+    };
+    push_record(w, &rec);
+}
+
 /* Closes both sockets and releases everything but the memory, which
  * zlb_l4_reap frees after the current event batch. `reset` makes the peers
  * see RST instead of FIN (an error on one side aborts the other). */
@@ -175,8 +217,12 @@ static void conn_close(zlb_conn *c, int reset)
     if (c->state == CONN_CLOSED)
         return;
     zlb_timer_cancel(&w->timers, &c->timer);
-    if (reset)
+    if (reset) {
         ZLB_STAT_ADD(w, resets, 1);
+        if (!(c->flags & (ZLB_AL_UF | ZLB_AL_NR)))
+            c->flags |= ZLB_AL_RS;
+    }
+    log_connection(c);
     if (c->down_fd >= 0) {
         if (reset)
             set_rst_on_close(c->down_fd);
@@ -307,8 +353,10 @@ static void on_connected(zlb_conn *c)
 static void connect_failed(zlb_conn *c, int timed_out)
 {
     zlb_worker *w = c->w;
-    if (timed_out)
+    if (timed_out) {
         ZLB_STAT_ADD(w, connect_timeouts, 1);
+        c->flags |= ZLB_AL_UT;
+    }
     else
         ZLB_STAT_ADD(w, connect_failures, 1);
     report(w, c, 0, 0);
@@ -329,11 +377,13 @@ static void try_connect(zlb_conn *c)
         const zlb_cluster *cl = conn_cluster(w, c);
         if (!cl) {
             ZLB_STAT_ADD(w, no_cluster, 1);
+            c->flags |= ZLB_AL_NR;
             conn_close(c, 1);
             return;
         }
         if (c->attempts > cl->opts.connect_retries) {
             ZLB_STAT_ADD(w, upstream_exhausted, 1);
+            c->flags |= ZLB_AL_UF;
             conn_close(c, 1);
             return;
         }
@@ -343,6 +393,7 @@ static void try_connect(zlb_conn *c)
         zlb_endpoint *ep = zlb_lb_pick(w->lb, w->snap, cl, &ctx, exclude);
         if (!ep) {
             ZLB_STAT_ADD(w, upstream_exhausted, 1);
+            c->flags |= ZLB_AL_UF;
             conn_close(c, 1);
             return;
         }
@@ -357,6 +408,7 @@ static void try_connect(zlb_conn *c)
         zlb_ep_state_ref(ep->state);
         atomic_fetch_add_explicit(&ep->state->active, 1, memory_order_relaxed);
         c->connect_start_ns = w->now_ns;
+        memcpy(&c->up_addr, &ep->addr, ep->addrlen < sizeof(c->up_addr) ? ep->addrlen : sizeof(c->up_addr));
 
         c->up_fd = socket(ep->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (c->up_fd < 0) {
@@ -394,6 +446,7 @@ static void on_timer(zlb_timer *t, int64_t now_ns)
     int64_t idle_ns = (int64_t)c->l->opts.idle_timeout_ms * 1000000;
     if (now_ns - c->last_activity_ns >= idle_ns) {
         ZLB_STAT_ADD(c->w, idle_timeouts, 1);
+        c->flags |= ZLB_AL_IT;
         conn_close(c, 0);
     } else {
         arm_idle(c);
@@ -418,6 +471,12 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
              * once instead of waiting in the backlog. */
             atomic_fetch_sub(&l->active, 1);
             ZLB_STAT_ADD(w, conns_overflow, 1);
+            if (atomic_load_explicit(&w->eng->access_log, memory_order_acquire)) {
+                zlb_access_record rec = {.start_unix_ns = unix_now_ns(), .listener_id = l->id,
+                                         .flags = ZLB_AL_UO};
+                memcpy(&rec.down, &ss, len < sizeof(rec.down) ? len : sizeof(rec.down));
+                push_record(w, &rec);
+            }
             set_rst_on_close(fd);
             close(fd);
             continue;
@@ -438,6 +497,9 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
         c->down_fd = fd;
         c->up_fd = -1;
         c->state = CONN_CONNECTING;
+        c->start_ns = w->now_ns;
+        c->start_unix_ns = unix_now_ns();
+        memcpy(&c->down_addr, &ss, len < sizeof(c->down_addr) ? len : sizeof(c->down_addr));
         zlb_timer_init(&c->timer, on_timer);
         for (int k = 0; k < 2; k++)
             c->d[k].pipe[0] = c->d[k].pipe[1] = -1;
@@ -469,8 +531,10 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
 
 /* ---- data transfer ------------------------------------------------------ */
 
-static void count_bytes(zlb_worker *w, int dir, size_t n)
+static void count_bytes(zlb_conn *c, int dir, size_t n)
 {
+    zlb_worker *w = c->w;
+    c->bytes[dir] += n;
     if (dir == 0)
         ZLB_STAT_ADD(w, bytes_down_up, (uint64_t)n);
     else
@@ -497,7 +561,7 @@ static ssize_t copy_once(zlb_conn *c, int dir, int src, int dst)
             return -1;
         m = 0;
     }
-    count_bytes(w, dir, (size_t)m);
+    count_bytes(c, dir, (size_t)m);
     if (m < n) {
         /* The pipe is empty and holds at least 64 KiB > ZLB_SCRATCH. */
         ssize_t parked = write(d->pipe[1], w->scratch + m, (size_t)(n - m));
@@ -527,7 +591,7 @@ static int pump(zlb_conn *c, int dir)
                 return -1;
             }
             d->pending -= (size_t)n;
-            count_bytes(w, dir, (size_t)n);
+            count_bytes(c, dir, (size_t)n);
             if (d->pending == 0 && want_write(c, 1 - dir, 0) != 0)
                 return -1;
             continue;

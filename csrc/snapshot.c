@@ -14,6 +14,7 @@
  */
 #include "snapshot.h"
 #include "lb.h"
+#include "sockaddr.h"
 
 #include <arpa/inet.h>
 #include <stdarg.h>
@@ -355,29 +356,10 @@ int zlb_snap_add_cluster(zlb_snap_builder *b, const zlb_cluster_opts *o, char *e
 /* Fills ep->addr/addrlen/name from a numeric literal. 0 or -1. */
 static int parse_addr(zlb_endpoint *ep, const char *host, uint16_t port)
 {
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&ep->addr;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ep->addr;
-    char buf[INET6_ADDRSTRLEN];
-    memset(&ep->addr, 0, sizeof(ep->addr));
-    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons(port);
-        ep->addrlen = sizeof(*a4);
-        inet_ntop(AF_INET, &a4->sin_addr, buf, sizeof(buf));
-        snprintf(ep->name, sizeof(ep->name), "%s:%u", buf, (unsigned)port);
-        return 0;
-    }
-    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons(port);
-        ep->addrlen = sizeof(*a6);
-        /* inet_ntop gives the canonical form, so "::0001" and "::1" are
-         * the same endpoint (same name, same registry state). */
-        inet_ntop(AF_INET6, &a6->sin6_addr, buf, sizeof(buf));
-        snprintf(ep->name, sizeof(ep->name), "[%s]:%u", buf, (unsigned)port);
-        return 0;
-    }
-    return -1;
+    if (zlb_sockaddr_parse(host, port, &ep->addr, &ep->addrlen) != 0)
+        return -1;
+    zlb_sockaddr_format((const struct sockaddr *)&ep->addr, ep->name, sizeof(ep->name));
+    return 0;
 }
 
 /* Control thread. Validates and records one endpoint; the state reference

@@ -96,6 +96,7 @@ typedef struct zlb_worker {
     uint32_t n_pipes, cap_pipes;
 
     zlb_worker_stats stats;
+    zlb_access_ring alog;
 } zlb_worker;
 
 struct zlb_engine {
@@ -107,6 +108,7 @@ struct zlb_engine {
     zlb_listener **listeners;         /* indexed by id, NULL when removed */
     int n_listeners, cap_listeners;
     int started;
+    _Atomic int access_log;           /* workers push records while set (acquire) */
 };
 
 /* worker.c */

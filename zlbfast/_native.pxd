@@ -78,6 +78,37 @@ cdef extern from "lb.h" nogil:
     uint64_t zlb_lb_total_ejections()
 
 
+cdef extern from "sockaddr.h" nogil:
+    ctypedef struct sockaddr_t "struct sockaddr":
+        pass
+
+    void zlb_sockaddr_format(const sockaddr_t *sa, char *out, size_t outlen)
+
+
+cdef extern from "accesslog.h" nogil:
+    ctypedef struct sockaddr_in6_t "struct sockaddr_in6":
+        pass
+
+    ctypedef struct zlb_access_record:
+        int64_t start_unix_ns
+        int64_t duration_ns
+        sockaddr_in6_t down
+        sockaddr_in6_t up
+        uint64_t bytes_received
+        uint64_t bytes_sent
+        int listener_id
+        uint16_t attempts
+        uint16_t flags
+
+    enum:
+        ZLB_AL_UF
+        ZLB_AL_UO
+        ZLB_AL_UT
+        ZLB_AL_NR
+        ZLB_AL_IT
+        ZLB_AL_RS
+
+
 cdef extern from "engine.h" nogil:
     ctypedef struct zlb_engine:
         pass
@@ -112,5 +143,7 @@ cdef extern from "engine.h" nogil:
     int zlb_engine_remove_listener(zlb_engine *e, int id)
     int zlb_engine_set_active_health(zlb_engine *e, const char *cluster, const char *address, int health)
     void zlb_engine_stats(zlb_engine *e, zlb_stats *out)
+    int zlb_engine_set_access_log(zlb_engine *e, int on)
+    size_t zlb_engine_drain_access_log(zlb_engine *e, zlb_access_record *out, size_t max)
     int64_t zlb_debug_live_conns()
     int64_t zlb_debug_live_pipes()

@@ -8,6 +8,7 @@ released except the deliberate busy-wait used by tests.
 """
 
 from libc.stdint cimport int64_t, uint64_t
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memset
 
 from zlbfast._native cimport *
@@ -18,8 +19,11 @@ _ERRLEN = 512
 STAT_FIELDS = (
     "conns_accepted", "conns_active", "conns_overflow", "connect_attempts", "connect_failures",
     "connect_timeouts", "retries", "upstream_exhausted", "no_cluster", "idle_timeouts", "resets",
-    "bytes_down_up", "bytes_up_down", "splice_fallbacks",
+    "bytes_down_up", "bytes_up_down", "splice_fallbacks", "access_log_dropped",
 )
+# Envoy-style response flags of access-log records (csrc/accesslog.h).
+_AL_FLAGS = ((ZLB_AL_UF, "UF"), (ZLB_AL_UO, "UO"), (ZLB_AL_UT, "UT"), (ZLB_AL_NR, "NR"),
+             (ZLB_AL_IT, "IT"), (ZLB_AL_RS, "RS"))
 HEALTH = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 _HEALTH_NAMES = {v: k for k, v in HEALTH.items()}
 
@@ -93,6 +97,7 @@ cdef class NativeEngine:
     """Worker threads, listeners and the published snapshot (csrc/engine.h)."""
     cdef zlb_engine *e
     cdef uint64_t version
+    cdef dict listener_names    # native id -> (name, cluster), kept after removal for logs
 
     def __cinit__(self, int workers, unsigned long long seed=0x5eed):
         cdef zlb_engine_opts o
@@ -100,6 +105,7 @@ cdef class NativeEngine:
         memset(&o, 0, sizeof(o))
         o.workers = workers
         o.rng_seed = seed
+        self.listener_names = {}
         self.e = zlb_engine_new(&o, err, sizeof(err))
         if self.e == NULL:
             raise NativeError(err.decode(errors="replace"))
@@ -157,6 +163,7 @@ cdef class NativeEngine:
         lid = zlb_engine_add_listener(self._live(), &o, err, sizeof(err))
         if lid < 0:
             raise NativeError(err.decode(errors="replace"))
+        self.listener_names[lid] = (name, cluster)
         return lid
 
     def listener_port(self, int lid):
@@ -177,6 +184,42 @@ cdef class NativeEngine:
         cdef uint64_t buf[64]
         zlb_engine_stats(self._live(), <zlb_stats *>buf)
         return {name: buf[i] for i, name in enumerate(STAT_FIELDS)}
+
+    def set_access_log(self, bint on):
+        """Starts or stops per-connection access-log records in the workers."""
+        if zlb_engine_set_access_log(self._live(), on) != 0:
+            raise MemoryError()
+
+    def drain_access_log(self, int max_records=4096):
+        """Finished connections since the last call, oldest first per worker."""
+        cdef zlb_access_record *recs = <zlb_access_record *>PyMem_Malloc(max_records * sizeof(zlb_access_record))
+        cdef size_t n
+        cdef char addr[64]
+        if recs == NULL:
+            raise MemoryError()
+        try:
+            n = zlb_engine_drain_access_log(self._live(), recs, max_records)
+            out = []
+            for i in range(n):
+                name, cluster = self.listener_names.get(recs[i].listener_id, ("", ""))
+                zlb_sockaddr_format(<sockaddr_t *>&recs[i].down, addr, sizeof(addr))
+                down = addr.decode()
+                zlb_sockaddr_format(<sockaddr_t *>&recs[i].up, addr, sizeof(addr))
+                out.append({
+                    "start_time": recs[i].start_unix_ns / 1e9,
+                    "duration_ms": recs[i].duration_ns / 1e6,
+                    "downstream": down,
+                    "upstream": addr.decode(),
+                    "listener": name,
+                    "cluster": cluster,
+                    "bytes_received": recs[i].bytes_received,
+                    "bytes_sent": recs[i].bytes_sent,
+                    "attempts": recs[i].attempts,
+                    "flags": [label for bit, label in _AL_FLAGS if recs[i].flags & bit],
+                })
+            return out
+        finally:
+            PyMem_Free(recs)
 
     def endpoints(self):
         """Live state of every endpoint of the current snapshot, per cluster."""

@@ -1,0 +1,50 @@
+/*
+ * accesslog.h - per-worker access-log rings.
+ *
+ * Each worker owns one single-producer/single-consumer ring: the worker
+ * pushes one record per finished connection, the control thread drains.
+ * A full ring drops the record and counts it: the data path never waits for
+ * a slow log writer. Records are fixed-size and formatted by Python.
+ */
+#ifndef ZLB_ACCESSLOG_H
+#define ZLB_ACCESSLOG_H
+
+#include <netinet/in.h>
+#include "zlb_common.h"
+
+/* Envoy-style response flags (bit set in zlb_access_record.flags). */
+#define ZLB_AL_UF 0x01u   /* upstream connection failure (every attempt failed) */
+#define ZLB_AL_UO 0x02u   /* upstream overflow: listener max_connections reached */
+#define ZLB_AL_UT 0x04u   /* upstream connect timeout on at least one attempt */
+#define ZLB_AL_NR 0x08u   /* no route: the listener's cluster is not in the config */
+#define ZLB_AL_IT 0x10u   /* idle timeout closed the connection */
+#define ZLB_AL_RS 0x20u   /* reset: an I/O error on either side ended it */
+
+typedef struct zlb_access_record {
+    int64_t start_unix_ns;        /* wall clock at accept */
+    int64_t duration_ns;
+    struct sockaddr_in6 down;     /* client address (AF_INET fits too) */
+    struct sockaddr_in6 up;       /* upstream address, family 0 when none */
+    uint64_t bytes_received;      /* from the client */
+    uint64_t bytes_sent;          /* to the client */
+    int32_t listener_id;
+    uint16_t attempts;            /* upstream connect attempts */
+    uint16_t flags;               /* ZLB_AL_* */
+} zlb_access_record;
+
+#define ZLB_AL_RING 4096          /* records per worker (power of two) */
+
+typedef struct zlb_access_ring {
+    _Atomic uint64_t head;        /* next slot to write (producer) */
+    char pad1[ZLB_CACHELINE - sizeof(uint64_t)];
+    _Atomic uint64_t tail;        /* next slot to read (consumer) */
+    char pad2[ZLB_CACHELINE - sizeof(uint64_t)];
+    zlb_access_record *slots;     /* ZLB_AL_RING records, allocated on first enable */
+} zlb_access_ring;
+
+/* Producer (owning worker). Returns 0, or -1 when full (caller counts). */
+int zlb_access_ring_push(zlb_access_ring *r, const zlb_access_record *rec);
+/* Consumer (one control thread at a time). Copies up to max records. */
+size_t zlb_access_ring_drain(zlb_access_ring *r, zlb_access_record *out, size_t max);
+
+#endif
