@@ -13,21 +13,14 @@ from typing import Protocol
 
 import yaml
 
-from zlbfast import __version__
+from zlbfast import __version__, admin, logs
 from zlbfast.bench import cli as bench
 from zlbfast.config import ConfigError, is_envoy_bootstrap, load_config, proxy_config
+from zlbfast.metrics import ObservedEngine
 from zlbfast.model import POLICIES, Config
 from zlbfast.runtime import ApplyError, Engine
 
 log = logging.getLogger("zlbfast")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 class _Source(Protocol):
@@ -92,23 +85,31 @@ class _XdsSource:
         return 0
 
 
-async def _serve(source: _Source, workers: int, drain_timeout_ms: int) -> int:
-    """Runs the engine fed by `source` until SIGTERM/SIGINT, then drains."""
-    engine = Engine(workers)
+async def _serve(source: _Source, workers: int, drain_timeout_ms: int, ops: admin.OpsOptions) -> int:
+    """Runs the engine fed by `source` until SIGTERM/SIGINT (or POST /drain), then drains. The admin server,
+    health checks and access log (zlbfast.admin.Operations) run from before the first config to after the drain."""
+    engine = ObservedEngine(workers)
     try:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        rc = await source.run(engine, stop)
-        if rc != 0:
-            return rc
-        drain_s = (engine.config.drain_timeout_ms if engine.config else drain_timeout_ms) / 1000
-        log.info("draining: stopped accepting, %d connections open, deadline %.1fs",
-                 engine.active_connections(), drain_s)
-        engine.stop_accepting()
-        if not await asyncio.to_thread(engine.wait_idle, drain_s):
-            log.warning("drain deadline passed with %d connections open; closing them", engine.active_connections())
+        try:
+            async with admin.Operations(engine, ops, stop.set) as operations:
+                rc = await source.run(engine, stop)
+                if rc != 0:
+                    return rc
+                operations.draining()
+                drain_s = (engine.config.drain_timeout_ms if engine.config else drain_timeout_ms) / 1000
+                log.info("draining: stopped accepting, %d connections open, deadline %.1fs",
+                         engine.active_connections(), drain_s)
+                engine.stop_accepting()
+                if not await asyncio.to_thread(engine.wait_idle, drain_s):
+                    log.warning("drain deadline passed with %d connections open; closing them",
+                                engine.active_connections())
+        except admin.StartError as exc:
+            log.error("%s", exc)
+            return 1
         log.info("stopped")
         return 0
     finally:
@@ -130,14 +131,16 @@ def _is_envoy_bootstrap(path: str) -> bool:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if _is_envoy_bootstrap(args.config):
-        return asyncio.run(_serve(_XdsSource(args), args.workers, Config((), ()).drain_timeout_ms))
+        return asyncio.run(_serve(_XdsSource(args), args.workers, Config((), ()).drain_timeout_ms,
+                                  admin.OpsOptions.from_args(args)))
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(f"zlbfast: {exc}", file=sys.stderr)
         return 1
     source = _StaticSource(cfg, lambda: load_config(args.config))
-    return asyncio.run(_serve(source, args.workers or cfg.workers, cfg.drain_timeout_ms))
+    return asyncio.run(_serve(source, args.workers or cfg.workers, cfg.drain_timeout_ms,
+                              admin.OpsOptions.from_args(args)))
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
@@ -146,7 +149,8 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"zlbfast: {exc}", file=sys.stderr)
         return 1
-    return asyncio.run(_serve(_StaticSource(cfg, None), args.workers, cfg.drain_timeout_ms))
+    return asyncio.run(_serve(_StaticSource(cfg, None), args.workers, cfg.drain_timeout_ms,
+                              admin.OpsOptions.from_args(args)))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -172,7 +176,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zlbfast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"zlbfast {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=logs.LEVELS)
+    parser.add_argument("--log-format", default="text", choices=logs.FORMATS, help="stderr log lines: text or JSON")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run with a zlbfast YAML file or an Envoy v3 bootstrap")
@@ -184,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     xds_group.add_argument("--node-cluster", default="", help="overrides node.cluster of the bootstrap")
     xds_group.add_argument("--zone", default="", help="node locality zone (also the local zone for balancing)")
     xds_group.add_argument("--xds-backoff-max", type=float, default=30.0, help="longest reconnect delay, seconds")
+    admin.add_arguments(run, admin_default=admin.DEFAULT_ADMIN)
     run.set_defaults(func=_cmd_run)
 
     proxy = sub.add_parser("proxy", help="one-line TCP proxy: --from ADDR --to ADDR [--to ADDR ...]")
@@ -191,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--to", dest="targets", action="append", required=True, metavar="HOST:PORT")
     proxy.add_argument("--policy", default="round_robin", choices=POLICIES)
     proxy.add_argument("--workers", type=int, default=0, help="worker threads (default: CPUs)")
+    admin.add_arguments(proxy, admin_default=None)
     proxy.set_defaults(func=_cmd_proxy)
 
     validate = sub.add_parser("validate", help="check a configuration file and exit")
@@ -205,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    logs.setup_logging(args.log_level, args.log_format)
     return int(args.func(args))
 
 

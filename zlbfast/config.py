@@ -30,7 +30,18 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
-from .model import HEALTH_STATES, POLICIES, PROTOCOLS, Cluster, Config, Endpoint, Listener, OutlierDetection
+from .model import (
+    HEALTH_CHECK_TYPES,
+    HEALTH_STATES,
+    POLICIES,
+    PROTOCOLS,
+    Cluster,
+    Config,
+    Endpoint,
+    HealthCheck,
+    Listener,
+    OutlierDetection,
+)
 
 T = TypeVar("T")
 
@@ -48,6 +59,8 @@ MAX_CONSECUTIVE_FAILURES = 1000
 MAX_RING_SIZE = 1_000_000
 MIN_MAGLEV_TABLE_SIZE = 7
 MAX_MAGLEV_TABLE_SIZE = 1_000_003
+MAX_HEALTH_THRESHOLD = 1000
+MAX_HEALTH_PATH_BYTES = 1024
 
 
 class ConfigError(Exception):
@@ -262,6 +275,36 @@ def _outlier(value: object, path: str, source: str) -> OutlierDetection:
     return _build(OutlierDetection, _OUTLIER_KEYS, value, path, source, "a mapping")
 
 
+_STATUS_RANGE_RE = re.compile(r"([0-9]{3})-([0-9]{3})")
+
+
+def _status_range(value: object, path: str, source: str) -> tuple[int, int]:
+    """(200, 399) from "200-399"; (204, 204) from 204. Bounds are judged by validate()."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, str):
+        match = _STATUS_RANGE_RE.fullmatch(value)
+        if match:
+            return int(match.group(1)), int(match.group(2))
+    _fail(source, path, f"expected an HTTP status (204) or an inclusive range (200-399), got {_describe(value)}")
+
+
+_HEALTH_CHECK_KEYS = (
+    _Key("type", ("type",), _string),
+    _Key("path", ("path",), _string),
+    _Key("expected_statuses", ("expected_statuses",), _list_of(_status_range)),
+    _Key("interval", ("interval_ms",), parse_duration_ms),
+    _Key("jitter", ("jitter_ms",), parse_duration_ms),
+    _Key("timeout", ("timeout_ms",), parse_duration_ms),
+    _Key("healthy_threshold", ("healthy_threshold",), _integer),
+    _Key("unhealthy_threshold", ("unhealthy_threshold",), _integer),
+)
+
+
+def _health_check(value: object, path: str, source: str) -> HealthCheck:
+    return _build(HealthCheck, _HEALTH_CHECK_KEYS, value, path, source, "a mapping")
+
+
 _CLUSTER_KEYS = (
     _Key("name", ("name",), _string, required=True),
     _Key("endpoints", ("endpoints",), _list_of(_endpoint), required=True),
@@ -274,6 +317,7 @@ _CLUSTER_KEYS = (
     _Key("overprovisioning", ("overprovisioning",), _integer),
     _Key("ewma_decay", ("ewma_decay_ms",), parse_duration_ms),
     _Key("outlier_detection", ("outlier",), _outlier),
+    _Key("health_check", ("health_check",), _health_check),
 )
 
 
@@ -465,6 +509,27 @@ def _validate_outlier(outlier: OutlierDetection, path: str, source: str) -> None
     _check_range(outlier.max_ejection_percent, 0, 100, f"{path}.max_ejection_percent", source)
 
 
+def _validate_health_check(check: HealthCheck, path: str, source: str) -> None:
+    _check_choice(check.type, HEALTH_CHECK_TYPES, "health check type", f"{path}.type", source)
+    # The path goes verbatim into a request line: it must be an origin-form target that cannot split it.
+    if not check.path.startswith("/") or not check.path.isprintable() or any(ch.isspace() for ch in check.path):
+        _fail(source, f"{path}.path", f"must start with '/' and contain no spaces or control characters, "
+                                      f"got {check.path!r}")
+    if len(check.path.encode("utf-8")) > MAX_HEALTH_PATH_BYTES:
+        _fail(source, f"{path}.path", f"must be at most {MAX_HEALTH_PATH_BYTES} bytes long")
+    if not check.expected_statuses:
+        _fail(source, f"{path}.expected_statuses", "at least one status or range is required")
+    for i, (low, high) in enumerate(check.expected_statuses):
+        if not 100 <= low <= high <= 599:
+            _fail(source, f"{path}.expected_statuses[{i}]",
+                  f"must be statuses from 100 to 599 with the lower one first, got {low}-{high}")
+    _check_duration(check.interval_ms, f"{path}.interval", source)
+    _check_duration(check.jitter_ms, f"{path}.jitter", source, minimum_ms=0)
+    _check_duration(check.timeout_ms, f"{path}.timeout", source)
+    _check_range(check.healthy_threshold, 1, MAX_HEALTH_THRESHOLD, f"{path}.healthy_threshold", source)
+    _check_range(check.unhealthy_threshold, 1, MAX_HEALTH_THRESHOLD, f"{path}.unhealthy_threshold", source)
+
+
 # Clusters and endpoints that passed validation, by identity (the rules do not depend on path or source). An
 # xDS update replaces one cluster, or some endpoints of one, among thousands, and Engine.apply validates the
 # whole config; the unchanged parts are the very same frozen objects, and judging them again would cost about
@@ -515,6 +580,8 @@ def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
         _fail(source, size_path, f"must be a prime number (e.g. 65537), got {cluster.maglev_table_size}")
     _check_duration(cluster.ewma_decay_ms, f"{path}.ewma_decay", source)
     _validate_outlier(cluster.outlier, f"{path}.outlier_detection", source)
+    if cluster.health_check is not None:
+        _validate_health_check(cluster.health_check, f"{path}.health_check", source)
 
     seen: set[tuple[bytes, int]] = set()
     for i, endpoint in enumerate(cluster.endpoints):

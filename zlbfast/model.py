@@ -33,6 +33,10 @@ HEALTH_STATES: tuple[str, ...] = ("healthy", "degraded", "unhealthy")
 # when their worker code lands, so a config never promises what cannot run.
 PROTOCOLS: tuple[str, ...] = ("tcp",)
 
+# Active health check probes: "tcp" succeeds when the connect does, "http" when a GET answers with an
+# expected status.
+HEALTH_CHECK_TYPES: tuple[str, ...] = ("tcp", "http")
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -53,6 +57,22 @@ class OutlierDetection:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """Active health checking of every endpoint of a cluster (zlbfast.health runs it)."""
+
+    type: str = "tcp"  # one of HEALTH_CHECK_TYPES
+    path: str = "/"  # http only: the GET target
+    expected_statuses: tuple[tuple[int, int], ...] = ((200, 399),)  # http only: inclusive status ranges
+    interval_ms: int = 5000
+    # Each wait adds up to this much at random, so that the many proxies of a ZeroLB mesh, all checking the same
+    # endpoints, do not probe in lockstep.
+    jitter_ms: int = 1000
+    timeout_ms: int = 1000
+    healthy_threshold: int = 2  # successes in a row that make an unhealthy endpoint healthy
+    unhealthy_threshold: int = 3  # failures in a row that make a healthy endpoint unhealthy
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...]
@@ -65,6 +85,7 @@ class Cluster:
     overprovisioning: int = 140  # percent
     ewma_decay_ms: int = 10000  # peak_ewma only
     outlier: OutlierDetection = OutlierDetection()
+    health_check: HealthCheck | None = None  # None: no active checks
 
 
 @dataclass(frozen=True)
