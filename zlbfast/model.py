@@ -31,7 +31,12 @@ HEALTH_STATES: tuple[str, ...] = ("healthy", "degraded", "unhealthy")
 
 # Listener protocols the data plane implements. New protocols are added here
 # when their worker code lands, so a config never promises what cannot run.
-PROTOCOLS: tuple[str, ...] = ("tcp",)
+PROTOCOLS: tuple[str, ...] = ("tcp", "http")
+
+# HTTP routing vocabulary (csrc/router.h).
+MATCH_KINDS: tuple[str, ...] = ("exact", "prefix", "regex", "present")
+HASH_ON: tuple[str, ...] = ("", "header", "cookie", "source_ip", "path")
+RETRY_ON: tuple[str, ...] = ("connect-failure", "reset", "gateway-error", "5xx", "retriable-status-codes")
 
 # Active health check probes: "tcp" succeeds when the connect does, "http" when a GET answers with an
 # expected status.
@@ -89,6 +94,94 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class ValueMatch:
+    """A header (or query parameter) condition of a route."""
+
+    name: str
+    kind: str = "present"  # one of MATCH_KINDS
+    value: str = ""
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class WeightedCluster:
+    name: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retry_on: tuple[str, ...] = ("connect-failure",)  # subset of RETRY_ON
+    num_retries: int = 1
+    per_try_timeout_ms: int = 0  # 0 = only the route timeout
+    retriable_status_codes: tuple[int, ...] = ()
+    retry_non_idempotent: bool = False  # POST/PATCH too (their bodies may have had effects)
+
+
+@dataclass(frozen=True)
+class HeaderOps:
+    request_add: tuple[tuple[str, str], ...] = ()
+    request_set: tuple[tuple[str, str], ...] = ()
+    request_remove: tuple[str, ...] = ()
+    response_add: tuple[tuple[str, str], ...] = ()
+    response_set: tuple[tuple[str, str], ...] = ()
+    response_remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Redirect:
+    status: int = 302
+    scheme: str = ""  # "" = http
+    host: str = ""  # "" = the request's host is not kept: give one
+    path: str = "/"
+
+
+@dataclass(frozen=True)
+class Route:
+    """First matching route of a virtual host wins. Exactly one action:
+    clusters (one or weighted), a direct response, or a redirect."""
+
+    name: str = ""
+    path_kind: str = "prefix"  # exact | prefix | regex
+    path: str = "/"
+    headers: tuple[ValueMatch, ...] = ()
+    query: tuple[ValueMatch, ...] = ()
+    clusters: tuple[WeightedCluster, ...] = ()
+    direct_status: int = 0  # > 0: answer locally
+    direct_body: str = ""
+    redirect: Redirect | None = None
+    prefix_rewrite: str = ""
+    host_rewrite: str = ""
+    header_ops: HeaderOps = HeaderOps()
+    hash_on: str = ""  # one of HASH_ON, for ring_hash/maglev clusters
+    hash_name: str = ""  # header or cookie name
+    timeout_ms: int = 0  # whole exchange; 0 = the listener's request_timeout
+    retry: RetryPolicy = RetryPolicy()
+
+
+@dataclass(frozen=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...] = ("*",)  # exact names, "*.suffix" or "*"
+    routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """Limits and timeouts of an HTTP listener (all explicit, all configurable)."""
+
+    max_request_line: int = 8192  # 414 above
+    max_head: int = 65536  # 431 above
+    max_headers: int = 100  # 431 above
+    header_timeout_ms: int = 10000  # the whole head must arrive within it: 408 (slowloris)
+    request_timeout_ms: int = 15000  # default whole-exchange timeout: 504
+    upstream_idle_ms: int = 60000  # pooled upstream connections close after this
+    max_requests_per_conn: int = 0  # upstream reuse limit, 0 = unlimited
+    max_idle_per_endpoint: int = 64  # pooled connections per endpoint and worker
+    retry_buffer: int = 65536  # requests up to this size (head + body) can be retried
+
+
+@dataclass(frozen=True)
 class Listener:
     name: str
     address: str  # numeric IPv4/IPv6 literal in canonical form (no brackets)
@@ -97,6 +190,8 @@ class Listener:
     max_connections: int = 10000
     idle_timeout_ms: int = 3600000
     protocol: str = "tcp"  # one of PROTOCOLS
+    virtual_hosts: tuple[VirtualHost, ...] = ()  # http listeners: routing (cluster unused)
+    http: HttpOptions = HttpOptions()
 
 
 @dataclass(frozen=True)
