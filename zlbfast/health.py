@@ -208,7 +208,9 @@ class EjectionWatcher:
                 seen[key] = count
                 ejected = int(ep["ejected_until_ns"]) > now_ns
                 fields = {"event": "ejection", "cluster": cluster, "endpoint": key[1], "ejections": count}
-                if count > self._ejections.get(key, count):
+                # An endpoint seen for the first time counts from 0: it may have been ejected between its
+                # configuration and this poll.
+                if count > self._ejections.get(key, 0):
                     remaining_s = max(0, int(ep["ejected_until_ns"]) - now_ns) / 1e9
                     log.warning("outlier detection: %s in cluster %s ejected for %.1fs (ejection %d, %d failures "
                                 "in total)", key[1], cluster, remaining_s, count, int(ep["failures"]),
