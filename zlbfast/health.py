@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ async def probe(check: HealthCheck, host: str, port: int) -> None:
     except asyncio.TimeoutError:
         raise ProbeFailed(f"no answer within {check.timeout_ms}ms") from None
     except OSError as exc:
-        raise ProbeFailed(exc.strerror or str(exc)) from None
+        # asyncio puts "Connect call failed (addr)" in strerror; the errno says what happened.
+        raise ProbeFailed(os.strerror(exc.errno) if exc.errno else str(exc)) from None
 
 
 async def _probe(check: HealthCheck, host: str, port: int) -> None:
