@@ -7,6 +7,7 @@ event loop in a thread of the test process) are shared with test_metrics, test_h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -98,19 +99,15 @@ class ZlbProcess:
         return code
 
 
-@pytest.fixture
-def zlb(tmp_path: Path) -> Iterator[Callable[..., ZlbProcess]]:
-    """Factory: zlb(yaml_text, *extra_args) starts a ZlbProcess; all are stopped after the test."""
-    started: list[ZlbProcess] = []
-
-    def start(text: str, *extra: str, workers: int = 1) -> ZlbProcess:
-        path = tmp_path / f"zlb{len(started)}.yaml"
-        path.write_text(text)
-        started.append(p := ZlbProcess(path, *extra, workers=workers))
-        return p
-
-    yield start
-    for p in started:
+@contextlib.contextmanager
+def running(tmp_path: Path, text: str, *extra: str, workers: int = 1) -> Iterator[ZlbProcess]:
+    """A ZlbProcess on the YAML `text` (written to tmp_path/zlb.yaml), stopped on the way out."""
+    path = tmp_path / "zlb.yaml"
+    path.write_text(text)
+    p = ZlbProcess(path, *extra, workers=workers)
+    try:
+        yield p
+    finally:
         p.stop()
 
 
@@ -316,24 +313,23 @@ def l4_yaml(listeners: dict[str, str], clusters: dict[str, list[str]], cluster_e
     return "\n".join(out) + "\n"
 
 
-def test_post_drain_works_like_sigterm(zlb) -> None:
+def test_post_drain_works_like_sigterm(tmp_path: Path) -> None:
     echo = Backend(lambda c: [c.sendall(d) for d in iter(lambda: c.recv(4096), b"")])
     try:
-        p = zlb(l4_yaml({"l": "c"}, {"c": [echo.address]}))
-        s = connect(p.ports["l"])
-        s.sendall(b"before")
-        assert s.recv(64) == b"before"
-        assert p.get("/ready") == (200, "ready\n")
-        assert p.get("/drain", "POST") == (202, "draining\n")
-        wait_for(lambda: p.find("draining:") is not None, what="drain start")
-        # Draining: not ready, still alive, the open connection still carries bytes.
-        assert p.get("/ready") == (503, "draining\n")
-        assert p.get("/healthz") == (200, "OK\n")
-        s.sendall(b"during")
-        assert s.recv(64) == b"during"
-        s.close()
-        assert p.proc.wait(timeout=20) == 0
-        assert p.find("stopped") is not None
+        with running(tmp_path, l4_yaml({"l": "c"}, {"c": [echo.address]})) as p, connect(p.ports["l"]) as s:
+            s.sendall(b"before")
+            assert s.recv(64) == b"before"
+            assert p.get("/ready") == (200, "ready\n")
+            assert p.get("/drain", "POST") == (202, "draining\n")
+            wait_for(lambda: p.find("draining:") is not None, what="drain start")
+            # Draining: not ready, still alive, and the open connection still carries bytes.
+            assert p.get("/ready") == (503, "draining\n")
+            assert p.get("/healthz") == (200, "OK\n")
+            s.sendall(b"during")
+            assert s.recv(64) == b"during"
+            s.close()
+            assert p.proc.wait(timeout=20) == 0
+            assert p.find("stopped") is not None
     finally:
         echo.stop()
 
