@@ -20,9 +20,28 @@ typedef struct zlb_engine_opts {
     uint64_t rng_seed;  /* seeds the per-worker generators (worker i: seed + i) */
 } zlb_engine_opts;
 
+enum zlb_protocol { ZLB_PROTO_TCP = 0, ZLB_PROTO_HTTP = 1 };
+
+/* HTTP/1.1 listener settings (protocol == ZLB_PROTO_HTTP). */
+typedef struct zlb_http_opts {
+    char route_table[ZLB_NAME_MAX]; /* router name in the snapshot */
+    uint32_t max_request_line;      /* 414 above it */
+    uint32_t max_head;              /* 431 above it */
+    uint32_t max_headers;           /* 431 above it */
+    uint32_t header_timeout_ms;     /* whole request head must arrive within it (slowloris): 408 */
+    uint32_t request_timeout_ms;    /* default whole-exchange timeout when the route sets none: 504 */
+    uint32_t upstream_idle_ms;      /* pooled upstream connections close after this */
+    uint32_t max_requests_per_conn; /* upstream connection reuse limit, 0 = unlimited */
+    uint32_t max_idle_per_endpoint; /* pooled connections kept per endpoint and worker */
+    uint32_t retry_buffer;          /* requests up to this size (head + body) can be retried */
+    uint32_t max_active_requests;   /* circuit breaker per listener and worker: 503 + x-zlbfast-overflow */
+} zlb_http_opts;
+
 typedef struct zlb_listener_opts {
     char name[ZLB_NAME_MAX];
-    char cluster[ZLB_NAME_MAX];
+    char cluster[ZLB_NAME_MAX];     /* TCP listeners */
+    int protocol;                   /* zlb_protocol */
+    zlb_http_opts http;
     char host[ZLB_ADDR_STR_MAX];   /* numeric IPv4/IPv6 */
     uint16_t port;                 /* 0 = ephemeral (the same port on every worker) */
     uint32_t max_connections;      /* per listener, all workers together */
@@ -47,6 +66,15 @@ typedef struct zlb_stats {
     uint64_t bytes_up_down;      /* upstream -> client */
     uint64_t splice_fallbacks;   /* connections that fell back to read/write */
     uint64_t access_log_dropped; /* records lost because a worker's ring was full */
+    uint64_t http_requests;      /* requests completed (any status) */
+    uint64_t http_1xx, http_2xx, http_3xx, http_4xx, http_5xx; /* responses sent, by class */
+    uint64_t http_retries;       /* upstream attempts beyond the first */
+    uint64_t http_bad_requests;  /* rejected by the parser (400/414/431/501) */
+    uint64_t http_header_timeouts;
+    uint64_t http_request_timeouts;
+    uint64_t http_overflow;      /* circuit breaker 503s */
+    uint64_t http_upstream_reused; /* requests sent on a pooled connection */
+    uint64_t http_upgrades;      /* connections turned into tunnels (101) */
 } zlb_stats;
 
 zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen);

@@ -14,6 +14,7 @@
  */
 #include "snapshot.h"
 #include "lb.h"
+#include "router.h"
 #include "sockaddr.h"
 
 #include <arpa/inet.h>
@@ -229,6 +230,8 @@ struct zlb_snap_builder {
     uint32_t n_zones, cap_zones;
     bcluster *clusters;
     uint32_t n_clusters, cap_clusters;
+    zlb_router **routers;  /* owned until handed to a snapshot */
+    uint32_t n_routers, cap_routers;
 };
 
 /* Grows *arr (elements of size sz) so that one more fits. 0 or -1. */
@@ -273,6 +276,31 @@ static void builder_clear_clusters(zlb_snap_builder *b)
     free(b->clusters);
     b->clusters = NULL;
     b->n_clusters = b->cap_clusters = 0;
+    for (uint32_t i = 0; i < b->n_routers; i++)
+        zlb_router_free(b->routers[i]);
+    free(b->routers);
+    b->routers = NULL;
+    b->n_routers = b->cap_routers = 0;
+}
+
+int zlb_snap_add_router(zlb_snap_builder *b, zlb_router *r, char *err, size_t errlen)
+{
+    for (uint32_t v = 0; v < r->n_vhosts; v++)
+        for (uint32_t k = 0; k < r->vhosts[v].n_routes; k++)
+            for (uint32_t c = 0; c < r->vhosts[v].routes[k].n_clusters; c++)
+                if ((uint32_t)r->vhosts[v].routes[k].clusters[c].cluster >= b->n_clusters) {
+                    set_err(err, errlen, "route table '%s': route '%s' names an unknown cluster", r->name.p,
+                            r->vhosts[v].routes[k].name.p);
+                    zlb_router_free(r);
+                    return -1;
+                }
+    if (grow((void **)&b->routers, &b->cap_routers, b->n_routers, sizeof(*b->routers)) != 0) {
+        set_err(err, errlen, "out of memory");
+        zlb_router_free(r);
+        return -1;
+    }
+    b->routers[b->n_routers++] = r;
+    return 0;
 }
 
 /* Control thread. reg must outlive every snapshot built from it.
@@ -524,6 +552,11 @@ zlb_snapshot *zlb_snap_build(zlb_snap_builder *b, uint64_t version, char *err, s
             b->clusters[i].eps = NULL;
         }
     }
+    /* Route tables move over too (same single free path). */
+    s->routers = b->routers;
+    s->n_routers = b->n_routers;
+    b->routers = NULL;
+    b->n_routers = b->cap_routers = 0;
     builder_clear_clusters(b);
     for (uint32_t i = 0; i < s->n_clusters && rc == 0; i++)
         rc = build_cluster(&s->clusters[i], s->registry, err, errlen);
@@ -554,6 +587,9 @@ void zlb_snapshot_free(zlb_snapshot *s)
         free(c->endpoints);
     }
     free(s->clusters);
+    for (uint32_t i = 0; i < s->n_routers; i++)
+        zlb_router_free(s->routers[i]);
+    free(s->routers);
     for (uint32_t z = 0; z < s->n_zones; z++)
         free(s->zones[z]); /* n_zones counts only the copied ones */
     free(s->zones);
@@ -569,4 +605,12 @@ int zlb_snapshot_find_cluster(const zlb_snapshot *s, const char *name)
         if (strcmp(s->clusters[i].opts.name, name) == 0)
             return (int)i;
     return -1;
+}
+
+const zlb_router *zlb_snapshot_find_router(const zlb_snapshot *s, const char *name)
+{
+    for (uint32_t i = 0; i < s->n_routers; i++)
+        if (strcmp(s->routers[i]->name.p, name) == 0)
+            return s->routers[i];
+    return NULL;
 }

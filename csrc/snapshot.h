@@ -88,6 +88,7 @@ typedef struct zlb_endpoint {
 } zlb_endpoint;
 
 struct zlb_lb_ops;
+struct zlb_router;
 
 /* One priority level of one cluster. eps point into cluster->endpoints. */
 typedef struct zlb_prio {
@@ -138,6 +139,8 @@ typedef struct zlb_snapshot {
     char **zones;            /* zones[0] = "" */
     uint32_t n_clusters;
     zlb_cluster *clusters;
+    uint32_t n_routers;
+    struct zlb_router **routers; /* HTTP route tables, owned (router.h) */
     zlb_ep_registry *registry; /* not owned */
 } zlb_snapshot;
 
@@ -152,6 +155,9 @@ int zlb_snap_add_cluster(zlb_snap_builder *b, const zlb_cluster_opts *o, char *e
 int zlb_snap_add_endpoint(zlb_snap_builder *b, int cluster, const char *host, uint16_t port,
                           uint32_t weight, uint32_t priority, const char *zone, int health,
                           char *err, size_t errlen);
+/* Adds an HTTP route table; ownership passes to the builder (freed on
+ * failure too). Route clusters are cluster indices of this builder. 0/-1. */
+int zlb_snap_add_router(zlb_snap_builder *b, struct zlb_router *r, char *err, size_t errlen);
 /* Builds policy structures and returns the snapshot (the builder is emptied
  * and may be freed). NULL on failure. */
 zlb_snapshot *zlb_snap_build(zlb_snap_builder *b, uint64_t version, char *err, size_t errlen);
@@ -159,6 +165,8 @@ zlb_snapshot *zlb_snap_build(zlb_snap_builder *b, uint64_t version, char *err, s
 void zlb_snapshot_free(zlb_snapshot *s);
 /* Index of the named cluster or -1. Any thread. */
 int zlb_snapshot_find_cluster(const zlb_snapshot *s, const char *name);
+/* The named route table or NULL. Any thread. */
+const struct zlb_router *zlb_snapshot_find_router(const zlb_snapshot *s, const char *name);
 
 /* Debug counter: snapshots alive (built and not yet freed). */
 int64_t zlb_debug_snapshots_alive(void);

@@ -132,9 +132,14 @@ void *zlb_worker_main(void *arg)
                 /* Only accept on sockets still installed. */
                 for (zlb_wlistener *wl = w->listeners; wl; wl = wl->next)
                     if (&wl->io == io) {
-                        zlb_l4_accept(w, wl);
+                        if (wl->l->opts.protocol == ZLB_PROTO_HTTP)
+                            zlb_http_accept(w, wl);
+                        else
+                            zlb_l4_accept(w, wl);
                         break;
                     }
+            } else if (io->kind == ZLB_IO_HTTP_DOWN || io->kind == ZLB_IO_HTTP_UP) {
+                zlb_http_on_event(w, io, events[i].events);
             } else {
                 zlb_l4_on_event(w, io, events[i].events);
             }
@@ -142,6 +147,7 @@ void *zlb_worker_main(void *arg)
         /* Connections closed during the batch are freed only now, since a
          * later event of the same batch may still point at them. */
         zlb_l4_reap(w);
+        zlb_http_reap(w);
     }
     zlb_qsbr_offline(&e->qsbr, w->id);
 
@@ -151,6 +157,7 @@ void *zlb_worker_main(void *arg)
         close_wlistener(wl);
     }
     zlb_l4_close_all(w);
+    zlb_http_close_all(w);
     zlb_l4_pipe_pool_free(w);
     zlb_timer_heap_free(&w->timers);
     return NULL;

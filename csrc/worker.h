@@ -17,7 +17,7 @@
 
 /* Every epoll registration points at one of these as its first member, so
  * the loop can dispatch on `kind`. */
-enum zlb_io_kind { ZLB_IO_WAKE, ZLB_IO_LISTENER, ZLB_IO_DOWN, ZLB_IO_UP };
+enum zlb_io_kind { ZLB_IO_WAKE, ZLB_IO_LISTENER, ZLB_IO_DOWN, ZLB_IO_UP, ZLB_IO_HTTP_DOWN, ZLB_IO_HTTP_UP };
 typedef struct zlb_io {
     uint8_t kind;
 } zlb_io;
@@ -90,6 +90,9 @@ typedef struct zlb_worker {
     zlb_wlistener *listeners;
     struct zlb_conn *conns;      /* every open connection of this worker */
     struct zlb_conn *closed;     /* closed in this batch, freed by zlb_l4_reap */
+    struct zlb_hconn *hconns;    /* HTTP client connections (http1_proxy.c) */
+    struct zlb_hup *hups;        /* HTTP upstream connections, busy or pooled */
+    void *hclosed;               /* HTTP objects closed in this batch */
 
     char *scratch;               /* ZLB_SCRATCH bytes for read/write copying */
     int (*pipe_pool)[2];         /* empty pipes kept for reuse */
@@ -120,6 +123,12 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl);
 void zlb_l4_on_event(zlb_worker *w, zlb_io *io, uint32_t events);
 /* Frees connections closed during the last event batch. */
 void zlb_l4_reap(zlb_worker *w);
+
+/* http1_proxy.c (worker thread) */
+void zlb_http_accept(zlb_worker *w, zlb_wlistener *wl);
+void zlb_http_on_event(zlb_worker *w, zlb_io *io, uint32_t events);
+void zlb_http_reap(zlb_worker *w);
+void zlb_http_close_all(zlb_worker *w);
 /* Closes every connection of the worker (engine shutdown). */
 void zlb_l4_close_all(zlb_worker *w);
 void zlb_l4_pipe_pool_free(zlb_worker *w);

@@ -68,9 +68,45 @@ cdef extern from "snapshot.h" nogil:
     int zlb_snap_add_endpoint(zlb_snap_builder *b, int cluster, const char *host, uint16_t port,
                               uint32_t weight, uint32_t priority, const char *zone, int health,
                               char *err, size_t errlen)
+    int zlb_snap_add_router(zlb_snap_builder *b, zlb_router *r, char *err, size_t errlen)
     zlb_snapshot *zlb_snap_build(zlb_snap_builder *b, uint64_t version, char *err, size_t errlen)
     void zlb_snapshot_free(zlb_snapshot *s)
     int64_t zlb_debug_snapshots_alive()
+
+
+cdef extern from "router.h" nogil:
+    ctypedef struct zlb_router:
+        pass
+
+    ctypedef struct zlb_retry_policy:
+        uint32_t retry_on
+        uint32_t num_retries
+        uint32_t per_try_timeout_ms
+        uint32_t backoff_base_ms
+        uint32_t backoff_max_ms
+        uint8_t retry_non_idempotent
+        uint8_t n_codes
+        uint16_t codes[8]
+
+    zlb_router *zlb_router_new(const char *name)
+    void zlb_router_free(zlb_router *r)
+    int zlb_router_add_vhost(zlb_router *r, const char *name, char *err, size_t errlen)
+    int zlb_router_add_domain(zlb_router *r, int vh, const char *domain, char *err, size_t errlen)
+    int zlb_router_add_route(zlb_router *r, int vh, const char *name, int path_kind, const char *path,
+                             char *err, size_t errlen)
+    int zlb_route_add_match(zlb_router *r, int vh, int rt, int is_query, const char *name, int kind,
+                            const char *value, int invert, char *err, size_t errlen)
+    int zlb_route_add_cluster(zlb_router *r, int vh, int rt, int cluster, uint32_t weight, char *err, size_t errlen)
+    int zlb_route_set_direct(zlb_router *r, int vh, int rt, int status, const char *body, char *err, size_t errlen)
+    int zlb_route_set_redirect(zlb_router *r, int vh, int rt, int status, const char *scheme, const char *host,
+                               const char *path, char *err, size_t errlen)
+    int zlb_route_set_rewrite(zlb_router *r, int vh, int rt, const char *prefix, const char *host, char *err,
+                              size_t errlen)
+    int zlb_route_add_header_op(zlb_router *r, int vh, int rt, int op, const char *name, const char *value,
+                                char *err, size_t errlen)
+    int zlb_route_set_hash(zlb_router *r, int vh, int rt, int kind, const char *name, char *err, size_t errlen)
+    int zlb_route_set_policy(zlb_router *r, int vh, int rt, uint32_t timeout_ms, const zlb_retry_policy *retry,
+                             char *err, size_t errlen)
 
 
 cdef extern from "lb.h" nogil:
@@ -117,9 +153,24 @@ cdef extern from "engine.h" nogil:
         uint32_t workers
         uint64_t rng_seed
 
+    ctypedef struct zlb_http_opts:
+        char route_table[128]
+        uint32_t max_request_line
+        uint32_t max_head
+        uint32_t max_headers
+        uint32_t header_timeout_ms
+        uint32_t request_timeout_ms
+        uint32_t upstream_idle_ms
+        uint32_t max_requests_per_conn
+        uint32_t max_idle_per_endpoint
+        uint32_t retry_buffer
+        uint32_t max_active_requests
+
     ctypedef struct zlb_listener_opts:
         char name[128]
         char cluster[128]
+        int protocol
+        zlb_http_opts http
         char host[64]
         uint16_t port
         uint32_t max_connections

@@ -20,7 +20,16 @@ STAT_FIELDS = (
     "conns_accepted", "conns_active", "conns_overflow", "connect_attempts", "connect_failures",
     "connect_timeouts", "retries", "upstream_exhausted", "no_cluster", "idle_timeouts", "resets",
     "bytes_down_up", "bytes_up_down", "splice_fallbacks", "access_log_dropped",
+    "http_requests", "http_1xx", "http_2xx", "http_3xx", "http_4xx", "http_5xx", "http_retries",
+    "http_bad_requests", "http_header_timeouts", "http_request_timeouts", "http_overflow",
+    "http_upstream_reused", "http_upgrades",
 )
+# Vocabulary of csrc/router.h, by the names the model uses.
+MATCH_KINDS = {"exact": 0, "prefix": 1, "regex": 2, "present": 3}
+HASH_KINDS = {"": 0, "header": 1, "cookie": 2, "source_ip": 3, "path": 4}
+HEADER_OPS = {"request_add": 0, "request_set": 1, "request_remove": 2, "response_add": 3, "response_set": 4,
+              "response_remove": 5}
+RETRY_ON = {"connect-failure": 1, "reset": 2, "gateway-error": 4, "5xx": 8, "retriable-status-codes": 16}
 # Envoy-style response flags of access-log records (csrc/accesslog.h).
 _AL_FLAGS = ((ZLB_AL_UF, "UF"), (ZLB_AL_UO, "UO"), (ZLB_AL_UT, "UT"), (ZLB_AL_NR, "NR"),
              (ZLB_AL_IT, "IT"), (ZLB_AL_RS, "RS"))
@@ -37,6 +46,103 @@ cdef bytes _b(s, int limit):
     if len(b) >= limit:
         raise NativeError(f"value too long (max {limit - 1} bytes): {s!r}")
     return b
+
+
+cdef _raise_if(int rc, char *err):
+    if rc < 0:
+        raise NativeError(err.decode(errors="replace"))
+
+
+cdef class RouteTable:
+    """An HTTP route table under construction (csrc/router.h); handed to a
+    SnapshotBuilder with add_route_table(), which takes ownership."""
+    cdef zlb_router *r
+
+    def __cinit__(self, str name):
+        self.r = zlb_router_new(_b(name, 128))
+        if self.r == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.r != NULL:
+            zlb_router_free(self.r)
+
+    cdef zlb_router *_live(self) except NULL:
+        if self.r == NULL:
+            raise NativeError("route table already handed to a snapshot")
+        return self.r
+
+    def add_vhost(self, str name, domains):
+        cdef char err[512]
+        vh = zlb_router_add_vhost(self._live(), _b(name, 4096), err, sizeof(err))
+        _raise_if(vh, err)
+        for d in domains:
+            _raise_if(zlb_router_add_domain(self.r, vh, _b(d, 4096), err, sizeof(err)), err)
+        return vh
+
+    def add_route(self, int vh, str name, str path_kind, str path):
+        cdef char err[512]
+        nb, pb = _b(name, 4096), _b(path, 8192)
+        rt = zlb_router_add_route(self._live(), vh, nb, MATCH_KINDS[path_kind], pb, err, sizeof(err))
+        _raise_if(rt, err)
+        return rt
+
+    def add_match(self, int vh, int rt, bint is_query, str name, str kind, str value, bint invert):
+        cdef char err[512]
+        nb, vb = _b(name, 4096), _b(value, 8192)
+        _raise_if(zlb_route_add_match(self._live(), vh, rt, is_query, nb, MATCH_KINDS[kind], vb, invert, err,
+                                      sizeof(err)), err)
+
+    def add_cluster(self, int vh, int rt, int cluster, int weight):
+        cdef char err[512]
+        _raise_if(zlb_route_add_cluster(self._live(), vh, rt, cluster, weight, err, sizeof(err)), err)
+
+    def set_direct(self, int vh, int rt, int status, str body):
+        cdef char err[512]
+        _raise_if(zlb_route_set_direct(self._live(), vh, rt, status, _b(body, 1 << 20), err, sizeof(err)), err)
+
+    def set_redirect(self, int vh, int rt, int status, str scheme, str host, str path):
+        cdef char err[512]
+        sb, hb, pb = _b(scheme, 64), _b(host, 4096), _b(path, 8192)
+        _raise_if(zlb_route_set_redirect(self._live(), vh, rt, status, sb, hb, pb, err, sizeof(err)), err)
+
+    def set_rewrite(self, int vh, int rt, str prefix, str host):
+        cdef char err[512]
+        cdef bytes pb = _b(prefix, 8192)
+        cdef bytes hb = _b(host, 4096)
+        cdef const char *p = NULL
+        cdef const char *h = NULL
+        if prefix:
+            p = pb
+        if host:
+            h = hb
+        _raise_if(zlb_route_set_rewrite(self._live(), vh, rt, p, h, err, sizeof(err)), err)
+
+    def add_header_op(self, int vh, int rt, str op, str name, str value=""):
+        cdef char err[512]
+        nb, vb = _b(name, 4096), _b(value, 8192)
+        _raise_if(zlb_route_add_header_op(self._live(), vh, rt, HEADER_OPS[op], nb, vb, err, sizeof(err)), err)
+
+    def set_hash(self, int vh, int rt, str kind, str name):
+        cdef char err[512]
+        _raise_if(zlb_route_set_hash(self._live(), vh, rt, HASH_KINDS[kind], _b(name, 4096), err, sizeof(err)), err)
+
+    def set_policy(self, int vh, int rt, int timeout_ms, retry_on, int num_retries, int per_try_timeout_ms,
+                   codes, bint retry_non_idempotent):
+        cdef char err[512]
+        cdef zlb_retry_policy p
+        memset(&p, 0, sizeof(p))
+        for name in retry_on:
+            p.retry_on |= RETRY_ON[name]
+        p.num_retries = num_retries
+        p.per_try_timeout_ms = per_try_timeout_ms
+        p.retry_non_idempotent = retry_non_idempotent
+        if len(codes) > 8:
+            raise NativeError("at most 8 retriable status codes")
+        for i, code in enumerate(codes):
+            p.codes[i] = code
+        p.n_codes = len(codes)
+        _raise_if(zlb_route_set_policy(self._live(), vh, rt, timeout_ms, &p, err, sizeof(err)), err)
 
 
 cdef class SnapshotBuilder:
@@ -82,6 +188,13 @@ cdef class SnapshotBuilder:
         if idx < 0:
             raise NativeError(err.decode(errors="replace"))
         return idx
+
+    def add_route_table(self, RouteTable table not None):
+        """Moves the route table into the snapshot being built."""
+        cdef char err[512]
+        cdef zlb_router *r = table._live()
+        table.r = NULL
+        _raise_if(zlb_snap_add_router(self.b, r, err, sizeof(err)), err)
 
     def add_endpoint(self, int cluster, str host, int port, *, int weight=1, int priority=0,
                      str zone="", str health="healthy"):
@@ -149,10 +262,23 @@ cdef class NativeEngine:
         return zlb_engine_reclaim(self._live())
 
     def add_listener(self, str name, str cluster, str host, int port, *, int max_connections=10000,
-                     int idle_timeout_ms=3600000, int backlog=4096):
+                     int idle_timeout_ms=3600000, int backlog=4096, dict http=None):
+        """http: None for a TCP listener, else the HTTP options (route table = name)."""
         cdef zlb_listener_opts o
         cdef char err[512]
         memset(&o, 0, sizeof(o))
+        if http is not None:
+            o.protocol = 1
+            zlb_strlcpy(o.http.route_table, _b(name, 128), sizeof(o.http.route_table))
+            o.http.max_request_line = http["max_request_line"]
+            o.http.max_head = http["max_head"]
+            o.http.max_headers = http["max_headers"]
+            o.http.header_timeout_ms = http["header_timeout_ms"]
+            o.http.request_timeout_ms = http["request_timeout_ms"]
+            o.http.upstream_idle_ms = http["upstream_idle_ms"]
+            o.http.max_requests_per_conn = http["max_requests_per_conn"]
+            o.http.max_idle_per_endpoint = http["max_idle_per_endpoint"]
+            o.http.retry_buffer = http["retry_buffer"]
         zlb_strlcpy(o.name, _b(name, 128), sizeof(o.name))
         zlb_strlcpy(o.cluster, _b(cluster, 128), sizeof(o.cluster))
         zlb_strlcpy(o.host, _b(host, 64), sizeof(o.host))

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from zlbfast import _native
 from zlbfast.config import validate
-from zlbfast.model import Cluster, Config, Listener
+from zlbfast.model import Cluster, Config, Listener, Route
 
 
 class ApplyError(Exception):
@@ -33,6 +33,45 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         return os.cpu_count() or 1
+
+
+def _add_route(table: _native.RouteTable, vh: int, route: Route, cluster_index: dict[str, int]) -> None:
+    rt = table.add_route(vh, route.name, route.path_kind, route.path)
+    for is_query, matches in ((False, route.headers), (True, route.query)):
+        for m in matches:
+            table.add_match(vh, rt, is_query, m.name, m.kind, m.value, m.invert)
+    for wc in route.clusters:
+        table.add_cluster(vh, rt, cluster_index[wc.name], wc.weight)
+    if route.direct_status:
+        table.set_direct(vh, rt, route.direct_status, route.direct_body)
+    if route.redirect is not None:
+        r = route.redirect
+        table.set_redirect(vh, rt, r.status, r.scheme, r.host, r.path)
+    if route.prefix_rewrite or route.host_rewrite:
+        table.set_rewrite(vh, rt, route.prefix_rewrite, route.host_rewrite)
+    ops = route.header_ops
+    for op, pairs in (("request_add", ops.request_add), ("request_set", ops.request_set),
+                      ("response_add", ops.response_add), ("response_set", ops.response_set)):
+        for name, value in pairs:
+            table.add_header_op(vh, rt, op, name, value)
+    for op, names in (("request_remove", ops.request_remove), ("response_remove", ops.response_remove)):
+        for name in names:
+            table.add_header_op(vh, rt, op, name)
+    if route.hash_on:
+        table.set_hash(vh, rt, route.hash_on, route.hash_name)
+    p = route.retry
+    table.set_policy(vh, rt, route.timeout_ms, p.retry_on, p.num_retries, p.per_try_timeout_ms,
+                     p.retriable_status_codes, p.retry_non_idempotent)
+
+
+def _route_table(listener: Listener, cluster_index: dict[str, int]) -> _native.RouteTable:
+    """The listener's virtual hosts as a native route table named after the listener."""
+    table = _native.RouteTable(listener.name)
+    for vhost in listener.virtual_hosts:
+        vh = table.add_vhost(vhost.name, vhost.domains)
+        for route in vhost.routes:
+            _add_route(table, vh, route, cluster_index)
+    return table
 
 
 def _add_cluster(builder: _native.SnapshotBuilder, cluster: Cluster) -> None:
@@ -72,6 +111,10 @@ class Engine:
         try:
             for cluster in cfg.clusters:
                 _add_cluster(builder, cluster)
+            cluster_index = {c.name: i for i, c in enumerate(cfg.clusters)}
+            for listener in cfg.listeners:
+                if listener.protocol == "http":
+                    builder.add_route_table(_route_table(listener, cluster_index))
             self.native.publish(builder)
         except _native.NativeError as exc:
             raise ApplyError(f"{cfg.source}: {exc}") from exc
@@ -97,6 +140,7 @@ class Engine:
                     spec.port,
                     max_connections=spec.max_connections,
                     idle_timeout_ms=spec.idle_timeout_ms,
+                    http=asdict(spec.http) if spec.protocol == "http" else None,
                 )
                 added[spec.name] = _InstalledListener(spec, lid, self.native.listener_port(lid))
         except _native.NativeError as exc:

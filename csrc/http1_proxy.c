@@ -1,0 +1,1355 @@
+/*
+ * http1_proxy.c - the HTTP/1.1 (L7) proxy of a worker thread: per-request
+ * routing and balancing, upstream keep-alive pools, streamed bodies,
+ * retries, timeouts and upgrades (tunnels).
+ *
+ * Threads and ownership: everything here runs on the owning worker. A client
+ * connection (hconn) owns at most one upstream connection (hup) while a
+ * request is in flight; idle hups sit in the worker's pool. Like the L4
+ * path, nothing survives a loop iteration that points into a snapshot: a
+ * request copies what it needs from its route (cluster name, retry policy,
+ * response header operations) and holds an endpoint-state reference.
+ *
+ * Shape of the code: events only set readiness flags; run() then calls the
+ * steps (read, parse, forward, flush) until none makes progress. Each step
+ * moves bytes between a socket and an hbuf or between two hbufs, so
+ * back-pressure is simply "do not read while the next buffer is full".
+ */
+#define _GNU_SOURCE
+#include "hbuf.h"
+#include "http1_parser.h"
+#include "router.h"
+#include "sockaddr.h"
+#include "worker.h"
+
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#define HWM (256 * 1024)        /* stop reading a side while its next buffer holds this much */
+#define READ_CHUNK (64 * 1024)
+#define EV_BASE (EPOLLIN | EPOLLRDHUP | EPOLLET)
+
+enum hstate {
+    HS_HEAD,       /* reading a request head */
+    HS_EXCHANGE,   /* request dispatched: forwarding body / waiting for and forwarding the response */
+    HS_TUNNEL,     /* after 101 Switching Protocols: bytes both ways */
+    HS_CLOSING,    /* final bytes being flushed, then close */
+};
+
+typedef struct zlb_hup zlb_hup;
+
+/* A socket with its buffers and readiness, shared by both sides. */
+typedef struct hsock {
+    int fd;
+    hbuf in, out;
+    uint8_t readable;   /* may have bytes (cleared by a short read or EAGAIN) */
+    uint8_t hup;        /* RDHUP/HUP/ERR seen: read on to EOF */
+    uint8_t eof;        /* read returned 0 */
+    uint8_t want_out;   /* EPOLLOUT in the interest set */
+    uint8_t blocked;    /* last write hit EAGAIN */
+} hsock;
+
+typedef struct zlb_hconn {
+    zlb_io io;
+    zlb_worker *w;
+    zlb_listener *l;                 /* reference held */
+    hsock s;
+    int state;
+    uint8_t closed, close_after, client_10;
+    struct sockaddr_in6 peer;
+    char peer_ip[64];
+    zlb_timer timer;
+    int64_t idle_deadline, head_deadline, req_deadline, try_deadline;
+
+    zlb_h1_parser rp;                /* request head */
+    zlb_h1_head rq;
+    zlb_h1_parser sp;                /* response head */
+    zlb_h1_head rs;
+
+    /* The request in flight, copied out of the snapshot (see the top). */
+    char cluster[ZLB_NAME_MAX];
+    zlb_retry_policy retry;
+    uint32_t timeout_ms;
+    uint64_t hash;
+    uint8_t has_hash, idempotent, is_head, replayable, upgrade;
+    hbuf resp_ops;                   /* serialized response header operations */
+    hbuf replay;                     /* the whole upstream request, kept for retries */
+    int req_body;                    /* zlb_h1_body of the request */
+    uint64_t req_left;               /* Content-Length bytes still to forward */
+    zlb_h1_chunked req_chunks;
+    uint8_t req_done;                /* every request byte handed to the upstream buffer */
+    uint32_t attempts;
+    zlb_ep_state *failed;            /* endpoint of the last failed try (exclude) */
+    zlb_hup *up;
+    uint8_t resp_started;            /* response head forwarded to the client */
+    int resp_body;
+    uint64_t resp_left;
+    zlb_h1_chunked resp_chunks;
+    int status;
+    int64_t req_start_ns;
+
+    struct zlb_hconn *prev, *next;
+} zlb_hconn;
+
+struct zlb_hup {
+    zlb_io io;
+    zlb_worker *w;
+    hsock s;
+    uint8_t connecting, closed, pooled;
+    zlb_ep_state *st;                /* reference held */
+    char cluster[ZLB_NAME_MAX];      /* pool key with st */
+    zlb_hconn *owner;
+    uint32_t served;
+    int64_t connect_start_ns;
+    int64_t idle_deadline;
+    zlb_timer timer;                 /* connect timeout or pool idle timeout */
+    struct zlb_hup *prev, *next;     /* w->hups */
+};
+
+/* Objects closed during a batch wait here until zlb_http_reap (see worker.c). */
+typedef struct graveyard {
+    void *obj;
+    struct graveyard *next;
+} graveyard;
+
+static void hc_run(zlb_hconn *c);
+static void hc_fail_try(zlb_hconn *c, int connect_failure, int timed_out);
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void bury(zlb_worker *w, void *obj)
+{
+    graveyard *g = malloc(sizeof(*g));
+    if (!g) {
+        /* Leak rather than free memory a later event may still name. */
+        return;
+    }
+    g->obj = obj;
+    g->next = w->hclosed;
+    w->hclosed = g;
+}
+
+void zlb_http_reap(zlb_worker *w)
+{
+    graveyard *g = w->hclosed;
+    w->hclosed = NULL;
+    while (g) {
+        graveyard *next = g->next;
+        free(g->obj);
+        free(g);
+        g = next;
+    }
+}
+
+static int set_want_out(zlb_worker *w, hsock *s, zlb_io *io, int on)
+{
+    if (s->want_out == on)
+        return 0;
+    struct epoll_event ev = {.events = EV_BASE | (on ? EPOLLOUT : 0), .data.ptr = io};
+    if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, s->fd, &ev) != 0)
+        return -1;
+    s->want_out = (uint8_t)on;
+    return 0;
+}
+
+/* Reads what the socket has, up to `limit` buffered bytes. Returns 1 if
+ * bytes or EOF arrived, 0 if nothing, -1 on error. */
+static int sock_read(hsock *s, uint32_t limit)
+{
+    if (!s->readable || s->eof || hbuf_size(&s->in) >= limit)
+        return 0;
+    if (hbuf_reserve(&s->in, READ_CHUNK) != 0)
+        return -1;
+    ssize_t n = read(s->fd, s->in.p + s->in.len, READ_CHUNK);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) {
+            s->readable = errno == EINTR;
+            return 0;
+        }
+        return -1;
+    }
+    if (n == 0) {
+        s->eof = 1;
+        return 1;
+    }
+    s->in.len += (uint32_t)n;
+    if (n < READ_CHUNK && !s->hup)
+        s->readable = 0; /* short read: drained (edge triggering reports new bytes) */
+    return 1;
+}
+
+/* Writes buffered bytes. Returns 1 on progress, 0 if none, -1 on error. */
+static int sock_flush(zlb_worker *w, hsock *s, zlb_io *io)
+{
+    if (hbuf_size(&s->out) == 0 || s->blocked)
+        return 0;
+    ssize_t n = write(s->fd, hbuf_data(&s->out), hbuf_size(&s->out));
+    if (n < 0) {
+        if (errno == EAGAIN) {
+            s->blocked = 1;
+            return set_want_out(w, s, io, 1);
+        }
+        return errno == EINTR ? 0 : -1;
+    }
+    hbuf_consume(&s->out, (uint32_t)n);
+    if (hbuf_size(&s->out) == 0 && set_want_out(w, s, io, 0) != 0)
+        return -1;
+    return 1;
+}
+
+static void on_events(hsock *s, uint32_t events)
+{
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))
+        s->readable = 1;
+    if (events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP))
+        s->hup = 1;
+    if (events & EPOLLOUT)
+        s->blocked = 0;
+}
+
+static void rst_close(int fd)
+{
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fd);
+}
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}
+
+static void count_status(zlb_worker *w, int status)
+{
+    switch (status / 100) {
+    case 1: ZLB_STAT_ADD(w, http_1xx, 1); break;
+    case 2: ZLB_STAT_ADD(w, http_2xx, 1); break;
+    case 3: ZLB_STAT_ADD(w, http_3xx, 1); break;
+    case 4: ZLB_STAT_ADD(w, http_4xx, 1); break;
+    default: ZLB_STAT_ADD(w, http_5xx, 1); break;
+    }
+}
+
+/* ---- upstream connections and the pool ---------------------------------- */
+
+static void hup_on_timer(zlb_timer *t, int64_t now_ns);
+
+static void hup_close(zlb_hup *u, int reset)
+{
+    zlb_worker *w = u->w;
+    if (u->closed)
+        return;
+    u->closed = 1;
+    zlb_timer_cancel(&w->timers, &u->timer);
+    if (reset)
+        rst_close(u->s.fd);
+    else
+        close(u->s.fd);
+    hbuf_free(&u->s.in);
+    hbuf_free(&u->s.out);
+    if (u->st) {
+        atomic_fetch_sub_explicit(&u->st->active, 1, memory_order_relaxed);
+        zlb_ep_state_unref(u->st);
+    }
+    if (u->prev)
+        u->prev->next = u->next;
+    else
+        w->hups = u->next;
+    if (u->next)
+        u->next->prev = u->prev;
+    bury(w, u);
+}
+
+/* An idle pooled connection to the same endpoint, taken out of the pool. */
+static zlb_hup *pool_take(zlb_worker *w, zlb_ep_state *st)
+{
+    for (zlb_hup *u = w->hups; u; u = u->next) {
+        if (!u->pooled || u->st != st)
+            continue;
+        if (u->s.eof || u->s.hup) {
+            continue; /* the upstream closed it; its own event closes it */
+        }
+        u->pooled = 0;
+        zlb_timer_cancel(&w->timers, &u->timer);
+        return u;
+    }
+    return NULL;
+}
+
+static void pool_put(zlb_hup *u, const zlb_http_opts *o)
+{
+    zlb_worker *w = u->w;
+    uint32_t idle = 0;
+    for (zlb_hup *v = w->hups; v; v = v->next)
+        if (v->pooled && v->st == u->st)
+            idle++;
+    if (idle >= o->max_idle_per_endpoint || u->s.eof || u->s.hup || hbuf_size(&u->s.in) > 0) {
+        hup_close(u, 0);
+        return;
+    }
+    u->owner = NULL;
+    u->pooled = 1;
+    if (o->upstream_idle_ms)
+        zlb_timer_arm(&w->timers, &u->timer, w->now_ns + (int64_t)o->upstream_idle_ms * 1000000);
+}
+
+static zlb_hup *hup_connect(zlb_worker *w, zlb_endpoint *ep, const char *cluster, uint32_t timeout_ms)
+{
+    zlb_hup *u = calloc(1, sizeof(*u));
+    if (!u)
+        return NULL;
+    u->io.kind = ZLB_IO_HTTP_UP;
+    u->w = w;
+    u->s.fd = socket(ep->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (u->s.fd < 0) {
+        free(u);
+        return NULL;
+    }
+    int one = 1;
+    setsockopt(u->s.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct epoll_event ev = {.events = EV_BASE | EPOLLOUT, .data.ptr = &u->io};
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, u->s.fd, &ev) != 0) {
+        close(u->s.fd);
+        free(u);
+        return NULL;
+    }
+    u->s.want_out = 1;
+    u->st = ep->state;
+    zlb_ep_state_ref(u->st);
+    atomic_fetch_add_explicit(&u->st->active, 1, memory_order_relaxed);
+    zlb_strlcpy(u->cluster, cluster, sizeof(u->cluster));
+    zlb_timer_init(&u->timer, hup_on_timer);
+    u->next = w->hups;
+    if (w->hups)
+        w->hups->prev = u;
+    w->hups = u;
+    u->connect_start_ns = w->now_ns;
+    u->connecting = 1;
+    u->s.blocked = 1; /* nothing is written before the connect completes */
+    int rc = connect(u->s.fd, (const struct sockaddr *)&ep->addr, ep->addrlen);
+    if (rc != 0 && errno != EINPROGRESS) {
+        hup_close(u, 0);
+        return NULL;
+    }
+    zlb_timer_arm(&w->timers, &u->timer, w->now_ns + (int64_t)timeout_ms * 1000000);
+    return u;
+}
+
+static void hup_on_timer(zlb_timer *t, int64_t now_ns)
+{
+    zlb_hup *u = (zlb_hup *)((char *)t - offsetof(zlb_hup, timer));
+    ZLB_UNUSED(now_ns);
+    if (u->connecting && u->owner) {
+        zlb_hconn *c = u->owner;
+        ZLB_STAT_ADD(u->w, connect_timeouts, 1);
+        hc_fail_try(c, 1, 1);
+        hc_run(c);
+        return;
+    }
+    hup_close(u, 0); /* pool idle timeout */
+}
+
+/* ---- client connections ---------------------------------------------------- */
+
+static void hc_arm_timer(zlb_hconn *c)
+{
+    int64_t d = 0;
+    int64_t cand[4] = {c->idle_deadline, c->head_deadline, c->req_deadline, c->try_deadline};
+    for (int i = 0; i < 4; i++)
+        if (cand[i] && (!d || cand[i] < d))
+            d = cand[i];
+    if (d)
+        zlb_timer_arm(&c->w->timers, &c->timer, d);
+    else
+        zlb_timer_cancel(&c->w->timers, &c->timer);
+}
+
+static void hc_release_up(zlb_hconn *c, int reusable)
+{
+    zlb_hup *u = c->up;
+    if (!u)
+        return;
+    c->up = NULL;
+    u->owner = NULL;
+    if (reusable && !u->connecting)
+        pool_put(u, &c->l->opts.http);
+    else
+        hup_close(u, !reusable);
+}
+
+static void hc_close(zlb_hconn *c, int reset)
+{
+    zlb_worker *w = c->w;
+    if (c->closed)
+        return;
+    c->closed = 1;
+    zlb_timer_cancel(&w->timers, &c->timer);
+    hc_release_up(c, 0);
+    if (reset)
+        rst_close(c->s.fd);
+    else
+        close(c->s.fd);
+    hbuf_free(&c->s.in);
+    hbuf_free(&c->s.out);
+    hbuf_free(&c->resp_ops);
+    hbuf_free(&c->replay);
+    if (c->failed)
+        zlb_ep_state_unref(c->failed);
+    atomic_fetch_sub(&c->l->active, 1);
+    zlb_listener_unref(c->l);
+    ZLB_STAT_SUB(w, conns_active, 1);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->hconns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    bury(w, c);
+}
+
+void zlb_http_close_all(zlb_worker *w)
+{
+    while (w->hconns)
+        hc_close(w->hconns, 1);
+    while (w->hups)
+        hup_close(w->hups, 1);
+    zlb_http_reap(w);
+}
+
+/* Starts reading the next request head (keep-alive). */
+static void hc_next_request(zlb_hconn *c)
+{
+    const zlb_http_opts *o = &c->l->opts.http;
+    zlb_h1_limits lim = {o->max_request_line, o->max_head, o->max_headers};
+    zlb_h1_parser_init_request(&c->rp, &lim);
+    memset(&c->rq, 0, offsetof(zlb_h1_head, headers));
+    c->state = HS_HEAD;
+    c->attempts = 0;
+    c->resp_started = 0;
+    c->status = 0;
+    c->req_deadline = c->try_deadline = 0;
+    c->head_deadline = 0;
+    if (c->failed) {
+        zlb_ep_state_unref(c->failed);
+        c->failed = NULL;
+    }
+    hbuf_clear(&c->replay);
+    hbuf_clear(&c->resp_ops);
+    uint32_t idle = c->l->opts.idle_timeout_ms;
+    c->idle_deadline = idle ? c->w->now_ns + (int64_t)idle * 1000000 : 0;
+    hc_arm_timer(c);
+}
+
+/* Queues a complete response generated by the proxy itself. */
+static void hc_local_reply(zlb_hconn *c, int status, const char *extra_headers, const char *body, int close_conn)
+{
+    char head[512];
+    size_t blen = body ? strlen(body) : 0;
+    int n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\ncontent-length: %zu\r\ncontent-type: text/plain\r\n%s%s\r\n",
+                     status, reason(status), blen, extra_headers ? extra_headers : "",
+                     close_conn ? "connection: close\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof(head) || hbuf_append(&c->s.out, head, (uint32_t)n) != 0 ||
+        (blen && hbuf_append(&c->s.out, body, (uint32_t)blen) != 0)) {
+        hc_close(c, 1);
+        return;
+    }
+    count_status(c->w, status);
+    ZLB_STAT_ADD(c->w, http_requests, 1);
+    if (close_conn) {
+        c->state = HS_CLOSING;
+        c->close_after = 1;
+    }
+}
+
+/* ---- building the upstream request ------------------------------------------ */
+
+static int name_in_list(const char *buf, zlb_span name, const char *list, uint32_t len)
+{
+    /* `list` is a Connection header value: comma-separated tokens. */
+    uint32_t i = 0;
+    while (i < len) {
+        while (i < len && (list[i] == ' ' || list[i] == '\t' || list[i] == ','))
+            i++;
+        uint32_t start = i;
+        while (i < len && list[i] != ',' && list[i] != ' ' && list[i] != '\t')
+            i++;
+        if (i - start == name.len && strncasecmp(list + start, buf + name.off, name.len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int is_hop_by_hop(const char *buf, const zlb_h1_head *h, zlb_span name, int keep_upgrade)
+{
+    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                                      "upgrade", NULL};
+    for (int i = 0; hop[i]; i++)
+        if (zlb_h1_name_is(buf, name, hop[i]))
+            return !(keep_upgrade && (i == 0 || i == 5));
+    for (uint32_t i = 0; i < h->n_headers; i++) {
+        if (zlb_h1_name_is(buf, h->headers[i].name, "connection") &&
+            name_in_list(buf, name, buf + h->headers[i].value.off, h->headers[i].value.len))
+            return 1;
+    }
+    return 0;
+}
+
+static int op_named(const zlb_header_op *ops, uint32_t n, const char *buf, zlb_span name)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (zlb_h1_name_is(buf, name, ops[i].name.p))
+            return 1;
+    return 0;
+}
+
+static void hex_random(uint64_t *rng, char *out, int nbytes)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < nbytes; i += 8) {
+        uint64_t r = zlb_rand64(rng);
+        for (int k = 0; k < 8 && i + k < nbytes; k++) {
+            out[2 * (i + k)] = hex[(r >> (8 * k + 4)) & 15];
+            out[2 * (i + k) + 1] = hex[(r >> (8 * k)) & 15];
+        }
+    }
+    out[2 * nbytes] = '\0';
+}
+
+static int append_header(hbuf *b, const char *name, uint32_t nlen, const char *value, uint32_t vlen)
+{
+    return hbuf_append(b, name, nlen) | hbuf_append(b, ": ", 2) | hbuf_append(b, value, vlen) |
+           hbuf_append(b, "\r\n", 2);
+}
+
+/* Writes the upstream request head into c->replay. */
+static int build_request_head(zlb_hconn *c, const zlb_route *rt)
+{
+    const char *buf = hbuf_data(&c->s.in);
+    const zlb_h1_head *h = &c->rq;
+    hbuf *b = &c->replay;
+    int rc = 0;
+    rc |= hbuf_append(b, buf + h->method.off, h->method.len);
+    rc |= hbuf_append(b, " ", 1);
+    const char *target = buf + h->target.off;
+    uint32_t tlen = h->target.len;
+    if (rt->prefix_rewrite.p && rt->path_kind == ZLB_MATCH_PREFIX && tlen >= rt->path.len) {
+        rc |= hbuf_append(b, rt->prefix_rewrite.p, rt->prefix_rewrite.len);
+        rc |= hbuf_append(b, target + rt->path.len, tlen - rt->path.len);
+    } else {
+        rc |= hbuf_append(b, target, tlen);
+    }
+    rc |= hbuf_puts(b, c->client_10 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n");
+    const zlb_header_op *set = rt->ops[ZLB_REQ_SET], *rem = rt->ops[ZLB_REQ_REMOVE];
+    uint32_t n_set = rt->n_ops[ZLB_REQ_SET], n_rem = rt->n_ops[ZLB_REQ_REMOVE];
+    int have_rid = 0, have_tp = 0;
+    for (uint32_t i = 0; i < h->n_headers; i++) {
+        zlb_span name = h->headers[i].name, value = h->headers[i].value;
+        if (is_hop_by_hop(buf, h, name, c->upgrade) || op_named(set, n_set, buf, name) ||
+            op_named(rem, n_rem, buf, name) || zlb_h1_name_is(buf, name, "x-forwarded-proto"))
+            continue;
+        if (zlb_h1_name_is(buf, name, "host") && rt->host_rewrite.len) {
+            rc |= append_header(b, "host", 4, rt->host_rewrite.p, rt->host_rewrite.len);
+            continue;
+        }
+        if (zlb_h1_name_is(buf, name, "x-forwarded-for")) {
+            /* Append the client to the chain, Envoy/nginx style. */
+            rc |= hbuf_append(b, buf + name.off, name.len) | hbuf_append(b, ": ", 2);
+            rc |= hbuf_append(b, buf + value.off, value.len) | hbuf_puts(b, ", ") | hbuf_puts(b, c->peer_ip);
+            rc |= hbuf_append(b, "\r\n", 2);
+            continue;
+        }
+        have_rid |= zlb_h1_name_is(buf, name, "x-request-id");
+        have_tp |= zlb_h1_name_is(buf, name, "traceparent");
+        rc |= append_header(b, buf + name.off, name.len, buf + value.off, value.len);
+    }
+    if (!zlb_h1_find_header(buf, h, "x-forwarded-for", &(uint32_t){0}))
+        rc |= append_header(b, "x-forwarded-for", 15, c->peer_ip, (uint32_t)strlen(c->peer_ip));
+    rc |= hbuf_puts(b, "x-forwarded-proto: http\r\n");
+    char id[40];
+    if (!have_rid) {
+        hex_random(&c->w->rng, id, 16);
+        rc |= append_header(b, "x-request-id", 12, id, 32);
+    }
+    if (!have_tp) {
+        char tp[64], span[20];
+        hex_random(&c->w->rng, id, 16);
+        hex_random(&c->w->rng, span, 8);
+        int n = snprintf(tp, sizeof(tp), "00-%s-%s-01", id, span);
+        rc |= append_header(b, "traceparent", 11, tp, (uint32_t)n);
+    }
+    for (int k = ZLB_REQ_ADD; k <= ZLB_REQ_SET; k++)
+        for (uint32_t i = 0; i < rt->n_ops[k]; i++)
+            rc |= append_header(b, rt->ops[k][i].name.p, rt->ops[k][i].name.len, rt->ops[k][i].value.p,
+                                rt->ops[k][i].value.len);
+    if (c->upgrade)
+        rc |= hbuf_puts(b, "connection: upgrade\r\n");
+    rc |= hbuf_append(b, "\r\n", 2);
+    return rc ? -1 : 0;
+}
+
+/* Records the route's response header operations: [op][nlen u16][vlen u16][name][value]... */
+static int save_resp_ops(zlb_hconn *c, const zlb_route *rt)
+{
+    for (int k = ZLB_RESP_ADD; k <= ZLB_RESP_REMOVE; k++) {
+        for (uint32_t i = 0; i < rt->n_ops[k]; i++) {
+            const zlb_header_op *op = &rt->ops[k][i];
+            unsigned char hdr[5] = {(unsigned char)k, (unsigned char)(op->name.len >> 8),
+                                    (unsigned char)op->name.len, (unsigned char)(op->value.len >> 8),
+                                    (unsigned char)op->value.len};
+            if (hbuf_append(&c->resp_ops, hdr, 5) || hbuf_append(&c->resp_ops, op->name.p, op->name.len) ||
+                hbuf_append(&c->resp_ops, op->value.p, op->value.len))
+                return -1;
+        }
+    }
+    return 0;
+}
+
+/* Iterates the saved response ops: returns 0 at the end. */
+static int next_resp_op(const hbuf *ops, uint32_t *pos, int *kind, const char **name, uint32_t *nlen,
+                        const char **value, uint32_t *vlen)
+{
+    if (*pos + 5 > hbuf_size(ops))
+        return 0;
+    const unsigned char *h = (const unsigned char *)hbuf_data(ops) + *pos;
+    *kind = h[0];
+    *nlen = (uint32_t)(h[1] << 8 | h[2]);
+    *vlen = (uint32_t)(h[3] << 8 | h[4]);
+    *name = (const char *)h + 5;
+    *value = *name + *nlen;
+    *pos += 5 + *nlen + *vlen;
+    return 1;
+}
+
+/* Is this upstream response header replaced or removed by the route? */
+static int resp_op_names(const zlb_hconn *c, const char *buf, zlb_span name)
+{
+    uint32_t pos = 0, nl, vl;
+    int kind;
+    const char *n, *v;
+    while (next_resp_op(&c->resp_ops, &pos, &kind, &n, &nl, &v, &vl))
+        if ((kind == ZLB_RESP_SET || kind == ZLB_RESP_REMOVE) && name.len == nl &&
+            strncasecmp(buf + name.off, n, nl) == 0)
+            return 1;
+    return 0;
+}
+
+/* Writes the client response head from the parsed upstream head. */
+static int forward_response_head(zlb_hconn *c, const char *buf)
+{
+    const zlb_h1_head *h = &c->rs;
+    hbuf *b = &c->s.out;
+    int rc = 0;
+    char line[64];
+    int n = snprintf(line, sizeof(line), "HTTP/1.%d %d ", c->client_10 ? 0 : 1, h->status);
+    rc |= hbuf_append(b, line, (uint32_t)n);
+    rc |= hbuf_append(b, buf + h->reason.off, h->reason.len);
+    rc |= hbuf_append(b, "\r\n", 2);
+    int upgrade = h->status == 101;
+    for (uint32_t i = 0; i < h->n_headers; i++) {
+        zlb_span name = h->headers[i].name, value = h->headers[i].value;
+        if (is_hop_by_hop(buf, h, name, upgrade) || resp_op_names(c, buf, name))
+            continue;
+        rc |= append_header(b, buf + name.off, name.len, buf + value.off, value.len);
+    }
+    uint32_t pos = 0, nl, vl;
+    int kind;
+    const char *nm, *v;
+    while (next_resp_op(&c->resp_ops, &pos, &kind, &nm, &nl, &v, &vl))
+        if (kind == ZLB_RESP_ADD || kind == ZLB_RESP_SET)
+            rc |= append_header(b, nm, nl, v, vl);
+    if (upgrade)
+        rc |= hbuf_puts(b, "connection: upgrade\r\n");
+    else if (c->close_after)
+        rc |= hbuf_puts(b, "connection: close\r\n");
+    else if (c->client_10)
+        rc |= hbuf_puts(b, "connection: keep-alive\r\n");
+    rc |= hbuf_append(b, "\r\n", 2);
+    return rc ? -1 : 0;
+}
+
+/* ---- request dispatch --------------------------------------------------------- */
+
+static int status_retriable(const zlb_retry_policy *p, int status)
+{
+    if ((p->retry_on & ZLB_RETRY_5XX) && status >= 500)
+        return 1;
+    if ((p->retry_on & ZLB_RETRY_GATEWAY) && (status == 502 || status == 503 || status == 504))
+        return 1;
+    if (p->retry_on & ZLB_RETRY_CODES)
+        for (int i = 0; i < p->n_codes; i++)
+            if (p->codes[i] == status)
+                return 1;
+    return 0;
+}
+
+/* May this request be tried again after a failed try? */
+static int may_retry(zlb_hconn *c, int connect_failure)
+{
+    if (!c->replayable || c->resp_started)
+        return 0;
+    int ci = c->w->snap ? zlb_snapshot_find_cluster(c->w->snap, c->cluster) : -1;
+    const zlb_cluster *cl = ci >= 0 ? &c->w->snap->clusters[ci] : NULL;
+    if (connect_failure) {
+        /* No byte reached an upstream: safe for any method. */
+        uint32_t limit = (c->retry.retry_on & ZLB_RETRY_CONNECT_FAILURE) ? c->retry.num_retries
+                                                                        : (cl ? cl->opts.connect_retries : 0);
+        return c->attempts <= limit;
+    }
+    if (!c->idempotent && !c->retry.retry_non_idempotent)
+        return 0;
+    return c->attempts <= c->retry.num_retries;
+}
+
+static void hc_dispatch(zlb_hconn *c);
+
+/* Ends the current try with a failure, then retries or answers 502/503/504. */
+static void hc_fail_try(zlb_hconn *c, int connect_failure, int timed_out)
+{
+    zlb_worker *w = c->w;
+    zlb_hup *u = c->up;
+    if (u) {
+        if (c->failed)
+            zlb_ep_state_unref(c->failed);
+        c->failed = u->st;
+        zlb_ep_state_ref(c->failed);
+        int ci = w->snap ? zlb_snapshot_find_cluster(w->snap, c->cluster) : -1;
+        if (ci >= 0) {
+            const zlb_cluster *cl = &w->snap->clusters[ci];
+            for (uint32_t i = 0; i < cl->n_endpoints; i++)
+                if (cl->endpoints[i].state == u->st)
+                    zlb_lb_report(w->snap, cl, &cl->endpoints[i], 0, 0, w->now_ns);
+        }
+        if (connect_failure && !timed_out)
+            ZLB_STAT_ADD(w, connect_failures, 1);
+        hc_release_up(c, 0);
+    }
+    c->try_deadline = 0;
+    int reset_ok = connect_failure || (c->retry.retry_on & (ZLB_RETRY_RESET | ZLB_RETRY_5XX)) || timed_out;
+    if (reset_ok && may_retry(c, connect_failure)) {
+        ZLB_STAT_ADD(w, http_retries, 1);
+        hc_dispatch(c);
+        return;
+    }
+    if (c->resp_started) {
+        hc_close(c, 1);
+        return;
+    }
+    c->close_after = 1;
+    hc_local_reply(c, timed_out ? 504 : connect_failure ? 503 : 502, NULL,
+                   timed_out ? "upstream timeout\n" : "upstream unavailable\n", 1);
+}
+
+/* Picks an endpoint for the request and sends it (again). */
+static void hc_dispatch(zlb_hconn *c)
+{
+    zlb_worker *w = c->w;
+    int ci = w->snap ? zlb_snapshot_find_cluster(w->snap, c->cluster) : -1;
+    if (ci < 0) {
+        c->close_after = 1;
+        hc_local_reply(c, 503, NULL, "no such cluster\n", 1);
+        return;
+    }
+    const zlb_cluster *cl = &w->snap->clusters[ci];
+    const zlb_endpoint *exclude = NULL;
+    for (uint32_t i = 0; c->failed && i < cl->n_endpoints; i++)
+        if (cl->endpoints[i].state == c->failed)
+            exclude = &cl->endpoints[i];
+    zlb_pick_ctx ctx = {.rng = &w->rng, .has_hash = c->has_hash, .hash = c->hash, .now_ns = w->now_ns};
+    zlb_endpoint *ep = zlb_lb_pick(w->lb, w->snap, cl, &ctx, exclude);
+    if (!ep) {
+        c->close_after = 1;
+        hc_local_reply(c, 503, NULL, "no healthy upstream\n", 1);
+        return;
+    }
+    c->attempts++;
+    ZLB_STAT_ADD(w, connect_attempts, 1);
+    zlb_hup *u = pool_take(w, ep->state);
+    if (u) {
+        ZLB_STAT_ADD(w, http_upstream_reused, 1);
+    } else {
+        u = hup_connect(w, ep, c->cluster, cl->opts.connect_timeout_ms);
+        if (!u) {
+            ZLB_STAT_ADD(w, connect_failures, 1);
+            zlb_lb_report(w->snap, cl, ep, 0, 0, w->now_ns);
+            if (may_retry(c, 1)) {
+                hc_dispatch(c);
+                return;
+            }
+            c->close_after = 1;
+            hc_local_reply(c, 503, NULL, "upstream connect failed\n", 1);
+            return;
+        }
+    }
+    u->owner = c;
+    c->up = u;
+    zlb_h1_parser_init_response(&c->sp, NULL, c->is_head);
+    memset(&c->rs, 0, offsetof(zlb_h1_head, headers));
+    if (hbuf_append(&u->s.out, hbuf_data(&c->replay), hbuf_size(&c->replay)) != 0) {
+        hc_close(c, 1);
+        return;
+    }
+    uint32_t per_try = c->retry.per_try_timeout_ms;
+    c->try_deadline = per_try ? w->now_ns + (int64_t)per_try * 1000000 : 0;
+    hc_arm_timer(c);
+}
+
+/* Hashes the request for ring_hash/maglev by the route's hash policy. */
+static void request_hash(zlb_hconn *c, const zlb_route *rt, const char *buf)
+{
+    const char *v = NULL;
+    uint32_t len = 0;
+    c->has_hash = 1;
+    switch (rt->hash) {
+    case ZLB_HASH_HEADER:
+        v = zlb_h1_find_header(buf, &c->rq, rt->hash_name.p, &len);
+        break;
+    case ZLB_HASH_COOKIE: {
+        uint32_t clen = 0;
+        const char *ck = zlb_h1_find_header(buf, &c->rq, "cookie", &clen);
+        for (uint32_t i = 0; ck && i < clen;) {
+            while (i < clen && (ck[i] == ' ' || ck[i] == ';'))
+                i++;
+            uint32_t s = i;
+            while (i < clen && ck[i] != '=' && ck[i] != ';')
+                i++;
+            if (i < clen && ck[i] == '=' && i - s == rt->hash_name.len &&
+                memcmp(ck + s, rt->hash_name.p, i - s) == 0) {
+                uint32_t vs = ++i;
+                while (i < clen && ck[i] != ';')
+                    i++;
+                v = ck + vs;
+                len = i - vs;
+                break;
+            }
+            while (i < clen && ck[i] != ';')
+                i++;
+        }
+        break;
+    }
+    case ZLB_HASH_SOURCE_IP:
+        v = c->peer_ip;
+        len = (uint32_t)strlen(c->peer_ip);
+        break;
+    case ZLB_HASH_PATH:
+        v = buf + c->rq.target.off;
+        len = c->rq.target.len;
+        break;
+    default:
+        break;
+    }
+    if (v)
+        c->hash = zlb_hash64(v, len, 0);
+    else
+        c->has_hash = 0; /* no key: the policy picks at random */
+}
+
+/* Consumes request body bytes from the client buffer into dst (the replay
+ * buffer while retrying is possible, else the upstream's). Returns 1 on
+ * progress, 0 if none, -1 on a malformed body. */
+static int move_body(hbuf *src, hbuf *dst, int kind, uint64_t *left, zlb_h1_chunked *ch, uint8_t *done,
+                     uint32_t limit)
+{
+    if (*done || hbuf_size(src) == 0 || hbuf_size(dst) >= limit)
+        return 0;
+    uint32_t avail = hbuf_size(src);
+    uint32_t take;
+    if (kind == ZLB_H1_BODY_LENGTH) {
+        take = *left < avail ? (uint32_t)*left : avail;
+        *left -= take;
+        *done = *left == 0;
+    } else if (kind == ZLB_H1_BODY_CHUNKED) {
+        size_t consumed = 0, off, dlen;
+        take = 0;
+        for (;;) {
+            int r = zlb_h1_chunked_step(ch, hbuf_data(src) + take, avail - take, &consumed, &off, &dlen);
+            take += (uint32_t)consumed;
+            if (r == ZLB_H1_CHUNK_ERROR)
+                return -1;
+            if (r == ZLB_H1_CHUNK_DONE) {
+                *done = 1;
+                break;
+            }
+            if (r == ZLB_H1_CHUNK_AGAIN || consumed == 0)
+                break;
+        }
+    } else { /* close-delimited (responses only) */
+        take = avail;
+    }
+    if (take == 0)
+        return 0;
+    if (hbuf_append(dst, hbuf_data(src), take) != 0)
+        return -1;
+    hbuf_consume(src, take);
+    return 1;
+}
+
+/* A complete request head is in c->s.in: route it and start the exchange. */
+static void hc_start_request(zlb_hconn *c)
+{
+    zlb_worker *w = c->w;
+    const zlb_http_opts *o = &c->l->opts.http;
+    const char *buf = hbuf_data(&c->s.in);
+    c->head_deadline = c->idle_deadline = 0;
+    c->req_start_ns = w->now_ns;
+    c->client_10 = c->rq.version_minor == 0;
+    c->close_after = (c->rq.flags & ZLB_H1_F_CLOSE) || (c->client_10 && !(c->rq.flags & ZLB_H1_F_KEEP_ALIVE));
+    c->upgrade = (c->rq.flags & ZLB_H1_F_UPGRADE) != 0;
+    c->is_head = c->rq.method.len == 4 && memcmp(buf + c->rq.method.off, "HEAD", 4) == 0;
+    static const char *const idem[] = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", NULL};
+    c->idempotent = 0;
+    for (int i = 0; idem[i]; i++)
+        if (c->rq.method.len == strlen(idem[i]) && memcmp(buf + c->rq.method.off, idem[i], c->rq.method.len) == 0)
+            c->idempotent = 1;
+
+    const zlb_router *r = w->snap ? zlb_snapshot_find_router(w->snap, o->route_table) : NULL;
+    const zlb_route *rt = r ? zlb_router_match(r, buf, &c->rq) : NULL;
+    uint32_t head_len = c->rq.head_len;
+    c->req_body = c->rq.body;
+    c->req_left = c->rq.content_length;
+    c->req_done = c->rq.body == ZLB_H1_BODY_NONE || (c->rq.body == ZLB_H1_BODY_LENGTH && c->req_left == 0);
+    zlb_h1_chunked_init(&c->req_chunks);
+    c->state = HS_EXCHANGE;
+    if (!rt || rt->action != ZLB_ACTION_CLUSTER) {
+        /* Local answers skip the body; a connection with an unread body
+         * cannot be reused safely. */
+        hbuf_consume(&c->s.in, head_len);
+        if (!c->req_done)
+            c->close_after = 1;
+        if (!rt) {
+            hc_local_reply(c, 404, NULL, "no route\n", c->close_after);
+        } else if (rt->action == ZLB_ACTION_DIRECT) {
+            hc_local_reply(c, rt->status, NULL, rt->body.p, c->close_after);
+        } else {
+            char loc[1024];
+            snprintf(loc, sizeof(loc), "location: %s://%s%s\r\n", rt->redirect_scheme.len ? rt->redirect_scheme.p : "http",
+                     rt->redirect_host.len ? rt->redirect_host.p : "", rt->redirect_path.p);
+            hc_local_reply(c, rt->status, loc, NULL, c->close_after);
+        }
+        if (!c->close_after)
+            hc_next_request(c);
+        return;
+    }
+    int ci = zlb_route_pick_cluster(rt, &w->rng);
+    zlb_strlcpy(c->cluster, w->snap->clusters[ci].opts.name, sizeof(c->cluster));
+    c->retry = rt->retry;
+    c->timeout_ms = rt->timeout_ms ? rt->timeout_ms : o->request_timeout_ms;
+    request_hash(c, rt, buf);
+    hbuf_clear(&c->replay);
+    hbuf_clear(&c->resp_ops);
+    if (build_request_head(c, rt) != 0 || save_resp_ops(c, rt) != 0) {
+        hc_close(c, 1);
+        return;
+    }
+    hbuf_consume(&c->s.in, head_len);
+    /* Body bytes that are already here go into the replay copy; a request
+     * that fits the retry buffer entirely can be sent again. */
+    if (move_body(&c->s.in, &c->replay, c->req_body, &c->req_left, &c->req_chunks, &c->req_done,
+                  o->retry_buffer) < 0) {
+        c->close_after = 1;
+        hc_local_reply(c, 400, NULL, "bad request body\n", 1);
+        return;
+    }
+    c->replayable = c->req_done && hbuf_size(&c->replay) <= o->retry_buffer && !c->upgrade;
+    if (c->timeout_ms)
+        c->req_deadline = w->now_ns + (int64_t)c->timeout_ms * 1000000;
+    hc_dispatch(c);
+}
+
+/* ---- response handling ---------------------------------------------------------- */
+
+static void hc_finish_exchange(zlb_hconn *c, int upstream_reusable)
+{
+    zlb_worker *w = c->w;
+    ZLB_STAT_ADD(w, http_requests, 1);
+    count_status(w, c->status);
+    if (c->up) {
+        int ci = w->snap ? zlb_snapshot_find_cluster(w->snap, c->cluster) : -1;
+        if (ci >= 0) {
+            const zlb_cluster *cl = &w->snap->clusters[ci];
+            for (uint32_t i = 0; i < cl->n_endpoints; i++)
+                if (cl->endpoints[i].state == c->up->st)
+                    zlb_lb_report(w->snap, cl, &cl->endpoints[i], c->status < 500, w->now_ns - c->req_start_ns,
+                                  w->now_ns);
+        }
+        c->up->served++;
+        uint32_t max = c->l->opts.http.max_requests_per_conn;
+        hc_release_up(c, upstream_reusable && !(c->rs.flags & ZLB_H1_F_CLOSE) && !c->client_10 &&
+                             (!max || c->up->served < max));
+    }
+    c->req_deadline = c->try_deadline = 0;
+    if (c->close_after) {
+        c->state = HS_CLOSING;
+        hc_arm_timer(c);
+    } else {
+        hc_next_request(c);
+    }
+}
+
+/* Handles bytes from the upstream. Returns 1 on progress. */
+static int hc_upstream_data(zlb_hconn *c)
+{
+    zlb_hup *u = c->up;
+    if (!u || u->connecting)
+        return 0;
+    if (!c->resp_started) {
+        if (hbuf_size(&u->s.in) == 0) {
+            if (u->s.eof) {
+                /* Closed before any response byte: a reset for retry purposes. */
+                hc_fail_try(c, 0, 0);
+                return 1;
+            }
+            return 0;
+        }
+        int r = zlb_h1_parse(&c->sp, hbuf_data(&u->s.in), hbuf_size(&u->s.in), &c->rs);
+        if (r == ZLB_H1_AGAIN) {
+            if (u->s.eof) {
+                hc_fail_try(c, 0, 0);
+                return 1;
+            }
+            return 0;
+        }
+        if (r == ZLB_H1_ERROR) {
+            hc_release_up(c, 0);
+            c->close_after = 1;
+            hc_local_reply(c, 502, NULL, "invalid upstream response\n", 1);
+            return 1;
+        }
+        c->status = c->rs.status;
+        if (c->status >= 100 && c->status < 200 && c->status != 101) {
+            /* Interim (100 Continue etc.): forward, then wait for the final one. */
+            if (forward_response_head(c, hbuf_data(&u->s.in)) != 0)
+                return hc_close(c, 1), 1;
+            hbuf_consume(&u->s.in, c->rs.head_len);
+            zlb_h1_parser_init_response(&c->sp, NULL, c->is_head);
+            memset(&c->rs, 0, offsetof(zlb_h1_head, headers));
+            return 1;
+        }
+        if (status_retriable(&c->retry, c->status) && may_retry(c, 0)) {
+            ZLB_STAT_ADD(c->w, http_retries, 1);
+            if (c->failed)
+                zlb_ep_state_unref(c->failed);
+            c->failed = u->st;
+            zlb_ep_state_ref(c->failed);
+            hc_release_up(c, 0);
+            hc_dispatch(c);
+            return 1;
+        }
+        if (c->status == 101 && !c->upgrade) {
+            hc_release_up(c, 0);
+            c->close_after = 1;
+            hc_local_reply(c, 502, NULL, "unexpected upgrade\n", 1);
+            return 1;
+        }
+        if (forward_response_head(c, hbuf_data(&u->s.in)) != 0)
+            return hc_close(c, 1), 1;
+        hbuf_consume(&u->s.in, c->rs.head_len);
+        c->resp_started = 1;
+        c->try_deadline = 0;
+        if (c->status == 101) {
+            ZLB_STAT_ADD(c->w, http_upgrades, 1);
+            ZLB_STAT_ADD(c->w, http_requests, 1);
+            count_status(c->w, 101);
+            c->state = HS_TUNNEL;
+            c->req_deadline = c->idle_deadline = c->head_deadline = 0;
+            hc_arm_timer(c);
+            return 1;
+        }
+        c->resp_body = c->rs.body;
+        c->resp_left = c->rs.content_length;
+        zlb_h1_chunked_init(&c->resp_chunks);
+        if (c->resp_body == ZLB_H1_BODY_CLOSE)
+            c->close_after = 1; /* the client learns the end from our close */
+    }
+    uint8_t done = c->resp_body == ZLB_H1_BODY_NONE ||
+                   (c->resp_body == ZLB_H1_BODY_LENGTH && c->resp_left == 0);
+    int progress = 0;
+    if (!done) {
+        int r = move_body(&u->s.in, &c->s.out, c->resp_body, &c->resp_left, &c->resp_chunks, &done, HWM);
+        if (r < 0)
+            return hc_close(c, 1), 1;
+        progress = r;
+        if (c->resp_body == ZLB_H1_BODY_CLOSE && u->s.eof && hbuf_size(&u->s.in) == 0)
+            done = 1;
+        else if (!done && u->s.eof && hbuf_size(&u->s.in) == 0)
+            return hc_close(c, 1), 1; /* truncated: the client must not take it as complete */
+    }
+    if (done && c->req_done) {
+        hc_finish_exchange(c, c->resp_body != ZLB_H1_BODY_CLOSE);
+        return 1;
+    }
+    return progress;
+}
+
+/* ---- the driver ----------------------------------------------------------------- */
+
+static int hc_step_head(zlb_hconn *c)
+{
+    const zlb_http_opts *o = &c->l->opts.http;
+    if (hbuf_size(&c->s.in) == 0)
+        return 0;
+    if (!c->head_deadline && o->header_timeout_ms) {
+        c->head_deadline = c->w->now_ns + (int64_t)o->header_timeout_ms * 1000000;
+        c->idle_deadline = 0;
+        hc_arm_timer(c);
+    }
+    int r = zlb_h1_parse(&c->rp, hbuf_data(&c->s.in), hbuf_size(&c->s.in), &c->rq);
+    if (r == ZLB_H1_AGAIN)
+        return 0;
+    if (r == ZLB_H1_ERROR) {
+        ZLB_STAT_ADD(c->w, http_bad_requests, 1);
+        char msg[160];
+        snprintf(msg, sizeof(msg), "%s\n", c->rq.error ? c->rq.error : "bad request");
+        hc_local_reply(c, c->rq.error_status ? c->rq.error_status : 400, NULL, msg, 1);
+        return 1;
+    }
+    hc_start_request(c);
+    return 1;
+}
+
+static int hc_step_request_body(zlb_hconn *c)
+{
+    if (c->req_done || !c->up)
+        return 0;
+    /* Past the retry buffer: stream straight to the upstream, no replays. */
+    c->replayable = 0;
+    int r = move_body(&c->s.in, &c->up->s.out, c->req_body, &c->req_left, &c->req_chunks, &c->req_done, HWM);
+    if (r < 0) {
+        hc_close(c, 1);
+        return 1;
+    }
+    return r;
+}
+
+static int hc_step_tunnel(zlb_hconn *c)
+{
+    zlb_hup *u = c->up;
+    int progress = 0;
+    if (!u)
+        return 0;
+    if (hbuf_size(&u->s.in) && hbuf_size(&c->s.out) < HWM) {
+        progress |= hbuf_append(&c->s.out, hbuf_data(&u->s.in), hbuf_size(&u->s.in)) == 0;
+        hbuf_clear(&u->s.in);
+    }
+    if (hbuf_size(&c->s.in) && hbuf_size(&u->s.out) < HWM) {
+        progress |= hbuf_append(&u->s.out, hbuf_data(&c->s.in), hbuf_size(&c->s.in)) == 0;
+        hbuf_clear(&c->s.in);
+    }
+    if ((u->s.eof && !hbuf_size(&c->s.out)) || (c->s.eof && !hbuf_size(&u->s.out))) {
+        hc_close(c, 0);
+        return 1;
+    }
+    return progress;
+}
+
+static void hc_run(zlb_hconn *c)
+{
+    zlb_worker *w = c->w;
+    for (int guard = 0; guard < 64 && !c->closed; guard++) {
+        int progress = 0;
+        uint32_t in_limit = c->state == HS_HEAD ? c->l->opts.http.max_head + 1 : HWM;
+        int r = sock_read(&c->s, in_limit);
+        if (r < 0)
+            return hc_close(c, 1);
+        progress |= r;
+        switch (c->state) {
+        case HS_HEAD:
+            progress |= hc_step_head(c);
+            break;
+        case HS_EXCHANGE:
+            progress |= hc_step_request_body(c);
+            progress |= hc_upstream_data(c);
+            break;
+        case HS_TUNNEL:
+            progress |= hc_step_tunnel(c);
+            break;
+        default:
+            break;
+        }
+        if (c->closed)
+            return;
+        zlb_hup *u = c->up;
+        if (u && !u->closed && !u->connecting) {
+            if ((r = sock_flush(w, &u->s, &u->io)) < 0) {
+                if (c->resp_started || c->state == HS_TUNNEL)
+                    return hc_close(c, 1);
+                hc_fail_try(c, 0, 0);
+                continue;
+            }
+            progress |= r;
+            /* Back-pressure: leave upstream bytes in the kernel while the
+             * client has not taken the previous ones. */
+            r = hbuf_size(&c->s.out) < HWM ? sock_read(&u->s, HWM) : 0;
+            if (r < 0) {
+                if (c->resp_started || c->state == HS_TUNNEL)
+                    return hc_close(c, 1);
+                hc_fail_try(c, 0, 0);
+                continue;
+            }
+            progress |= r;
+        }
+        if ((r = sock_flush(w, &c->s, &c->io)) < 0)
+            return hc_close(c, 1);
+        progress |= r;
+        if (c->state == HS_CLOSING && hbuf_size(&c->s.out) == 0)
+            return hc_close(c, 0);
+        if (c->s.eof && c->state == HS_HEAD && hbuf_size(&c->s.in) == 0)
+            return hc_close(c, 0); /* client closed between requests */
+        if (c->s.eof && c->state == HS_EXCHANGE && !c->req_done)
+            return hc_close(c, 1); /* client vanished mid-request */
+        if (!progress)
+            break;
+    }
+}
+
+static void hc_on_timer(zlb_timer *t, int64_t now)
+{
+    zlb_hconn *c = (zlb_hconn *)((char *)t - offsetof(zlb_hconn, timer));
+    zlb_worker *w = c->w;
+    if (c->head_deadline && now >= c->head_deadline) {
+        ZLB_STAT_ADD(w, http_header_timeouts, 1);
+        c->head_deadline = 0;
+        hc_local_reply(c, 408, NULL, "request header timeout\n", 1);
+    } else if (c->idle_deadline && now >= c->idle_deadline) {
+        ZLB_STAT_ADD(w, idle_timeouts, 1);
+        return hc_close(c, 0);
+    } else if (c->req_deadline && now >= c->req_deadline) {
+        ZLB_STAT_ADD(w, http_request_timeouts, 1);
+        c->req_deadline = 0;
+        if (c->resp_started)
+            return hc_close(c, 1);
+        hc_release_up(c, 0);
+        c->close_after = 1;
+        hc_local_reply(c, 504, NULL, "upstream request timeout\n", 1);
+    } else if (c->try_deadline && now >= c->try_deadline) {
+        ZLB_STAT_ADD(w, http_request_timeouts, 1);
+        hc_fail_try(c, 0, 1);
+    } else {
+        hc_arm_timer(c);
+        return;
+    }
+    if (!c->closed) {
+        hc_arm_timer(c);
+        hc_run(c);
+    }
+}
+
+void zlb_http_accept(zlb_worker *w, zlb_wlistener *wl)
+{
+    zlb_listener *l = wl->l;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(wl->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            return;
+        }
+        ZLB_STAT_ADD(w, conns_accepted, 1);
+        if ((uint64_t)atomic_fetch_add(&l->active, 1) >= l->opts.max_connections) {
+            atomic_fetch_sub(&l->active, 1);
+            ZLB_STAT_ADD(w, conns_overflow, 1);
+            rst_close(fd);
+            continue;
+        }
+        zlb_hconn *c = calloc(1, sizeof(*c));
+        struct epoll_event ev = {.events = EV_BASE, .data.ptr = c};
+        if (!c || epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+            free(c);
+            atomic_fetch_sub(&l->active, 1);
+            close(fd);
+            continue;
+        }
+        ZLB_STAT_ADD(w, conns_active, 1);
+        atomic_fetch_add(&l->refs, 1);
+        c->io.kind = ZLB_IO_HTTP_DOWN;
+        c->w = w;
+        c->l = l;
+        c->s.fd = fd;
+        c->s.readable = 1;
+        memcpy(&c->peer, &ss, len < sizeof(c->peer) ? len : sizeof(c->peer));
+        zlb_sockaddr_format((const struct sockaddr *)&ss, c->peer_ip, sizeof(c->peer_ip));
+        /* XFF carries the address without the port. */
+        char *colon = strrchr(c->peer_ip, ':');
+        if (colon)
+            *colon = '\0';
+        if (c->peer_ip[0] == '[') {
+            memmove(c->peer_ip, c->peer_ip + 1, strlen(c->peer_ip));
+            c->peer_ip[strlen(c->peer_ip) - 1] = '\0';
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        zlb_timer_init(&c->timer, hc_on_timer);
+        c->next = w->hconns;
+        if (w->hconns)
+            w->hconns->prev = c;
+        w->hconns = c;
+        hc_next_request(c);
+        hc_run(c);
+    }
+}
+
+void zlb_http_on_event(zlb_worker *w, zlb_io *io, uint32_t events)
+{
+    ZLB_UNUSED(w);
+    if (io->kind == ZLB_IO_HTTP_DOWN) {
+        zlb_hconn *c = (zlb_hconn *)io;
+        if (c->closed)
+            return;
+        on_events(&c->s, events);
+        hc_run(c);
+        return;
+    }
+    zlb_hup *u = (zlb_hup *)io;
+    if (u->closed)
+        return;
+    on_events(&u->s, events);
+    if (u->connecting) {
+        int soerr = 0;
+        socklen_t len = sizeof(soerr);
+        getsockopt(u->s.fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
+        if (soerr == 0 && (events & EPOLLOUT)) {
+            u->connecting = 0;
+            u->s.blocked = 0;
+            zlb_timer_cancel(&u->w->timers, &u->timer);
+        } else if (soerr != 0 || (events & (EPOLLERR | EPOLLHUP))) {
+            if (u->owner) {
+                zlb_hconn *c = u->owner;
+                hc_fail_try(c, 1, 0);
+                hc_run(c);
+            } else {
+                hup_close(u, 0);
+            }
+            return;
+        } else {
+            return;
+        }
+    }
+    if (u->owner) {
+        hc_run(u->owner);
+    } else if (u->s.hup || (events & EPOLLIN)) {
+        /* Pooled and idle: bytes or a close from the upstream end its reuse. */
+        hup_close(u, 0);
+    }
+}
