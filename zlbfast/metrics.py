@@ -95,6 +95,20 @@ _COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
                          "Connections that fell back from splice(2) to copying through user space.", {}),
     "access_log_dropped": ("zlbfast_access_log_ring_dropped_total",
                            "Access records the data plane dropped because a worker's ring was full.", {}),
+    # HTTP/1.1 listeners (csrc/engine.h, zlb_stats).
+    "http_requests": ("zlbfast_http_requests_total", "HTTP requests completed, whatever the status.", {}),
+    **{f"http_{c}xx": ("zlbfast_http_responses_total", "HTTP responses sent to clients, by status class.",
+                       {"class": f"{c}xx"}) for c in range(1, 6)},
+    "http_retries": ("zlbfast_http_retries_total", "HTTP upstream attempts beyond the first.", {}),
+    "http_bad_requests": ("zlbfast_http_bad_requests_total",
+                          "HTTP requests the parser rejected (400, 414, 431, 501).", {}),
+    "http_header_timeouts": ("zlbfast_http_header_timeouts_total",
+                             "HTTP connections closed waiting for request headers.", {}),
+    "http_request_timeouts": ("zlbfast_http_request_timeouts_total", "HTTP requests that hit their timeout.", {}),
+    "http_overflow": ("zlbfast_http_overflow_total", "HTTP requests answered 503 by the circuit breaker.", {}),
+    "http_upstream_reused": ("zlbfast_http_upstream_reused_total",
+                             "HTTP requests sent on a pooled (kept-alive) upstream connection.", {}),
+    "http_upgrades": ("zlbfast_http_upgrades_total", "HTTP connections turned into tunnels (101).", {}),
 }
 _GAUGES: dict[str, tuple[str, str]] = {
     "conns_active": ("zlbfast_downstream_connections_active", "Client connections open now."),
