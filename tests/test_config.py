@@ -21,7 +21,7 @@ from zlbfast.config import (
     proxy_config,
     validate,
 )
-from zlbfast.model import Cluster, Config, Endpoint, Listener, OutlierDetection
+from zlbfast.model import Cluster, Config, Endpoint, HealthCheck, Listener, OutlierDetection
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -565,3 +565,55 @@ def test_proxy_config_errors_name_the_option(kwargs: dict[str, Any], option: str
         proxy_config(**args)
     assert (info.value.file, info.value.path) == ("command line", option)
     assert phrase in info.value.problem
+
+
+# ---------------------------------------------------------------------------------------------------------
+# health_check (docs/config.md, "Health checks")
+
+
+def test_docs_health_check_example_states_the_real_defaults(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    match = re.search(r"### Health checks.*?```yaml\n(.*?)```", doc, re.S)
+    assert match, "docs/config.md lost its health check example"
+    data = yaml.safe_load(match.group(1))
+    data["listeners"] = BASE["listeners"]
+    cfg = load_text(tmp_path, yaml.safe_dump(data))
+    check = cfg.clusters[0].health_check
+    assert check == HealthCheck(type="http", path="/healthz")
+
+
+def test_health_check_keys_are_read_into_the_model(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, yaml.safe_dump(edit(("clusters.0.health_check", {
+        "type": "http", "path": "/ready?x=1", "expected_statuses": [204, "300-308"], "interval": "250ms",
+        "jitter": 0, "timeout": "100ms", "healthy_threshold": 1, "unhealthy_threshold": 7}))))
+    assert cfg.clusters[0].health_check == HealthCheck(
+        type="http", path="/ready?x=1", expected_statuses=((204, 204), (300, 308)), interval_ms=250, jitter_ms=0,
+        timeout_ms=100, healthy_threshold=1, unhealthy_threshold=7)
+    assert load_text(tmp_path, yaml.safe_dump(BASE)).clusters[0].health_check is None
+
+
+HC = "clusters[0].health_check"
+HEALTH_CHECK_ERRORS = [
+    ("unknown key", {"intervall": "1s"}, f"{HC}.intervall", "did you mean 'interval'?"),
+    ("unknown type", {"type": "grpc"}, f"{HC}.type", "unknown health check type 'grpc'; expected one of: tcp, http"),
+    ("relative path", {"path": "healthz"}, f"{HC}.path", "must start with '/'"),
+    ("path with a space", {"path": "/a b"}, f"{HC}.path", "no spaces or control characters"),
+    ("status text", {"expected_statuses": ["2xx"]}, f"{HC}.expected_statuses[0]",
+     "expected an HTTP status (204) or an inclusive range (200-399), got '2xx'"),
+    ("reversed range", {"expected_statuses": ["399-200"]}, f"{HC}.expected_statuses[0]",
+     "lower one first, got 399-200"),
+    ("status out of range", {"expected_statuses": [600]}, f"{HC}.expected_statuses[0]", "from 100 to 599"),
+    ("no statuses", {"expected_statuses": []}, f"{HC}.expected_statuses", "at least one status"),
+    ("zero interval", {"interval": 0}, f"{HC}.interval", "between 1ms and 720h, got 0ms"),
+    ("zero timeout", {"timeout": "0s"}, f"{HC}.timeout", "between 1ms and 720h, got 0ms"),
+    ("threshold 0", {"unhealthy_threshold": 0}, f"{HC}.unhealthy_threshold", "between 1 and 1000, got 0"),
+    ("threshold bool", {"healthy_threshold": True}, f"{HC}.healthy_threshold", "expected an integer, got true"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("check", "path", "phrase"), [c[1:] for c in HEALTH_CHECK_ERRORS],
+                         ids=[c[0] for c in HEALTH_CHECK_ERRORS])
+def test_health_check_errors_name_the_field(tmp_path: Path, check: dict[str, Any], path: str, phrase: str) -> None:
+    err, _ = load_error(tmp_path, yaml.safe_dump(edit(("clusters.0.health_check", check))))
+    assert err.path == path
+    assert phrase in err.problem
