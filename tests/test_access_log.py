@@ -10,11 +10,8 @@ import socket
 import threading
 from pathlib import Path
 
-import pytest
-
 from tests.netutil import DEADLINE_S, Backend, connect, free_port, wait_for
 from tests.test_admin import l4_yaml, running
-from zlbfast import _native
 from zlbfast.logs import AccessLogWriter
 
 
@@ -95,8 +92,6 @@ def test_an_unopenable_destination_is_reported_and_counted(tmp_path: Path) -> No
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not hasattr(_native.NativeEngine, "drain_access_log"),
-                    reason="the data plane does not produce access records in this build")
 def test_every_proxied_connection_gives_one_matching_line(tmp_path: Path) -> None:
     echo = Backend(lambda c: [c.sendall(d.upper()) for d in iter(lambda: c.recv(4096), b"")])
     dead = free_port()

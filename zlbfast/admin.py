@@ -386,16 +386,9 @@ class Operations:
 
     def _start_access_log(self) -> None:
         assert self.opts.access_log is not None
-        # The data plane grows these two with the access-log rings; until then there is nothing to drain.
-        drain = getattr(self.engine.native, "drain_access_log", None)
-        enable = getattr(self.engine.native, "set_access_log", None)
         self.access_log = logs.AccessLogWriter(self.opts.access_log, sample=self.opts.access_log_sample)
-        if drain is None:
-            log.warning("access log: this build of the data plane does not record connections yet; %s stays empty",
-                        self.opts.access_log)
-            return
-        if enable is not None:
-            enable(True)
+        self.engine.native.set_access_log(True)
+        drain = self.engine.native.drain_access_log
         self._tasks.append(asyncio.get_running_loop().create_task(
             logs.drain_access_log(drain, self.access_log, self._closing), name="access log"))
 
