@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(gcc make libssl-dev iproute2 haproxy nginx wrk)
+debs=(gcc make libssl-dev iproute2 haproxy nginx libnginx-mod-stream wrk)
 missing=()
 for d in "${debs[@]}"; do
     dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d")
