@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,47 @@ def test_plot_is_a_png(short_run: dict[str, Any]) -> None:
     assert short_run["png"].read_bytes()[:8] == PNG_SIGNATURE
 
 
-def test_http_scenario_is_not_available_yet() -> None:
-    done = bench("--scenario", "http")
-    assert done.returncode == 2
-    assert "not available yet" in done.stderr
+def test_http_scenario_balances_each_request(tmp_path: Path) -> None:
+    out = tmp_path / "http.json"
+    done = bench("--scenario", "http", "--compare", "haproxy", "--duration", "0.3", "--repetitions", "1",
+                 "--warmup", "0.1", "--connections", "8", "--json", str(out))
+    doc = json.loads(out.read_text())
+    validate(doc)
+    assert doc["config"]["scenario"] == "http"
+    by_name = {t["name"]: t for t in doc["targets"]}
+    failed = [t["name"] for t in doc["targets"] if t["status"] == "failed"]
+    assert done.returncode == (1 if failed else 0), done.stderr
+    z = by_name["zlbfast"]
+    assert z["status"] == "ok", z["reason"]
+    assert sum(z["errors"].values()) == 0
+    # An L7 proxy balances every request, so round robin over 2 backends alternates them: the counts
+    # differ by at most the requests abandoned in flight when the warm-up and the run stopped (8 each).
+    # (An L4 proxy would split the 8 connections instead, not the requests.)
+    assert sum(z["labels"].values()) == z["requests"]
+    assert set(z["labels"]) == {"b1", "b2"}
+    assert abs(z["labels"]["b1"] - z["labels"]["b2"]) <= 17
+    assert by_name["haproxy"]["status"] in ("ok", "skipped")
+
+
+def test_http_peer_configs() -> None:
+    from zlbfast.bench.targets import HTTP_PEERS, TargetSkipped
+
+    backends = [("127.0.0.1", 9001), ("::1", 9002)]
+    want = {"haproxy": ("mode http", "http-reuse always", "server s1 [::1]:9002", "nbthread 1"),
+            "nginx": ("keepalive 64;", "proxy_http_version 1.1;", 'proxy_set_header Connection "";',
+                      "server [::1]:9002;", "worker_processes 1;"),
+            "envoy": ("http_connection_manager", "envoy.filters.http.router", 'port_value: 9002')}
+    for name, build in HTTP_PEERS.items():
+        with tempfile.TemporaryDirectory() as workdir:
+            try:
+                argv = build(("127.0.0.1", 8080), backends, workdir)
+            except TargetSkipped:
+                continue  # not installed here: the builder stops before writing its config
+            cfg = Path(workdir, {"haproxy": "haproxy.cfg", "nginx": "nginx.conf", "envoy": "envoy.yaml"}[name])
+            assert str(cfg) in argv
+            text = cfg.read_text()
+            for needle in want[name]:
+                assert needle in text, (name, needle)
 
 
 def test_unknown_peer_is_a_usage_error() -> None:

@@ -2,8 +2,7 @@
 
 add_arguments() and run() are what the zlbfast CLI wires in; run() returns
 the process exit status: 0 all targets measured (or skipped as not
-installed), 1 a target failed to start or to serve, 2 bad usage or a
-scenario that is not available yet.
+installed), 1 a target failed to start or to serve, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser
     p.add_argument("--scenario", choices=("l4", "tcp", "http"), default="l4",
                    help="l4: HTTP requests through the L4 (TCP) listener (default); tcp: echo "
-                        "round trips; http: through the L7 engine (not available yet)")
+                        "round trips; http: HTTP requests through the L7 (HTTP/1.1) listener, balanced "
+                        "per request, against HTTP-mode peers")
     p.add_argument("--compare", default="", metavar="PEERS",
                    help=f"comma-separated peers to measure too: {','.join(PEERS)}")
     p.add_argument("--duration", type=float, default=2.0, metavar="S", help="seconds per run (default 2)")
@@ -71,9 +71,6 @@ def _config(args: argparse.Namespace):  # -> BenchConfig; imported lazily (nativ
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "bench_import_error", None):
         return _error(f"the bench package failed to import: {args.bench_import_error}", 2)
-    if args.scenario == "http":
-        return _error("scenario 'http' is not available yet: it needs the L7 (HTTP/1.1) engine, "
-                      "which zlbfast does not have yet; use --scenario l4 or tcp", 2)
     if args.plot_path:
         try:
             import matplotlib  # noqa: F401 - checked before spending minutes measuring

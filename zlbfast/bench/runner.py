@@ -89,7 +89,7 @@ def load_kwargs(cfg: BenchConfig) -> dict[str, Any]:
 @contextlib.contextmanager
 def builtin_backends(cfg: BenchConfig, host: str = "127.0.0.1") -> Iterator[list[BuiltinBackend]]:
     """cfg.backends in-process backends: HTTP responders labelled b1, b2, ...
-    for l4, echo servers for tcp. Stopped on exit."""
+    for l4 and http, echo servers for tcp. Stopped on exit."""
     started: list[BuiltinBackend] = []
     try:
         for i in range(cfg.backends):
@@ -115,7 +115,7 @@ def measure(target: Target, addr: Addr, cfg: BenchConfig, seconds: float) -> tup
 def run_bench(cfg: BenchConfig, progress: Progress) -> list[TargetResult]:
     """Runs every target; never raises for a target that fails (it is marked
     failed with the reason), so the others are still measured."""
-    targets = make_targets(cfg.compare, cfg.proxy_workers)
+    targets = make_targets(cfg.compare, cfg.proxy_workers, cfg.scenario)
     results = {t.name: TargetResult(t.name, t.kind) for t in targets}
     live: list[Target] = []
     with builtin_backends(cfg) as backends:
@@ -125,7 +125,7 @@ def run_bench(cfg: BenchConfig, progress: Progress) -> list[TargetResult]:
                 res = results[t.name]
                 try:
                     if t.kind == "peer":
-                        check_peer(t.name)
+                        check_peer(t.name, cfg.scenario)
                     t.start(addrs)
                     res.command = t.command
                     live.append(t)

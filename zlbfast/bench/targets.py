@@ -1,5 +1,7 @@
 """The things a benchmark sends load through: the direct baseline, zlbfast,
-and peer proxies with generated equivalent configurations (one worker each).
+and peer proxies with generated equivalent configurations (one worker each):
+TCP proxies for the l4 and tcp scenarios, HTTP/1.1 proxies with upstream
+keep-alive for the http scenario.
 
 A target is started with the addresses of the backends and a free listen
 address; it is a separate process (except the direct baseline) so that its
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 Addr = tuple[str, int]
+ArgvBuilder = Callable[[Addr, Sequence[Addr], str], list[str]]
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 PEERS = ("haproxy", "nginx", "envoy")
@@ -63,7 +66,7 @@ class Target:
 
     name: str
     kind: str  # "baseline", "zlbfast" or "peer"
-    argv: Callable[[Addr, Sequence[Addr], str], list[str]] | None = None
+    argv: ArgvBuilder | None = None
     proc: subprocess.Popen[bytes] | None = None
     address: Addr | None = None
     command: list[str] | None = None
@@ -134,8 +137,15 @@ class Target:
 # ---- command and config builders --------------------------------------------
 
 
-def zlbfast_argv(workers: int) -> Callable[[Addr, Sequence[Addr], str], list[str]]:
+def zlbfast_argv(workers: int, scenario: str = "l4") -> ArgvBuilder:
+    """zlbfast with `workers` workers: `proxy --from --to` (TCP), or for the http scenario one HTTP listener
+    routing every request to a round-robin cluster of the backends (zlbfast.bench.l7proxy)."""
+
     def argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+        if scenario == "http":
+            from zlbfast.bench import l7proxy
+
+            return l7proxy.argv(fmt(listen), [fmt(b) for b in backends], workers)
         cmd = [sys.executable, "-m", "zlbfast", "proxy", "--from", fmt(listen)]
         for b in backends:
             cmd += ["--to", fmt(b)]
@@ -225,6 +235,117 @@ def _envoy_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[st
             "--base-id", str(os.getpid() % 60000)]
 
 
+def _haproxy_http_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+    servers = "\n".join(f"    server s{i} {fmt(b)}" for i, b in enumerate(backends))
+    # http-reuse always: any idle upstream connection may carry any client's next request (zlbfast's pools
+    # and nginx's keepalive do the same); the default, safe, keeps a connection to the client that opened it
+    # until that client's second request.
+    cfg = f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend bench
+    bind {fmt(listen)}
+    default_backend pool
+backend pool
+    balance roundrobin
+{servers}
+"""
+    return [_need("haproxy"), "-db", "-f", _write(workdir, "haproxy.cfg", cfg)]
+
+
+def _nginx_http_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+    exe = _need("nginx")
+    servers = "\n".join(f"        server {fmt(b)};" for b in backends)
+    # One process (master_process off): the pid we start is the one serving, and every temp path is in
+    # workdir, which only that process (root or not) needs to reach. Upstream keepalive needs HTTP/1.1 and
+    # an empty Connection header towards the backends.
+    cfg = f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 60s;
+    upstream pool {{
+{servers}
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 60s;
+    }}
+    server {{
+        listen {fmt(listen)};
+        location / {{
+            proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+    return [exe, "-e", f"{workdir}/error.log", "-p", workdir, "-c", _write(workdir, "nginx.conf", cfg)]
+
+
+def _envoy_http_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+    exe = _need("envoy")
+    endpoints = "\n".join(
+        f"""        - endpoint:
+            address:
+              socket_address: {{address: "{b[0]}", port_value: {b[1]}}}""" for b in backends)
+    # Upstream HTTP/1.1 connections are pooled and reused by default.
+    cfg = f"""static_resources:
+  listeners:
+  - name: bench
+    address:
+      socket_address: {{address: "{listen[0]}", port_value: {listen[1]}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: HTTP1
+          route_config:
+            name: bench
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: pool}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: pool
+    type: STATIC
+    lb_policy: ROUND_ROBIN
+    load_assignment:
+      cluster_name: pool
+      endpoints:
+      - lb_endpoints:
+{endpoints}
+"""
+    return [exe, "-c", _write(workdir, "envoy.yaml", cfg), "--concurrency", "1", "--log-level", "warn",
+            "--base-id", str(os.getpid() % 60000)]
+
+
 HINTS = {
     "haproxy": "apt-get install haproxy",
     "nginx": "apt-get install nginx libnginx-mod-stream",
@@ -239,17 +360,22 @@ def _need(exe: str) -> str:
     return path
 
 
-def check_peer(name: str) -> None:
-    """Raises TargetSkipped when peer `name` cannot run on this machine."""
+def check_peer(name: str, scenario: str = "l4") -> None:
+    """Raises TargetSkipped when peer `name` cannot run `scenario` on this machine."""
     _need(name)
-    if name == "nginx" and not os.path.exists(NGINX_STREAM_MODULE):
+    if name == "nginx" and scenario != "http" and not os.path.exists(NGINX_STREAM_MODULE):
         raise TargetSkipped("nginx has no stream (TCP proxy) module", HINTS["nginx"])
 
 
-def make_targets(compare: Sequence[str], proxy_workers: int) -> list[Target]:
-    """direct, zlbfast, then the peers in the order asked."""
-    out = [Target("direct", "baseline"), Target("zlbfast", "zlbfast", zlbfast_argv(proxy_workers))]
-    builders = {"haproxy": _haproxy_argv, "nginx": _nginx_argv, "envoy": _envoy_argv}
+TCP_PEERS: dict[str, ArgvBuilder] = {"haproxy": _haproxy_argv, "nginx": _nginx_argv, "envoy": _envoy_argv}
+HTTP_PEERS: dict[str, ArgvBuilder] = {
+    "haproxy": _haproxy_http_argv, "nginx": _nginx_http_argv, "envoy": _envoy_http_argv}
+
+
+def make_targets(compare: Sequence[str], proxy_workers: int, scenario: str = "l4") -> list[Target]:
+    """direct, zlbfast, then the peers in the order asked; HTTP proxies for the http scenario."""
+    out = [Target("direct", "baseline"), Target("zlbfast", "zlbfast", zlbfast_argv(proxy_workers, scenario))]
+    builders = HTTP_PEERS if scenario == "http" else TCP_PEERS
     for name in compare:
         out.append(Target(name, "peer", builders[name]))
     return out

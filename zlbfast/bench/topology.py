@@ -125,7 +125,7 @@ def _run_case(case: str, ns: Namespaces, hosts: dict[str, str], backends: Sequen
     try:
         for pod_ns, addr in where:
             if pod_ns not in proxies:
-                t = Target(f"zlbfast@{case}", "zlbfast", zlbfast_argv(cfg.proxy_workers))
+                t = Target(f"zlbfast@{case}", "zlbfast", zlbfast_argv(cfg.proxy_workers, cfg.scenario))
                 proxies[pod_ns] = t
                 t.start(backends, addr, PROXY_PORT, prefix=ns.exec(pod_ns), ready=_ns_ready(ns, pod_ns))
         pids = [t.pid for t in proxies.values() if t.pid]
