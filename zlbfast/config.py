@@ -20,8 +20,10 @@ import collections
 import difflib
 import functools
 import ipaddress
+import operator
 import os
 import re
+import socket
 import weakref
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -472,7 +474,32 @@ def _check_choice(value: str, choices: tuple[str, ...], what: str, path: str, so
         )
 
 
+def _packed(address: str) -> bytes | None:
+    """inet_pton of a numeric IP, None if it is not one. It accepts a subset of what ipaddress does (no scope ids)
+    at a tenth of the cost, which matters when an xDS update brings thousands of new endpoints."""
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _plain_backend_ip(address: str) -> bool:
+    """True for the common case of a backend address that is certainly fine: IPv4 below the multicast range, or
+    IPv6 that is neither multicast nor IPv4-mapped/compatible, and not unspecified. Anything else goes through
+    ipaddress, which has the last word and names the problem."""
+    packed = _packed(address)
+    if packed is None:
+        return False
+    if len(packed) == 4:
+        return packed[0] < 224 and packed != b"\0\0\0\0"
+    return packed[0] != 0xFF and packed[:10] != bytes(10)
+
+
 def _check_address(address: str, port: int, path: str, source: str, *, listening: bool) -> None:
+    if not listening and _plain_backend_ip(address):
+        if not 1 <= port <= 65535:
+            _fail(source, path, f"the port must be between 1 and 65535, got {port}")
+        return
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -530,11 +557,16 @@ def _validate_health_check(check: HealthCheck, path: str, source: str) -> None:
     _check_range(check.unhealthy_threshold, 1, MAX_HEALTH_THRESHOLD, f"{path}.unhealthy_threshold", source)
 
 
-# Clusters and endpoints that passed validation, by identity (the rules do not depend on path or source). An
-# xDS update replaces one cluster, or some endpoints of one, among thousands, and Engine.apply validates the
-# whole config; the unchanged parts are the very same frozen objects, and judging them again would cost about
-# 5 us per endpoint on every update.
+# Clusters that passed validation, by identity (the rules do not depend on path or source). An xDS update replaces
+# one cluster, or some endpoints of one, among thousands, and Engine.apply validates the whole config; the unchanged
+# parts are the very same frozen objects, and judging them again would cost microseconds per endpoint on every
+# update.
 _VALIDATED: dict[int, weakref.ref[Any]] = {}
+# The latest cluster of each name that passed validation. Its endpoints are valid, and keep their ids while it is
+# alive, so the next version of the cluster (an EDS update) judges only the endpoints it does not share with it.
+# One weak reference per cluster, not one per endpoint: registering 10,000 new endpoints one by one cost more than
+# judging them.
+_LAST_VALID: dict[str, weakref.ref[Cluster]] = {}
 
 
 def _validated_once(check: Callable[[T, str, str], None]) -> Callable[[T, str, str], None]:
@@ -554,7 +586,7 @@ def _validated_once(check: Callable[[T, str, str], None]) -> Callable[[T, str, s
 def _ip_key(address: str) -> bytes:
     """The address as bytes for the duplicate check, which runs on every validation of a cluster: cached because
     xDS updates repeat the same addresses, bytes because they hash in C (IPv4 and IPv6 differ in length)."""
-    return ipaddress.ip_address(address).packed
+    return _packed(address) or ipaddress.ip_address(address).packed
 
 
 def _validate_endpoint(endpoint: Endpoint, path: str, source: str) -> None:
@@ -563,6 +595,42 @@ def _validate_endpoint(endpoint: Endpoint, path: str, source: str) -> None:
     _check_range(endpoint.priority, 0, MAX_PRIORITY, f"{path}.priority", source)
     _check_label(endpoint.zone, f"{path}.zone", source, required=False)
     _check_choice(endpoint.health, HEALTH_STATES, "health state", f"{path}.health", source)
+
+
+_ADDRESS = operator.attrgetter("address")
+_PORT = operator.attrgetter("port")
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_zone(zone: str) -> bool:
+    try:
+        _check_label(zone, "", "", required=False)
+    except ConfigError:
+        return False
+    return True
+
+
+def _plain_endpoint(endpoint: Endpoint) -> bool:
+    """True when `endpoint` certainly passes _validate_endpoint, at a fraction of its cost (the common case of a
+    large xDS update); False leaves the verdict, and the message, to _validate_endpoint."""
+    return (
+        1 <= endpoint.port <= 65535
+        and 1 <= endpoint.weight <= MAX_WEIGHT
+        and 0 <= endpoint.priority <= MAX_PRIORITY
+        and endpoint.health in HEALTH_STATES
+        and _plain_zone(endpoint.zone)
+        and _plain_backend_ip(endpoint.address)
+    )
+
+
+def _remember_valid(cluster: Cluster) -> None:
+    name = cluster.name
+
+    def forget(ref: weakref.ref[Cluster]) -> None:
+        if _LAST_VALID.get(name) is ref:
+            del _LAST_VALID[name]
+
+    _LAST_VALID[name] = weakref.ref(cluster, forget)
 
 
 def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
@@ -583,18 +651,24 @@ def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
     if cluster.health_check is not None:
         _validate_health_check(cluster.health_check, f"{path}.health_check", source)
 
-    seen: set[tuple[bytes, int]] = set()
-    for i, endpoint in enumerate(cluster.endpoints):
-        endpoint_path = f"{path}.endpoints[{i}]"
-        _validate_endpoint_once(endpoint, endpoint_path, source)
-        # Compared as IP objects so that "::1" and "0::1" built in code are still caught.
-        key = (_ip_key(endpoint.address), endpoint.port)
-        if key in seen:
-            shown = _format_hostport(endpoint.address, endpoint.port)
-            _fail(
-                source, f"{endpoint_path}.address", f"duplicate endpoint {shown} in cluster {cluster.name!r}"
-            )
-        seen.add(key)
+    endpoints = cluster.endpoints
+    last_ref = _LAST_VALID.get(cluster.name)
+    last = last_ref() if last_ref is not None else None
+    shared = set(map(id, last.endpoints)) if last is not None else set()
+    for i, endpoint in enumerate(endpoints):
+        if id(endpoint) not in shared and not _plain_endpoint(endpoint):
+            _validate_endpoint(endpoint, f"{path}.endpoints[{i}]", source)
+    # Compared as packed IPs so that "::1" and "0::1" built in code are still caught. The set is built without a
+    # Python-level loop (10,000 endpoints: 2 ms instead of 9), and only a cluster with a duplicate is walked to name it.
+    keys = list(zip(map(_ip_key, map(_ADDRESS, endpoints)), map(_PORT, endpoints), strict=True))
+    if len(set(keys)) != len(keys):
+        seen: set[tuple[bytes, int]] = set()
+        for i, key in enumerate(keys):
+            if key in seen:
+                shown = _format_hostport(endpoints[i].address, endpoints[i].port)
+                _fail(source, f"{path}.endpoints[{i}].address",
+                      f"duplicate endpoint {shown} in cluster {cluster.name!r}")
+            seen.add(key)
 
     if cluster.policy == "maglev" and cluster.endpoints:
         # The table is built per priority level; with fewer slots than endpoints some get no traffic at all.
@@ -607,8 +681,12 @@ def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
             )
 
 
-_validate_endpoint_once = _validated_once(_validate_endpoint)
-_validate_cluster_once = _validated_once(_validate_cluster)
+def _validate_and_remember(cluster: Cluster, path: str, source: str) -> None:
+    _validate_cluster(cluster, path, source)
+    _remember_valid(cluster)
+
+
+_validate_cluster_once = _validated_once(_validate_and_remember)
 
 
 def _validate_listener(listener: Listener, path: str, source: str, clusters: list[str]) -> None:

@@ -12,9 +12,12 @@ objects of the previous version of the same assignment: unchanged endpoints keep
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
@@ -26,7 +29,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2, message_factory
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 
 from zlbfast import model
@@ -106,10 +110,10 @@ def canonical_ip(text: str) -> str | None:
 
 
 def socket_address(ctx: Ctx, addr: address_pb2.Address, path: str, *, listening: bool) -> tuple[str, int]:
-    ctx.only(addr, path, ("socket_address",))
+    _eds_only(ctx, addr, path)
     sa = addr.socket_address
     sa_path = _join(path, "socket_address")
-    ctx.only(sa, sa_path, ("address", "port_value", "protocol"))
+    _eds_only(ctx, sa, sa_path)
     if sa.protocol != address_pb2.SocketAddress.TCP:
         raise ctx.fail(f"{sa_path}.protocol", "only TCP is supported")
     ip = canonical_ip(sa.address)
@@ -220,9 +224,17 @@ def _outlier(ctx: Ctx, od: cluster_pb2.OutlierDetection) -> model.OutlierDetecti
 
 
 def _check_config_source(ctx: Ctx, src: config_source_pb2.ConfigSource, path: str) -> None:
-    """Dynamic resources must come over ADS or the one REST/gRPC source the bootstrap names; zlbfast keeps
-    a single pipeline per process, so a source naming another server is refused."""
-    ctx.only(src, path, ("ads", "resource_api_version", "initial_fetch_timeout", "self"))
+    """Dynamic resources must come over ADS or the one REST source the bootstrap names; zlbfast keeps a single
+    pipeline per process and polls EDS from the server it polls CDS from. A REST control plane (sovereign, or
+    one serving Envoy) has to name its REST source in eds_config, since that is what Envoy polls."""
+    ctx.only(src, path, ("ads", "resource_api_version", "initial_fetch_timeout", "self", "api_config_source"))
+    if src.HasField("api_config_source"):
+        api = src.api_config_source
+        api_path = f"{path}.api_config_source"
+        ctx.only(api, api_path, ("api_type", "transport_api_version", "cluster_names", "refresh_delay",
+                                 "request_timeout"))
+        if api.api_type != config_source_pb2.ApiConfigSource.REST:
+            raise ctx.fail(f"{api_path}.api_type", "only REST is supported here (gRPC comes over ADS)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -238,58 +250,215 @@ _HEALTH = {
 }
 
 
+# The fields of the EDS messages that zlbfast implements or that only label things (locality region/sub_zone,
+# hostname, metadata). The exact path checks them message by message and names a field it refuses; the fast path
+# parses with message types that declare only these (see _slim_assignment_type).
+_EDS_FIELDS: dict[str, tuple[str, ...]] = {
+    "envoy.config.endpoint.v3.ClusterLoadAssignment": ("cluster_name", "endpoints", "policy"),
+    "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy": ("overprovisioning_factor",),
+    "envoy.config.endpoint.v3.LocalityLbEndpoints": ("locality", "lb_endpoints", "priority", "load_balancing_weight"),
+    "envoy.config.core.v3.Locality": ("region", "zone", "sub_zone"),
+    "envoy.config.endpoint.v3.LbEndpoint": ("endpoint", "health_status", "load_balancing_weight", "metadata"),
+    "envoy.config.endpoint.v3.Endpoint": ("address", "hostname", "health_check_config"),
+    "envoy.config.core.v3.Address": ("socket_address",),
+    "envoy.config.core.v3.SocketAddress": ("address", "port_value", "protocol"),
+    "google.protobuf.UInt32Value": ("value",),
+}
+
+
+def _eds_only(ctx: Ctx, msg: Message, path: str) -> None:
+    ctx.only(msg, path, _EDS_FIELDS[msg.DESCRIPTOR.full_name])
+
+
+# Accepted only when empty: left to the exact path, which checks that.
+_EXACT_PATH_ONLY = frozenset({"health_check_config"})
+# Label-only message fields the fast path keeps as opaque bytes (same wire type) instead of declaring their types.
+_OPAQUE = frozenset({"metadata"})
+
+
+def _slim_assignment_type() -> type[Message]:
+    """A ClusterLoadAssignment type that declares only the fields of _EDS_FIELDS, with Envoy's field numbers and
+    wire types. A message parsed into it keeps every other field as an unknown field; dropping those and comparing
+    the size with the input tells, in C and for the whole message at once, whether the input uses only supported
+    fields. That replaces four ListFields calls per endpoint, a third of the cost of a large EDS update."""
+    fdp = descriptor_pb2.FileDescriptorProto(name="zlbfast/xds/slim_eds.proto", package="zlbfast.slim",
+                                             syntax="proto3")
+    FieldProto = descriptor_pb2.FieldDescriptorProto
+
+    def slim_name(full_name: str) -> str:
+        return full_name.replace(".", "_")
+
+    def declare(desc: Descriptor) -> None:
+        msg = fdp.message_type.add(name=slim_name(desc.full_name))
+        for name in _EDS_FIELDS[desc.full_name]:
+            if name in _EXACT_PATH_ONLY:
+                continue
+            fd = desc.fields_by_name[name]
+            label = FieldProto.LABEL_REPEATED if fd.is_repeated else FieldProto.LABEL_OPTIONAL
+            f = msg.field.add(name=name, number=fd.number, label=label)
+            if fd.message_type is not None and name not in _OPAQUE:
+                f.type = FieldProto.TYPE_MESSAGE
+                f.type_name = f".zlbfast.slim.{slim_name(fd.message_type.full_name)}"
+                if not any(m.name == slim_name(fd.message_type.full_name) for m in fdp.message_type):
+                    declare(fd.message_type)
+            elif fd.message_type is not None:
+                f.type = FieldProto.TYPE_BYTES
+            elif fd.enum_type is not None:
+                f.type = FieldProto.TYPE_INT32  # the same varint on the wire
+            else:
+                f.type = fd.type
+
+    declare(endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(f"zlbfast.slim.{slim_name(endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR.full_name)}"))
+
+
+_SlimAssignment = _slim_assignment_type()
+
+
+def parse_assignment(value: bytes) -> Message | None:
+    """The ClusterLoadAssignment in `value` as a slim message when it uses only supported fields, else None (parse
+    it with the full type and translate it on the exact path)."""
+    slim = _SlimAssignment()
+    try:
+        slim.ParseFromString(value)
+    except DecodeError:
+        return None
+    slim.DiscardUnknownFields()
+    # A size difference is a dropped field, or an encoding that re-serializes shorter (an explicit default, a long
+    # varint): both are left to the exact path, which is only slower.
+    return slim if slim.ByteSize() == len(value) else None
+
+
 @dataclass(frozen=True)
 class Assignment:
     name: str
     endpoints: tuple[model.Endpoint, ...]
     overprovisioning: int | None  # percent, None = the cluster's default
-    # (serialized LbEndpoint, priority, zone) -> its Endpoint, so that the next version of this assignment
-    # can skip translating and checking the endpoints it repeats (most of them, in a typical EDS update).
-    known: Mapping[tuple[bytes, int, str], model.Endpoint] = field(default_factory=dict, compare=False, repr=False)
+    # (priority, zone) -> serialized LbEndpoint -> its Endpoint, so that the next version of this assignment can
+    # skip translating and checking the endpoints it repeats (most of them, in a typical EDS update).
+    known: Mapping[tuple[int, str], Mapping[bytes, model.Endpoint]] = field(default_factory=dict, compare=False,
+                                                                          repr=False)
 
 
-def translate_assignment(cla: endpoint_pb2.ClusterLoadAssignment, previous: Assignment | None, *,
-                         field: str = "", owner: Ctx | None = None) -> Assignment:
-    """`previous` is the assignment this one replaces; its Endpoint objects are reused where unchanged."""
+def translate_assignment(cla: Message, previous: Assignment | None, *, field: str = "",
+                         owner: Ctx | None = None) -> Assignment:
+    """`cla` is a ClusterLoadAssignment, or the slim message of parse_assignment; `previous` is the assignment this
+    one replaces, whose Endpoint objects are reused where unchanged."""
+    if isinstance(cla, _SlimAssignment):
+        fast = _fast_assignment(cla, previous)
+        if fast is not None:
+            return fast
+        # Something to refuse (or an unusual value): the exact path finds it and names the field.
+        cla = endpoint_pb2.ClusterLoadAssignment.FromString(cla.SerializeToString())
+    assert isinstance(cla, endpoint_pb2.ClusterLoadAssignment)
     ctx = owner or Ctx("ClusterLoadAssignment", cla.cluster_name)
     if owner is None and not cla.cluster_name:
         raise ctx.fail("cluster_name", "must not be empty")
-    ctx.only(cla, field, ("cluster_name", "endpoints", "policy"))
+    _eds_only(ctx, cla, field)
     overprovisioning: int | None = None
     if cla.HasField("policy"):
-        ctx.only(cla.policy, _join(field, "policy"), ("overprovisioning_factor",))
+        _eds_only(ctx, cla.policy, _join(field, "policy"))
         if cla.policy.HasField("overprovisioning_factor"):
             overprovisioning = cla.policy.overprovisioning_factor.value
     reuse = previous.known if previous is not None else {}
-    known: dict[tuple[bytes, int, str], model.Endpoint] = {}
+    known: dict[tuple[int, str], dict[bytes, model.Endpoint]] = {}
     out: list[model.Endpoint] = []
     seen: set[tuple[str, int]] = set()
     for i, locality_eps in enumerate(cla.endpoints):
         lpath = _join(field, f"endpoints[{i}]")
-        ctx.only(locality_eps, lpath, ("locality", "lb_endpoints", "priority", "load_balancing_weight"))
+        _eds_only(ctx, locality_eps, lpath)
         # region and sub_zone are accepted as labels: the data plane prefers by zone only.
         zone = locality_eps.locality.zone
         priority = locality_eps.priority
         if priority > 127:
             raise ctx.fail(f"{lpath}.priority", f"must be at most 127, got {priority}")
+        level_reuse = reuse.get((priority, zone), {})
+        level_known = known.setdefault((priority, zone), {})
         for j, lb in enumerate(locality_eps.lb_endpoints):
-            key = (lb.SerializeToString(), priority, zone)
-            ep = reuse.get(key)
+            key = lb.SerializeToString()
+            ep = level_reuse.get(key)
             if ep is None:
                 ep = _endpoint(ctx, lb, f"{lpath}.lb_endpoints[{j}]", priority, zone)
             if (ep.address, ep.port) in seen:
                 raise ctx.fail(f"{lpath}.lb_endpoints[{j}].endpoint.address",
                                f"duplicate endpoint {ep.address}:{ep.port}")
             seen.add((ep.address, ep.port))
-            known[key] = ep
+            level_known[key] = ep
             out.append(ep)
     return Assignment(cla.cluster_name, tuple(out), overprovisioning, known)
 
 
+def _fast_assignment(cla: Any, previous: Assignment | None) -> Assignment | None:
+    """The translation of a slim ClusterLoadAssignment when every value in it is acceptable, else None. Per
+    endpoint it serializes the LbEndpoint and looks it up among the previous version's (a repeated endpoint costs
+    that and nothing else); only new ones are read field by field."""
+    if not cla.cluster_name:
+        return None
+    overprovisioning: int | None = None
+    if cla.policy.HasField("overprovisioning_factor"):
+        overprovisioning = cla.policy.overprovisioning_factor.value
+    reuse = previous.known if previous is not None else {}
+    known: dict[tuple[int, str], dict[bytes, model.Endpoint]] = {}
+    out: list[model.Endpoint] = []
+    for locality_eps in cla.endpoints:
+        zone = locality_eps.locality.zone
+        priority = locality_eps.priority
+        if priority > 127:
+            return None
+        lbs = locality_eps.lb_endpoints
+        keys = [lb.SerializeToString() for lb in lbs]
+        found: list[model.Endpoint | None] = list(map(reuse.get((priority, zone), {}).get, keys))
+        for j, ep in enumerate(found):
+            if ep is None:
+                ep = _plain_endpoint(lbs[j], priority, zone)
+                if ep is None:
+                    return None
+                found[j] = ep
+        eps = cast(list[model.Endpoint], found)  # no None is left
+        known.setdefault((priority, zone), {}).update(zip(keys, eps, strict=True))
+        out.extend(eps)
+    if len(set(map(_ADDRESS_PORT, out))) != len(out):
+        return None  # a duplicate: the exact path names it
+    return Assignment(cla.cluster_name, tuple(out), overprovisioning, known)
+
+
+# model.Endpoint's generated __init__ stores each field with object.__setattr__ (the class is frozen): 1.3 us per
+# endpoint, a quarter of translating a new one. Setting the instance dict in one call takes 0.4 us and builds the
+# same object. The field names are checked against the model here, so that a field added there fails at import
+# instead of being left out.
+_ENDPOINT_FIELDS = ("address", "port", "weight", "priority", "zone", "health")
+if tuple(f.name for f in dataclasses.fields(model.Endpoint)) != _ENDPOINT_FIELDS or hasattr(model.Endpoint,
+                                                                                           "__slots__"):
+    raise ImportError("zlbfast.xds.resources builds model.Endpoint by its fields; update _ENDPOINT_FIELDS")
+_ADDRESS_PORT = operator.attrgetter("address", "port")
+_new_object = object.__new__
+_set_attr = object.__setattr__
+
+
+def _plain_endpoint(lb: Any, priority: int, zone: str) -> model.Endpoint | None:
+    """The Endpoint of a slim LbEndpoint whose values are all acceptable, else None. It must accept exactly what
+    _endpoint accepts, and build the same Endpoint."""
+    sa = lb.endpoint.address.socket_address
+    address = canonical_ip(sa.address)
+    port = sa.port_value
+    if address is None or not 1 <= port <= 65535 or sa.protocol != address_pb2.SocketAddress.TCP:
+        return None
+    weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else 1
+    if not 1 <= weight <= 1_000_000:
+        return None
+    ep = _new_object(model.Endpoint)
+    _set_attr(ep, "__dict__", {"address": address, "port": port, "weight": weight, "priority": priority,
+                               "zone": zone, "health": _HEALTH.get(lb.health_status, "unhealthy")})
+    return ep
+
+
 def _endpoint(ctx: Ctx, lb: endpoint_components_pb2.LbEndpoint, path: str, priority: int,
               zone: str) -> model.Endpoint:
-    ctx.only(lb, path, ("endpoint", "health_status", "load_balancing_weight", "metadata"))
-    ctx.only(lb.endpoint, f"{path}.endpoint", ("address", "hostname", "health_check_config"))
+    _eds_only(ctx, lb, path)
+    _eds_only(ctx, lb.endpoint, f"{path}.endpoint")
     if lb.endpoint.HasField("health_check_config"):
         _check_health_check_config(ctx, lb.endpoint.health_check_config, f"{path}.endpoint")
     address, port = socket_address(ctx, lb.endpoint.address, f"{path}.endpoint.address", listening=False)
@@ -459,6 +628,10 @@ def unpack(type_url: str, resource: any_pb2.Any) -> Message:
     cls = MESSAGE_TYPES[type_url]
     if resource.type_url != type_url:
         raise ResourceError(KIND[type_url], "?", "", f"got a resource of type {resource.type_url!r}")
+    if type_url == ENDPOINT:
+        slim = parse_assignment(resource.value)
+        if slim is not None:
+            return slim
     msg = cls()
     try:
         msg.ParseFromString(resource.value)
@@ -468,7 +641,7 @@ def unpack(type_url: str, resource: any_pb2.Any) -> Message:
 
 
 def resource_name(msg: Message) -> str:
-    if isinstance(msg, endpoint_pb2.ClusterLoadAssignment):
+    if isinstance(msg, (endpoint_pb2.ClusterLoadAssignment, _SlimAssignment)):
         return str(msg.cluster_name)
     return str(msg.name)
 

@@ -66,7 +66,9 @@ class RestPoller:
                                                  type_url=type_url, resource_names=names)
             if type_url in self._errors:
                 req.error_detail.CopyFrom(self._errors[type_url])
-            body = json.dumps(json_format.MessageToDict(req)).encode()
+            # Proto field names (version_info, resource_names), as Envoy sends them: sovereign's request model
+            # only knows those and would take camelCase keys for absent fields.
+            body = json.dumps(json_format.MessageToDict(req, preserving_proto_field_name=True)).encode()
             resp = await asyncio.to_thread(self._post, host, port, type_url, body)
             self.pipeline.mark_connected(True)
             if resp is None:

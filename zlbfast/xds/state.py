@@ -204,10 +204,18 @@ class Pipeline:
         state = self.types[type_url]
         raw = {} if full_state else dict(state.raw)
         rversions = {} if full_state else dict(state.resource_versions)
-        decoded: dict[str, Any] = {}
+        # A state-of-the-world response repeats every resource, and most are byte for byte what is installed (an
+        # EDS push for one cluster among 1,000): those keep their translation, so their clusters keep their
+        # identity and are neither rebuilt nor validated again.
+        table = self._table(type_url)
+        installed = {blob: name for name, blob in state.raw.items() if name in table}
+        decoded: dict[str, Any] = {}  # name -> message, None for a resource identical to the installed one
         for res in resources:
-            msg = r.unpack(type_url, res)
-            name = r.resource_name(msg)
+            name = installed.get(res.value) if res.type_url == type_url else None
+            msg = None
+            if name is None:
+                msg = r.unpack(type_url, res)
+                name = r.resource_name(msg)
             if name in decoded:
                 raise r.ResourceError(kind, name, "name", "appears twice in one response")
             decoded[name] = msg
@@ -218,12 +226,11 @@ class Pipeline:
             raw.pop(name, None)
             rversions.pop(name, None)
 
-        table = self._table(type_url)
         new = {} if full_state else dict(table)
         for name in removed:
             new.pop(name, None)
         for name, msg in decoded.items():
-            new[name] = self._translate(type_url, msg, table.get(name))
+            new[name] = table[name] if msg is None else self._translate(type_url, msg, table.get(name))
         if type_url == r.CLUSTER:
             for name in new:
                 if name in self.static.clusters:
