@@ -24,6 +24,7 @@ import operator
 import os
 import re
 import socket
+import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -33,16 +34,27 @@ from typing import Any, NoReturn, TypeVar
 import yaml
 
 from .model import (
+    HASH_ON,
     HEALTH_CHECK_TYPES,
     HEALTH_STATES,
+    MATCH_KINDS,
     POLICIES,
     PROTOCOLS,
+    RETRY_ON,
     Cluster,
     Config,
     Endpoint,
+    HeaderOps,
     HealthCheck,
+    HttpOptions,
     Listener,
     OutlierDetection,
+    Redirect,
+    RetryPolicy,
+    Route,
+    ValueMatch,
+    VirtualHost,
+    WeightedCluster,
 )
 
 T = TypeVar("T")
@@ -62,7 +74,22 @@ MAX_RING_SIZE = 1_000_000
 MIN_MAGLEV_TABLE_SIZE = 7
 MAX_MAGLEV_TABLE_SIZE = 1_000_003
 MAX_HEALTH_THRESHOLD = 1000
-MAX_HEALTH_PATH_BYTES = 1024
+MAX_PATH_BYTES = 1024  # request targets written in the config: health check paths, route paths, rewrites
+# HTTP listeners. Header operations are stored with 16-bit lengths (csrc/http1_proxy.c), well above this.
+MAX_HEADER_BYTES = 8192
+MAX_DIRECT_BODY_BYTES = 65536
+# A redirect's Location header goes into the 512-byte head of the reply the proxy writes itself (hc_local_reply).
+MAX_REDIRECT_BYTES = 384
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+MAX_RETRIES = 10
+MAX_RETRIABLE_STATUS_CODES = 8  # zlb_retry_policy.codes in csrc/router.h
+MIN_REQUEST_LINE = 64
+MIN_HTTP_HEAD = 1024
+MAX_HTTP_HEAD = 1 << 20
+MAX_HTTP_HEADERS = 128  # ZLB_H1_MAX_HEADERS_CAP in csrc/http1_parser.h
+MAX_UINT32 = (1 << 32) - 1
+MAX_IDLE_PER_ENDPOINT = 10_000
+MAX_RETRY_BUFFER = 16 << 20
 
 
 class ConfigError(Exception):
@@ -183,6 +210,19 @@ def _integer(value: object, path: str, source: str) -> int:
     # bool is an int subclass in Python, but `weight: true` is a mistake, not 1.
     if not isinstance(value, int) or isinstance(value, bool):
         _fail(source, path, f"expected an integer, got {_describe(value)}")
+    return value
+
+
+def _boolean(value: object, path: str, source: str) -> bool:
+    if not isinstance(value, bool):
+        _fail(source, path, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _true(value: object, path: str, source: str) -> bool:
+    """For keys that choose a kind by being present (`present: true`, `source_ip: true`)."""
+    if value is not True:
+        _fail(source, path, f"expected true, got {_describe(value)}")
     return value
 
 
@@ -327,18 +367,235 @@ def _cluster(value: object, path: str, source: str) -> Cluster:
     return _build(Cluster, _CLUSTER_KEYS, value, path, source, "a mapping")
 
 
+# HTTP listeners. Keys that exclude each other (a route's path match, its action, a hash policy) are first read
+# into a dict under their own names, so that _exactly_one can name them, and then turned into model fields.
+
+
+def _exactly_one(fields: dict[str, Any], names: tuple[str, ...], path: str, source: str) -> str:
+    """The one of `names` that a mapping sets."""
+    given = [name for name in names if name in fields]
+    if len(given) != 1:
+        found = f"got {' and '.join(given)}" if given else "none is given"
+        _fail(source, path, f"needs exactly one of {', '.join(names)}; {found}")
+    return given[0]
+
+
+_VALUE_MATCH_KEYS = (
+    _Key("name", ("name",), _string, required=True),
+    *(_Key(kind, (kind,), _true if kind == "present" else _string) for kind in MATCH_KINDS),
+    _Key("invert", ("invert",), _boolean),
+)
+
+
+def _value_match(value: object, path: str, source: str) -> ValueMatch:
+    fields: dict[str, Any] = _build(dict, _VALUE_MATCH_KEYS, value, path, source, "a mapping with a name")
+    kind = _exactly_one(fields, MATCH_KINDS, path, source)
+    text = fields.pop(kind)
+    return ValueMatch(**fields, kind=kind, value="" if kind == "present" else text)
+
+
+# The YAML key of each path match kind of Route.path_kind.
+_PATH_MATCH_KEYS = {"prefix": "prefix", "exact": "path", "regex": "regex"}
+
+_ROUTE_MATCH_KEYS = (
+    *(_Key(key, (key,), _string) for key in _PATH_MATCH_KEYS.values()),
+    _Key("headers", ("headers",), _list_of(_value_match)),
+    _Key("query", ("query",), _list_of(_value_match)),
+)
+
+
+def _route_match(value: object, path: str, source: str) -> dict[str, Any]:
+    """The Route fields that a `match` mapping fills."""
+    fields: dict[str, Any] = _build(dict, _ROUTE_MATCH_KEYS, value, path, source, "a mapping")
+    key = _exactly_one(fields, tuple(_PATH_MATCH_KEYS.values()), path, source)
+    text = fields.pop(key)
+    kind = next(kind for kind, name in _PATH_MATCH_KEYS.items() if name == key)
+    return {**fields, "path_kind": kind, "path": text}
+
+
+_WEIGHTED_CLUSTER_KEYS = (
+    _Key("name", ("name",), _string, required=True),
+    _Key("weight", ("weight",), _integer),
+)
+
+
+def _weighted_cluster(value: object, path: str, source: str) -> WeightedCluster:
+    return _build(WeightedCluster, _WEIGHTED_CLUSTER_KEYS, value, path, source, "a mapping with a name")
+
+
+_DIRECT_RESPONSE_KEYS = (
+    _Key("status", ("direct_status",), _integer, required=True),
+    _Key("body", ("direct_body",), _string),
+)
+
+
+def _direct_response(value: object, path: str, source: str) -> dict[str, Any]:
+    return _build(dict, _DIRECT_RESPONSE_KEYS, value, path, source, "a mapping with a status")
+
+
+_REDIRECT_KEYS = (
+    _Key("status", ("status",), _integer),
+    _Key("scheme", ("scheme",), _string),
+    _Key("host", ("host",), _string),
+    _Key("path", ("path",), _string),
+)
+
+
+def _redirect(value: object, path: str, source: str) -> Redirect:
+    return _build(Redirect, _REDIRECT_KEYS, value, path, source, "a mapping")
+
+
+_HEADER_TO_ADD_KEYS = (
+    _Key("name", ("name",), _string, required=True),
+    _Key("value", ("value",), _string, required=True),
+    _Key("append", ("append",), _boolean),
+)
+
+
+def _header_to_add(value: object, path: str, source: str) -> tuple[bool, tuple[str, str]]:
+    fields: dict[str, Any] = _build(dict, _HEADER_TO_ADD_KEYS, value, path, source, "a mapping with a name and a value")
+    return fields.get("append", True), (fields["name"], fields["value"])
+
+
+def _headers_to_add(side: str) -> Callable[[object, str, str], dict[str, Any]]:
+    """`request_headers_to_add` or `response_headers_to_add`: entries with `append: false` replace the header
+    (HeaderOps.<side>_set), the others add a line to it (<side>_add, Envoy's default)."""
+    entries_of = _list_of(_header_to_add)
+
+    def convert(value: object, path: str, source: str) -> dict[str, Any]:
+        entries = entries_of(value, path, source)
+        return {
+            f"{side}_add": tuple(header for append, header in entries if append),
+            f"{side}_set": tuple(header for append, header in entries if not append),
+        }
+
+    return convert
+
+
+_HASH_POLICY_KEYS = (
+    _Key("header", ("header",), _string),
+    _Key("cookie", ("cookie",), _string),
+    _Key("source_ip", ("source_ip",), _true),
+    _Key("path", ("path",), _true),
+)
+
+
+def _hash_policy(value: object, path: str, source: str) -> dict[str, Any]:
+    fields: dict[str, Any] = _build(dict, _HASH_POLICY_KEYS, value, path, source, "a mapping")
+    hash_on = _exactly_one(fields, HASH_ON[1:], path, source)
+    name = fields[hash_on]
+    return {"hash_on": hash_on, "hash_name": name if isinstance(name, str) else ""}
+
+
+def _retry_on(value: object, path: str, source: str) -> tuple[str, ...]:
+    """A list of conditions, or Envoy's comma-separated string ("connect-failure,5xx")."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",")) if value.strip() else ()
+    return _list_of(_string)(value, path, source)
+
+
+_RETRY_POLICY_KEYS = (
+    _Key("retry_on", ("retry_on",), _retry_on),
+    _Key("num_retries", ("num_retries",), _integer),
+    _Key("per_try_timeout", ("per_try_timeout_ms",), parse_duration_ms),
+    _Key("retriable_status_codes", ("retriable_status_codes",), _list_of(_integer)),
+    _Key("retry_non_idempotent", ("retry_non_idempotent",), _boolean),
+)
+
+
+def _retry_policy(value: object, path: str, source: str) -> RetryPolicy:
+    return _build(RetryPolicy, _RETRY_POLICY_KEYS, value, path, source, "a mapping")
+
+
+_ROUTE_ACTIONS = ("cluster", "weighted_clusters", "direct_response", "redirect")
+# The YAML key behind each HeaderOps field, for messages.
+_HEADER_OP_KEYS = {
+    "request_add": "request_headers_to_add",
+    "request_set": "request_headers_to_add",
+    "request_remove": "request_headers_to_remove",
+    "response_add": "response_headers_to_add",
+    "response_set": "response_headers_to_add",
+    "response_remove": "response_headers_to_remove",
+}
+
+_ROUTE_KEYS = (
+    _Key("name", ("name",), _string),
+    _Key("match", ("match",), _route_match, required=True),
+    _Key("cluster", ("cluster",), _string),
+    _Key("weighted_clusters", ("weighted_clusters",), _list_of(_weighted_cluster)),
+    _Key("direct_response", ("direct_response",), _direct_response),
+    _Key("redirect", ("redirect",), _redirect),
+    _Key("prefix_rewrite", ("prefix_rewrite",), _string),
+    _Key("host_rewrite", ("host_rewrite",), _string),
+    _Key("request_headers_to_add", ("request_headers_to_add",), _headers_to_add("request")),
+    _Key("request_headers_to_remove", ("request_remove",), _list_of(_string)),
+    _Key("response_headers_to_add", ("response_headers_to_add",), _headers_to_add("response")),
+    _Key("response_headers_to_remove", ("response_remove",), _list_of(_string)),
+    _Key("hash_policy", ("hash_policy",), _hash_policy),
+    _Key("timeout", ("timeout_ms",), parse_duration_ms),
+    _Key("retry_policy", ("retry",), _retry_policy),
+)
+
+
+def _route(value: object, path: str, source: str) -> Route:
+    fields: dict[str, Any] = _build(dict, _ROUTE_KEYS, value, path, source, "a mapping")
+    action = _exactly_one(fields, _ROUTE_ACTIONS, path, source)
+    if action == "cluster":
+        fields["clusters"] = (WeightedCluster(fields.pop("cluster")),)
+    elif action == "weighted_clusters":
+        # Two or more, so that validate() can tell the forms apart by the model alone and name the YAML key.
+        if len(fields["weighted_clusters"]) < 2:
+            _fail(source, f"{path}.weighted_clusters", "needs at least two clusters; for one, write cluster: NAME")
+        fields["clusters"] = fields.pop("weighted_clusters")
+    for key in ("match", "direct_response", "hash_policy", "request_headers_to_add", "response_headers_to_add"):
+        fields.update(fields.pop(key, {}))
+    header_ops = HeaderOps(**{name: fields.pop(name) for name in _HEADER_OP_KEYS if name in fields})
+    return Route(**fields, header_ops=header_ops)
+
+
+_VIRTUAL_HOST_KEYS = (
+    _Key("name", ("name",), _string, required=True),
+    _Key("domains", ("domains",), _list_of(_string)),
+    _Key("routes", ("routes",), _list_of(_route), required=True),
+)
+
+
+def _virtual_host(value: object, path: str, source: str) -> VirtualHost:
+    return _build(VirtualHost, _VIRTUAL_HOST_KEYS, value, path, source, "a mapping")
+
+
+_HTTP_OPTIONS_KEYS = (
+    _Key("max_request_line", ("max_request_line",), _integer),
+    _Key("max_head", ("max_head",), _integer),
+    _Key("max_headers", ("max_headers",), _integer),
+    _Key("header_timeout", ("header_timeout_ms",), parse_duration_ms),
+    _Key("request_timeout", ("request_timeout_ms",), parse_duration_ms),
+    _Key("upstream_idle", ("upstream_idle_ms",), parse_duration_ms),
+    _Key("max_requests_per_conn", ("max_requests_per_conn",), _integer),
+    _Key("max_idle_per_endpoint", ("max_idle_per_endpoint",), _integer),
+    _Key("retry_buffer", ("retry_buffer",), _integer),
+)
+
+
+def _http_options(value: object, path: str, source: str) -> HttpOptions:
+    return _build(HttpOptions, _HTTP_OPTIONS_KEYS, value, path, source, "a mapping")
+
+
 _LISTENER_KEYS = (
     _Key("name", ("name",), _string, required=True),
     _Key("address", ("address", "port"), _address, required=True),
-    _Key("cluster", ("cluster",), _string, required=True),
+    _Key("cluster", ("cluster",), _string),
     _Key("max_connections", ("max_connections",), _integer),
     _Key("idle_timeout", ("idle_timeout_ms",), parse_duration_ms),
     _Key("protocol", ("protocol",), _string),
+    _Key("virtual_hosts", ("virtual_hosts",), _list_of(_virtual_host)),
+    _Key("http", ("http",), _http_options),
 )
 
 
 def _listener(value: object, path: str, source: str) -> Listener:
-    return _build(Listener, _LISTENER_KEYS, value, path, source, "a mapping")
+    # Which of cluster and virtual_hosts a listener needs depends on its protocol: validate() judges that.
+    return _build(functools.partial(Listener, cluster=""), _LISTENER_KEYS, value, path, source, "a mapping")
 
 
 _CONFIG_KEYS = (
@@ -474,6 +731,15 @@ def _check_choice(value: str, choices: tuple[str, ...], what: str, path: str, so
         )
 
 
+def _check_target(value: str, path: str, source: str) -> None:
+    """A path that goes verbatim into a request line or a Location header: an origin-form target that cannot
+    split it."""
+    if not value.startswith("/") or not value.isprintable() or any(ch.isspace() for ch in value):
+        _fail(source, path, f"must start with '/' and contain no spaces or control characters, got {value!r}")
+    if len(value.encode("utf-8")) > MAX_PATH_BYTES:
+        _fail(source, path, f"must be at most {MAX_PATH_BYTES} bytes long")
+
+
 def _packed(address: str) -> bytes | None:
     """inet_pton of a numeric IP, None if it is not one. It accepts a subset of what ipaddress does (no scope ids)
     at a tenth of the cost, which matters when an xDS update brings thousands of new endpoints."""
@@ -538,12 +804,7 @@ def _validate_outlier(outlier: OutlierDetection, path: str, source: str) -> None
 
 def _validate_health_check(check: HealthCheck, path: str, source: str) -> None:
     _check_choice(check.type, HEALTH_CHECK_TYPES, "health check type", f"{path}.type", source)
-    # The path goes verbatim into a request line: it must be an origin-form target that cannot split it.
-    if not check.path.startswith("/") or not check.path.isprintable() or any(ch.isspace() for ch in check.path):
-        _fail(source, f"{path}.path", f"must start with '/' and contain no spaces or control characters, "
-                                      f"got {check.path!r}")
-    if len(check.path.encode("utf-8")) > MAX_HEALTH_PATH_BYTES:
-        _fail(source, f"{path}.path", f"must be at most {MAX_HEALTH_PATH_BYTES} bytes long")
+    _check_target(check.path, f"{path}.path", source)
     if not check.expected_statuses:
         _fail(source, f"{path}.expected_statuses", "at least one status or range is required")
     for i, (low, high) in enumerate(check.expected_statuses):
@@ -689,20 +950,351 @@ def _validate_and_remember(cluster: Cluster, path: str, source: str) -> None:
 _validate_cluster_once = _validated_once(_validate_and_remember)
 
 
-def _validate_listener(listener: Listener, path: str, source: str, clusters: list[str]) -> None:
+def _check_cluster_ref(name: str, path: str, source: str, clusters: dict[str, None]) -> None:
+    if name not in clusters:
+        known = f"known clusters: {', '.join(clusters)}" if clusters else "no clusters are defined"
+        _fail(source, path, f"unknown cluster {name!r}{_suggest(name, clusters)}; {known}")
+
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_QUERY_NAME_RE = re.compile(r"[!\"$%'-<>-~]+")  # printable ASCII but '#', '&' and '='
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but tab
+# Headers that frame the message or that the proxy writes itself (csrc/http1_proxy.c): a route that added, set or
+# removed them could desynchronise the proxy and the backend (request smuggling).
+_MANAGED_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te",
+     "trailer", "upgrade"}
+)  # fmt: skip
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME_RE = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
+_HOST_PORT_RE = re.compile(r"(.+?)(?::([0-9]{1,5}))?")
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+def _check_token(name: str, path: str, source: str) -> None:
+    """Header and cookie names."""
+    if not _TOKEN_RE.fullmatch(name) or len(name) > MAX_HEADER_BYTES:
+        _fail(source, path, f"expected an HTTP token (letters, digits and !#$%&'*+-.^_`|~), got {name!r}")
+
+
+def _check_header_value(name: str, value: str, path: str, source: str) -> None:
+    if _CONTROL_RE.search(value):
+        _fail(source, path, f"the value for {name!r} must not contain CR, LF or other control characters, "
+                            f"got {value!r}")  # fmt: skip
+    if len(value.encode("utf-8")) > MAX_HEADER_BYTES:
+        _fail(source, path, f"the value for {name!r} must be at most {MAX_HEADER_BYTES} bytes long")
+
+
+def _is_host(host: str) -> bool:
+    """A host name, an IPv4 address or a bracketed IPv6 address, as in a Host header without the port."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    return len(host) <= 253 and _HOST_NAME_RE.fullmatch(host) is not None
+
+
+def _check_host(value: str, path: str, source: str) -> None:
+    """A Host header value: a host and an optional :PORT."""
+    match = _HOST_PORT_RE.fullmatch(value)
+    if not match or not _is_host(match.group(1)) or not 1 <= int(match.group(2) or 1) <= 65535:
+        _fail(source, path, "expected a host name, an IPv4 address or a bracketed IPv6 address, with an optional "
+                            f":PORT, got {value!r}")  # fmt: skip
+
+
+def _check_domain(domain: str, path: str, source: str) -> None:
+    wildcard = domain.startswith("*.")
+    name = domain[2:] if wildcard else domain
+    if domain != "*" and not (_is_host(name) and not (wildcard and name.startswith("["))):
+        _fail(source, path, f"expected a host name, '*.' and a host name, or '*' alone, got {domain!r}")
+
+
+# Shorthands of Perl-style regexes and the POSIX bracket expressions that mean the same.
+_POSIX_CLASSES = {"d": "[[:digit:]]", "D": "[^[:digit:]]", "s": "[[:space:]]", "S": "[^[:space:]]",
+                  "w": "[[:alnum:]_]", "W": "[^[:alnum:]_]"}  # fmt: skip
+_INTERVAL_RE = re.compile(r"\{[0-9]+(?:,[0-9]*)?\}")
+
+
+def _bracket_end(pattern: str, start: int) -> int:
+    """The index after the bracket expression that opens at `start`: a "]" right after "[" or "[^" is a member,
+    and [:class:], [.coll.] and [=equiv=] are nested."""
+    i = start + 1
+    i += pattern.startswith("^", i)
+    i += pattern.startswith("]", i)
+    while i < len(pattern) and pattern[i] != "]":
+        if pattern[i] == "[" and pattern[i + 1 : i + 2] in (":", ".", "="):
+            close = pattern.find(pattern[i + 1] + "]", i + 2)
+            i = close + 2 if close >= 0 else len(pattern)
+        else:
+            i += 1
+    return i + 1
+
+
+def _non_posix_syntax(pattern: str) -> str | None:
+    """The first construct of `pattern` that POSIX extended regexes lack or read differently, or None."""
+    i, after_quantifier = 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        quantifier = False
+        if ch == "\\":
+            escaped = pattern[i + 1 : i + 2]
+            if escaped.isalnum():
+                hint = _POSIX_CLASSES.get(escaped)
+                return f"'\\{escaped}'" + (f" (write {hint})" if hint else "")
+            i += 2
+        elif ch == "[":
+            end = _bracket_end(pattern, i)
+            if "\\" in pattern[i:end]:
+                return f"a backslash inside {pattern[i:end]!r} (POSIX reads it as a literal backslash)"
+            i = end
+        elif pattern.startswith("(?", i):
+            return "'(?' (non-capturing groups, lookarounds, named groups and inline flags)"
+        else:
+            interval = _INTERVAL_RE.match(pattern, i) if ch == "{" else None
+            quantifier = ch in "*+?" or interval is not None
+            if quantifier and after_quantifier:
+                return f"the non-greedy or possessive quantifier {pattern[i - 1 : i + 1]!r}"
+            i = interval.end() if interval else i + 1
+        after_quantifier = quantifier
+    return None
+
+
+def _check_regex(pattern: str, path: str, source: str) -> None:
+    """The data plane compiles regexes with POSIX regcomp(REG_EXTENDED), anchored to the whole value. Python's re
+    finds the structural mistakes (unbalanced groups, bad ranges, nothing to repeat) first; then the Perl syntax,
+    which POSIX lacks or reads differently, is refused."""
+    if not pattern.isprintable():
+        _fail(source, path, f"a regex must not contain control characters, got {pattern!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "possible nested set", for POSIX classes like [[:digit:]]
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            _fail(source, path, f"invalid regex {pattern!r}: {e}")
+    problem = _non_posix_syntax(pattern)
+    if problem:
+        _fail(source, path, f"{problem} is not POSIX extended regex syntax, which the data plane uses; "
+                            f"got {pattern!r}")  # fmt: skip
+
+
+def _validate_value_match(match: ValueMatch, path: str, source: str, *, query: bool) -> None:
+    if not query:
+        _check_token(match.name, f"{path}.name", source)
+    elif not _QUERY_NAME_RE.fullmatch(match.name):
+        _fail(source, f"{path}.name", "expected a query parameter name (printable ASCII without spaces, '#', '&' "
+                                      f"or '='), got {match.name!r}")  # fmt: skip
+    _check_choice(match.kind, MATCH_KINDS, "match kind", path, source)
+    where = f"{path}.{match.kind}"
+    if match.kind == "present":
+        if match.value:
+            _fail(source, where, f"a present match takes no value, got {match.value!r}")
+    elif match.kind == "regex":
+        _check_regex(match.value, where, source)
+    else:
+        _check_header_value(match.name, match.value, where, source)
+
+
+def _validate_header_ops(ops: HeaderOps, path: str, source: str) -> None:
+    for side, adds, sets, removes in (
+        ("request", ops.request_add, ops.request_set, ops.request_remove),
+        ("response", ops.response_add, ops.response_set, ops.response_remove),
+    ):
+        # One YAML list holds both adds and sets, so the message names the header rather than an index.
+        where = f"{path}.{side}_headers_to_add"
+        replaced: set[str] = set()
+        for name, value in (*adds, *sets):
+            _check_managed_header(name, where, source)
+            _check_header_value(name, value, where, source)
+        for name, _ in sets:
+            if name.lower() in replaced:
+                _fail(source, where, f"header {name!r} is replaced (append: false) twice")
+            replaced.add(name.lower())
+        for i, name in enumerate(removes):
+            _check_managed_header(name, f"{path}.{side}_headers_to_remove[{i}]", source)
+
+
+def _check_managed_header(name: str, path: str, source: str) -> None:
+    _check_token(name, path, source)
+    if name.lower() in _MANAGED_HEADERS:
+        hint = "; use host_rewrite" if name.lower() == "host" else ""
+        _fail(source, path, f"the proxy manages the {name!r} header; routes cannot add, set or remove it{hint}")
+
+
+def _validate_retry(retry: RetryPolicy, path: str, source: str) -> None:
+    if not retry.retry_on:
+        _fail(source, f"{path}.retry_on", "at least one condition is required; num_retries: 0 disables retries")
+    for i, condition in enumerate(retry.retry_on):
+        _check_choice(condition, RETRY_ON, "retry condition", f"{path}.retry_on[{i}]", source)
+        if condition in retry.retry_on[:i]:
+            _fail(source, f"{path}.retry_on[{i}]", f"{condition!r} is listed twice")
+    _check_range(retry.num_retries, 0, MAX_RETRIES, f"{path}.num_retries", source)
+    _check_duration(retry.per_try_timeout_ms, f"{path}.per_try_timeout", source, minimum_ms=0)
+    codes, codes_path = retry.retriable_status_codes, f"{path}.retriable_status_codes"
+    if len(codes) > MAX_RETRIABLE_STATUS_CODES:
+        _fail(source, codes_path, f"at most {MAX_RETRIABLE_STATUS_CODES} status codes, got {len(codes)}")
+    for i, code in enumerate(codes):
+        _check_range(code, 100, 599, f"{codes_path}[{i}]", source)
+    if "retriable-status-codes" in retry.retry_on and not codes:
+        _fail(source, codes_path, "at least one status code is required with retry_on 'retriable-status-codes'")
+    if codes and "retriable-status-codes" not in retry.retry_on:
+        _fail(source, codes_path, "only used with retry_on 'retriable-status-codes', which is not set")
+
+
+def _validate_redirect(redirect: Redirect, path: str, source: str) -> None:
+    if redirect.status not in REDIRECT_STATUSES:
+        _fail(source, f"{path}.status", f"must be one of 301, 302, 303, 307 or 308, got {redirect.status}")
+    if redirect.scheme and not _SCHEME_RE.fullmatch(redirect.scheme):
+        _fail(source, f"{path}.scheme", f"expected a URI scheme such as https, got {redirect.scheme!r}")
+    if not redirect.host:
+        _fail(source, f"{path}.host", "the host to redirect to is required")
+    _check_host(redirect.host, f"{path}.host", source)
+    _check_target(redirect.path, f"{path}.path", source)
+    size = len(f"{redirect.scheme or 'http'}{redirect.host}{redirect.path}".encode())
+    if size > MAX_REDIRECT_BYTES:
+        _fail(source, path, f"scheme, host and path together must be at most {MAX_REDIRECT_BYTES} bytes, got {size}")
+
+
+def _validate_route_clusters(route: Route, path: str, source: str, clusters: dict[str, None]) -> None:
+    # The YAML parser makes one cluster `cluster:` and two or more `weighted_clusters:`.
+    weighted = len(route.clusters) > 1
+    seen: set[str] = set()
+    for i, target in enumerate(route.clusters):
+        where = f"{path}.weighted_clusters[{i}]" if weighted else f"{path}.cluster"
+        name_path = f"{where}.name" if weighted else where
+        _check_cluster_ref(target.name, name_path, source, clusters)
+        if target.name in seen:
+            _fail(source, name_path, f"cluster {target.name!r} is listed twice")
+        seen.add(target.name)
+        _check_range(target.weight, 1, MAX_WEIGHT, f"{where}.weight", source)
+
+
+def _validate_route(route: Route, path: str, source: str, clusters: dict[str, None]) -> None:
+    _check_label(route.name, f"{path}.name", source, required=False)
+    match = f"{path}.match"
+    _check_choice(route.path_kind, tuple(_PATH_MATCH_KEYS), "path match kind", match, source)
+    where = f"{match}.{_PATH_MATCH_KEYS[route.path_kind]}"
+    if route.path_kind == "regex":
+        _check_regex(route.path, where, source)
+    else:
+        _check_target(route.path, where, source)
+        if "?" in route.path:
+            _fail(source, where, f"the query is not part of the matched path; use match.query, got {route.path!r}")
+    for i, header in enumerate(route.headers):
+        _validate_value_match(header, f"{match}.headers[{i}]", source, query=False)
+    for i, param in enumerate(route.query):
+        _validate_value_match(param, f"{match}.query[{i}]", source, query=True)
+
+    actions = bool(route.clusters) + (route.direct_status != 0) + (route.redirect is not None)
+    if actions != 1:
+        _fail(source, path, "needs exactly one action: cluster, weighted_clusters, direct_response (with a status) "
+                            f"or redirect; got {actions}")  # fmt: skip
+    if route.direct_body and not route.direct_status:
+        _fail(source, f"{path}.direct_response.status", "a direct response body needs a status")
+    if route.redirect is not None:
+        _validate_redirect(route.redirect, f"{path}.redirect", source)
+    elif route.direct_status:
+        _check_range(route.direct_status, 200, 599, f"{path}.direct_response.status", source)
+        body_path = f"{path}.direct_response.body"
+        if "\0" in route.direct_body:
+            _fail(source, body_path, "must not contain NUL characters")
+        if len(route.direct_body.encode("utf-8")) > MAX_DIRECT_BODY_BYTES:
+            _fail(source, body_path, f"must be at most {MAX_DIRECT_BODY_BYTES} bytes long")
+    if not route.clusters:
+        # The proxy answers these itself: nothing is forwarded that could be rewritten, hashed or retried.
+        forwarding_only = {
+            "prefix_rewrite": bool(route.prefix_rewrite),
+            "host_rewrite": bool(route.host_rewrite),
+            **{key: True for name, key in _HEADER_OP_KEYS.items() if getattr(route.header_ops, name)},
+            "hash_policy": bool(route.hash_on),
+            "timeout": route.timeout_ms != 0,
+            "retry_policy": route.retry != RetryPolicy(),
+        }
+        answer = "redirect" if route.redirect is not None else "direct response"
+        for key, is_set in forwarding_only.items():
+            if is_set:
+                _fail(source, f"{path}.{key}", f"only applies to routes that forward to a cluster, not to a {answer}")
+        return
+
+    _validate_route_clusters(route, path, source, clusters)
+    if route.prefix_rewrite:
+        if route.path_kind != "prefix":
+            _fail(source, f"{path}.prefix_rewrite", "only applies to routes with a prefix match (match.prefix)")
+        _check_target(route.prefix_rewrite, f"{path}.prefix_rewrite", source)
+    if route.host_rewrite:
+        _check_host(route.host_rewrite, f"{path}.host_rewrite", source)
+    _validate_header_ops(route.header_ops, path, source)
+    hash_path = f"{path}.hash_policy"
+    _check_choice(route.hash_on, HASH_ON, "hash policy", hash_path, source)
+    if route.hash_on in ("header", "cookie"):
+        _check_token(route.hash_name, f"{hash_path}.{route.hash_on}", source)
+    elif route.hash_name:
+        _fail(source, hash_path, f"hashing on {route.hash_on or 'nothing'} takes no name, got {route.hash_name!r}")
+    _check_duration(route.timeout_ms, f"{path}.timeout", source, minimum_ms=0)
+    _validate_retry(route.retry, f"{path}.retry_policy", source)
+
+
+def _validate_http_options(http: HttpOptions, path: str, source: str) -> None:
+    _check_range(http.max_head, MIN_HTTP_HEAD, MAX_HTTP_HEAD, f"{path}.max_head", source)
+    _check_range(http.max_request_line, MIN_REQUEST_LINE, MAX_HTTP_HEAD, f"{path}.max_request_line", source)
+    if http.max_request_line > http.max_head:
+        _fail(source, f"{path}.max_request_line", f"must not exceed max_head ({http.max_head}), "
+                                                  f"got {http.max_request_line}")  # fmt: skip
+    _check_range(http.max_headers, 1, MAX_HTTP_HEADERS, f"{path}.max_headers", source)
+    _check_duration(http.header_timeout_ms, f"{path}.header_timeout", source)
+    _check_duration(http.request_timeout_ms, f"{path}.request_timeout", source)
+    _check_duration(http.upstream_idle_ms, f"{path}.upstream_idle", source, minimum_ms=0)
+    _check_range(http.max_requests_per_conn, 0, MAX_UINT32, f"{path}.max_requests_per_conn", source)
+    _check_range(http.max_idle_per_endpoint, 0, MAX_IDLE_PER_ENDPOINT, f"{path}.max_idle_per_endpoint", source)
+    _check_range(http.retry_buffer, 0, MAX_RETRY_BUFFER, f"{path}.retry_buffer", source)
+
+
+def _validate_virtual_hosts(listener: Listener, path: str, source: str, clusters: dict[str, None]) -> None:
+    if not listener.virtual_hosts:
+        _fail(source, f"{path}.virtual_hosts", "an http listener needs at least one virtual host")
+    names: dict[str, str] = {}
+    domains: dict[str, str] = {}
+    for v, vhost in enumerate(listener.virtual_hosts):
+        vpath = f"{path}.virtual_hosts[{v}]"
+        _check_label(vhost.name, f"{vpath}.name", source, required=True)
+        first = names.setdefault(vhost.name, vpath)
+        if first != vpath:
+            _fail(source, f"{vpath}.name", f"duplicate virtual host name {vhost.name!r} (first used by {first})")
+        if not vhost.domains:
+            _fail(source, f"{vpath}.domains", "at least one domain is required ('*' matches every host)")
+        for d, domain in enumerate(vhost.domains):
+            dpath = f"{vpath}.domains[{d}]"
+            _check_domain(domain, dpath, source)
+            # Host matching ignores case, and one domain must lead to one virtual host.
+            first = domains.setdefault(domain.lower(), dpath)
+            if first != dpath:
+                _fail(source, dpath, f"duplicate domain {domain!r} (first used by {first})")
+        if not vhost.routes:
+            _fail(source, f"{vpath}.routes", "at least one route is required")
+        for r, route in enumerate(vhost.routes):
+            _validate_route(route, f"{vpath}.routes[{r}]", source, clusters)
+
+
+def _validate_listener(listener: Listener, path: str, source: str, clusters: dict[str, None]) -> None:
     _check_label(listener.name, f"{path}.name", source, required=True)
     _check_address(listener.address, listener.port, f"{path}.address", source, listening=True)
-    if listener.cluster not in clusters:
-        known = f"known clusters: {', '.join(clusters)}" if clusters else "no clusters are defined"
-        _fail(
-            source,
-            f"{path}.cluster",
-            f"unknown cluster {listener.cluster!r}{_suggest(listener.cluster, clusters)}; {known}",
-        )
+    _check_choice(listener.protocol, PROTOCOLS, "protocol", f"{path}.protocol", source)
+    if listener.protocol == "http":
+        if listener.cluster:
+            _fail(source, f"{path}.cluster", "an http listener takes no cluster; its routes name the clusters")
+        _validate_http_options(listener.http, f"{path}.http", source)
+        _validate_virtual_hosts(listener, path, source, clusters)
+    else:
+        if not listener.cluster:
+            _fail(source, f"{path}.cluster", f"required key 'cluster' is missing (a {listener.protocol} listener "
+                                             "sends every connection to one cluster)")  # fmt: skip
+        _check_cluster_ref(listener.cluster, f"{path}.cluster", source, clusters)
+        for key, is_set in (("virtual_hosts", bool(listener.virtual_hosts)), ("http", listener.http != HttpOptions())):
+            if is_set:
+                _fail(source, f"{path}.{key}", "only http listeners take this key; set protocol: http")
     _check_range(listener.max_connections, 1, MAX_CONNECTIONS, f"{path}.max_connections", source)
     # 0 = no idle timeout (the engine's convention, see zlb_listener_opts in csrc/engine.h).
     _check_duration(listener.idle_timeout_ms, f"{path}.idle_timeout", source, minimum_ms=0)
-    _check_choice(listener.protocol, PROTOCOLS, "protocol", f"{path}.protocol", source)
 
 
 def validate(cfg: Config) -> None:
@@ -713,7 +1305,7 @@ def validate(cfg: Config) -> None:
     # 0 is meaningful here: close remaining connections at once.
     _check_duration(cfg.drain_timeout_ms, "drain_timeout", source, minimum_ms=0)
 
-    cluster_names = [cluster.name for cluster in cfg.clusters]
+    cluster_names = dict.fromkeys(cluster.name for cluster in cfg.clusters)  # ordered for messages, O(1) lookups
     names: dict[str, str] = {}
     bound: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], str] = {}
     for i, listener in enumerate(cfg.listeners):
@@ -746,6 +1338,7 @@ def validate(cfg: Config) -> None:
 
 # Where a problem in the generated config comes from on the command line (longest prefixes first).
 _CLI_OPTIONS = (
+    ("listeners[0].protocol", "--mode"),
     ("listeners[0]", "--from"),
     ("clusters[0].endpoints", "--to"),
     ("clusters[0].policy", "--policy"),
@@ -753,15 +1346,23 @@ _CLI_OPTIONS = (
 )
 
 
-def proxy_config(listen: str, targets: list[str], policy: str = "round_robin", workers: int = 0) -> Config:
-    """A one-listener, one-cluster config ("proxy"/"proxy") from command-line options.
+def proxy_config(
+    listen: str, targets: list[str], policy: str = "round_robin", workers: int = 0, mode: str = "tcp"
+) -> Config:
+    """A one-listener, one-cluster config ("proxy"/"proxy") from command-line options. `mode` is the listener's
+    protocol; an "http" listener has one virtual host for every domain ("*") with one route ("/") to the cluster.
 
     It goes through parse_config like a file would, so the command line obeys the same rules; only the
     error paths are translated to the option that caused them.
     """
+    listener: dict[str, Any] = {"name": "proxy", "address": listen, "protocol": mode}
+    if mode == "http":
+        listener["virtual_hosts"] = [{"name": "proxy", "routes": [{"match": {"prefix": "/"}, "cluster": "proxy"}]}]
+    else:
+        listener["cluster"] = "proxy"
     data = {
         "workers": workers,
-        "listeners": [{"name": "proxy", "address": listen, "cluster": "proxy"}],
+        "listeners": [listener],
         "clusters": [{"name": "proxy", "policy": policy, "endpoints": list(targets)}],
     }
     try:
