@@ -23,6 +23,8 @@ fi
 
 python3 -m pip install -q --upgrade pip
 python3 -m pip install -q -e '.[test]'
+# sovereign (the REST xDS interop peer) lives in its own venv: its pins clash with ours.
+bash scripts/sovereign-env.sh >/dev/null
 python3 -m ruff check zlbfast tests bench
 python3 -m mypy
 python3 -m pytest -q "$@"

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.netutil import Backend, connect, free_port, label_handler, read_label, wait_for
 from tests.test_admin import ZlbProcess, l4_yaml, running
 from zlbfast import _native
-from zlbfast.metrics import _COUNTERS, _GAUGES
+from zlbfast.prometheus import _COUNTERS, _GAUGES
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -35,12 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from zlbfast import logs
 from zlbfast.config import ConfigError, parse_hostport
 from zlbfast.health import EjectionWatcher, HealthChecker
-from zlbfast.metrics import EngineCollector, ObservedEngine, effective_health, registry
+from zlbfast.metrics import ObservedEngine, effective_health
 
 log = logging.getLogger("zlbfast.admin")
 
@@ -170,13 +168,15 @@ class AdminServer:
 
     def __init__(self, engine: ObservedEngine, *, host: str = "127.0.0.1", port: int = 9901,
                  allow_remote: bool = False, health: HealthChecker | None = None,
-                 collector: EngineCollector | None = None, on_drain: Callable[[], None] | None = None) -> None:
+                 access_log: logs.AccessLogWriter | None = None,
+                 on_drain: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self.host = host
         self.port = port
         self.allow_remote = allow_remote
         self.health = health
-        self.registry = registry(collector or EngineCollector(engine, health=health))
+        self.access_log = access_log
+        self.registry: Any = None  # built on the first scrape (see zlbfast.prometheus)
         self.on_drain = on_drain
         self.draining = False
         self.refused = 0  # non-loopback peers turned away
@@ -267,7 +267,12 @@ class AdminServer:
         return _text(200, "\n".join(lines))
 
     def _prometheus(self, query: dict[str, list[str]]) -> _Response:
-        return _Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        from zlbfast import prometheus
+
+        if self.registry is None:
+            self.registry = prometheus.registry(
+                prometheus.EngineCollector(self.engine, health=self.health, access_log=self.access_log))
+        return _Response(200, prometheus.exposition(self.registry), prometheus.CONTENT_TYPE)
 
     def _ready(self, query: dict[str, list[str]]) -> _Response:
         if self.draining:
@@ -370,9 +375,8 @@ class Operations:
             self._start_access_log()
         if self.opts.admin is not None:
             host, port = self.opts.admin
-            collector = EngineCollector(self.engine, health=self.health, access_log=self.access_log)
             admin = AdminServer(self.engine, host=host, port=port, allow_remote=self.opts.allow_remote,
-                                health=self.health, collector=collector, on_drain=self._on_drain)
+                                health=self.health, access_log=self.access_log, on_drain=self._on_drain)
             try:
                 await admin.start()
                 self.admin = admin
