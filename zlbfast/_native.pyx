@@ -196,6 +196,19 @@ cdef class SnapshotBuilder:
         table.r = NULL
         _raise_if(zlb_snap_add_router(self.b, r, err, sizeof(err)), err)
 
+    def add_endpoints(self, int cluster, endpoints):
+        """add_endpoint for each object with address, port, weight, priority, zone and health
+        attributes (zlbfast.model.Endpoint): one call for a whole cluster, since xDS pushes
+        tens of thousands at once."""
+        cdef char err[512]
+        cdef bytes host, zone
+        for ep in endpoints:
+            host = _b(ep.address, 64)
+            zone = _b(ep.zone, 128)
+            if zlb_snap_add_endpoint(self.b, cluster, host, ep.port, ep.weight, ep.priority, zone,
+                                     HEALTH[ep.health], err, sizeof(err)) != 0:
+                raise NativeError(err.decode(errors="replace"))
+
     def add_endpoint(self, int cluster, str host, int port, *, int weight=1, int priority=0,
                      str zone="", str health="healthy"):
         cdef char err[512]

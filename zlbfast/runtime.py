@@ -90,10 +90,7 @@ def _add_cluster(builder: _native.SnapshotBuilder, cluster: Cluster) -> None:
         max_ejection_ms=cluster.outlier.max_ejection_time_ms,
         max_ejection_percent=cluster.outlier.max_ejection_percent,
     )
-    for ep in cluster.endpoints:
-        builder.add_endpoint(
-            idx, ep.address, ep.port, weight=ep.weight, priority=ep.priority, zone=ep.zone, health=ep.health
-        )
+    builder.add_endpoints(idx, cluster.endpoints)
 
 
 class Engine:
