@@ -137,8 +137,8 @@ def version_of(name: str, zlbfast_cmd: list[str]) -> str | None:
     lines = [line.strip() for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     if not lines:
         return None
-    match = re.search(r"version:?\s*(\S+)", lines[0], re.IGNORECASE)  # envoy: <path> version: <sha>/1.40.0/...
-    return match.group(1) if match and name == "envoy" else lines[0][:120]
+    match = re.search(r"version: \S+?/([\d.]+)/", lines[0])  # envoy: "<path>  version: <sha>/1.40.0/Clean/..."
+    return f"envoy {match.group(1)}" if match and name == "envoy" else lines[0][:120]
 
 
 def measure(port: int, proxy: Child | None, status_port: int, args: argparse.Namespace,

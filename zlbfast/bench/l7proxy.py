@@ -2,9 +2,10 @@
 
     python -m zlbfast.bench.l7proxy --from HOST:PORT --to HOST:PORT [--to ...] [--workers N]
 
-It builds the model the CLI would (one `http` listener, one virtual host `*`, one route `prefix /` to one
-round-robin cluster), applies it to a runtime.Engine and serves until SIGTERM or SIGINT. `argv()` returns the
-command line to start such a proxy: the CLI's `proxy --mode http` when this zlbfast has it, else this module.
+It builds the config the CLI will (config.proxy_config(mode="http"): one `http` listener, one virtual host `*`,
+one route `prefix /` to one round-robin cluster), applies it to a runtime.Engine and serves until SIGTERM or
+SIGINT. `argv()` returns the command line to start such a proxy: the CLI's `proxy --mode http` when this zlbfast
+has it, else this module.
 """
 
 from __future__ import annotations
@@ -16,21 +17,16 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from zlbfast.model import Cluster, Config, Endpoint, Listener, Route, VirtualHost, WeightedCluster
-
-
-def _split(hostport: str) -> tuple[str, int]:
-    host, _, port = hostport.rpartition(":")
-    return host.strip("[]"), int(port)
+from zlbfast.config import ConfigError, proxy_config
+from zlbfast.model import Config
 
 
 def http_config(listen: str, targets: Sequence[str], workers: int) -> Config:
-    host, port = _split(listen)
-    endpoints = tuple(Endpoint(*_split(t)) for t in targets)
-    route = Route(clusters=(WeightedCluster("c"),))
-    listener = Listener("proxy", host, port, "c", protocol="http",
-                        virtual_hosts=(VirtualHost("all", ("*",), (route,)),))
-    return Config((listener,), (Cluster("c", endpoints),), workers=workers, source="zlbfast.bench.l7proxy")
+    """What `zlbfast proxy --mode http` runs: config.proxy_config(mode="http"), i.e. the YAML
+    listeners: [{name: proxy, address: LISTEN, protocol: http,
+                 virtual_hosts: [{name: proxy, routes: [{match: {prefix: /}, cluster: proxy}]}]}]
+    with one round-robin cluster of the targets, through the same parsing and validation as a file."""
+    return proxy_config(listen, list(targets), "round_robin", workers, mode="http")
 
 
 @functools.lru_cache(maxsize=4)
@@ -60,7 +56,11 @@ def main(args: list[str] | None = None) -> int:
     a = p.parse_args(args)
     from zlbfast.runtime import Engine  # the native module, only when serving
 
-    cfg = http_config(a.listen, a.targets, a.workers)
+    try:
+        cfg = http_config(a.listen, a.targets, a.workers)
+    except ConfigError as exc:
+        print(f"zlbfast.bench.l7proxy: {exc}", file=sys.stderr)
+        return 1
     stop = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # before the workers start, so they inherit the mask
     with Engine(a.workers) as engine:
