@@ -21,7 +21,22 @@ from zlbfast.config import (
     proxy_config,
     validate,
 )
-from zlbfast.model import Cluster, Config, Endpoint, HealthCheck, Listener, OutlierDetection
+from zlbfast.model import (
+    Cluster,
+    Config,
+    Endpoint,
+    HeaderOps,
+    HealthCheck,
+    HttpOptions,
+    Listener,
+    OutlierDetection,
+    Redirect,
+    RetryPolicy,
+    Route,
+    ValueMatch,
+    VirtualHost,
+    WeightedCluster,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -189,7 +204,7 @@ clusters:
 
 def test_example_files_load() -> None:
     examples = sorted((ROOT / "examples").glob("*.yaml"))
-    assert ROOT / "examples" / "l4.yaml" in examples
+    assert {ROOT / "examples" / "l4.yaml", ROOT / "examples" / "http.yaml"} <= set(examples)
     for example in examples:
         cfg = load_config(example)
         assert cfg.listeners and cfg.clusters
@@ -286,10 +301,10 @@ def test_bad_hostport(text: str, phrase: str) -> None:
 _DELETE = object()
 
 
-def edit(*steps: tuple[str, object]) -> dict[str, Any]:
-    """BASE with values replaced, appended (index == length) or deleted at dotted paths such as
+def edit(*steps: tuple[str, object], base: dict[str, Any] = BASE) -> dict[str, Any]:
+    """`base` with values replaced, appended (index == length) or deleted at dotted paths such as
     "clusters.0.endpoints.1.weight"."""
-    data = copy.deepcopy(BASE)
+    data = copy.deepcopy(base)
     for dotted, value in steps:
         *parents, last = dotted.split(".")
         node: Any = data
@@ -313,7 +328,7 @@ ERROR_CASES = [
     ("unknown nested key", edit(("clusters.0.endpoints.1.wieght", 2)), f"{EP}.wieght",
      "allowed keys here: address, health, priority, weight, zone"),
     ("missing required key", edit(("listeners.0.cluster", _DELETE)), "listeners[0].cluster",
-     "required key 'cluster' is missing"),
+     "required key 'cluster' is missing (a tcp listener sends every connection to one cluster)"),
     ("missing clusters", edit(("clusters", _DELETE)), "clusters", "required key 'clusters' is missing"),
     ("endpoint without address", edit(("clusters.0.endpoints.1", {"weight": 2})), f"{EP}.address",
      "required key 'address' is missing"),
@@ -617,3 +632,453 @@ def test_health_check_errors_name_the_field(tmp_path: Path, check: dict[str, Any
     err, _ = load_error(tmp_path, yaml.safe_dump(edit(("clusters.0.health_check", check))))
     assert err.path == path
     assert phrase in err.problem
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTTP listeners (docs/config.md, "HTTP listeners")
+
+HTTP_FULL = r"""
+listeners:
+  - name: web
+    address: 127.0.0.1:8080
+    protocol: http
+    max_connections: 500
+    idle_timeout: 90s
+    http:
+      max_request_line: 4096
+      max_head: 32768
+      max_headers: 50
+      header_timeout: 5s
+      request_timeout: 20s
+      upstream_idle: 0
+      max_requests_per_conn: 1000
+      max_idle_per_endpoint: 8
+      retry_buffer: 0
+    virtual_hosts:
+      - name: api
+        domains: ["api.example.com", "*.example.com", "[::1]"]
+        routes:
+          - name: canary
+            match:
+              prefix: /api
+              headers:
+                - {name: x-canary, exact: "1"}
+                - {name: X-Debug, present: true, invert: true}
+                - {name: user-agent, regex: "curl/[[:digit:]]+.*"}
+              query: [{name: v, prefix: "2"}]
+            weighted_clusters: [{name: backend, weight: 90}, {name: canary}]
+            prefix_rewrite: /v2
+            host_rewrite: "backend.internal:8080"
+            request_headers_to_add:
+              - {name: x-a, value: "1"}
+              - {name: x-b, value: two words, append: false}
+              - {name: x-c, value: "3", append: true}
+            request_headers_to_remove: [x-internal]
+            response_headers_to_add: [{name: x-served-by, value: zlb, append: false}]
+            response_headers_to_remove: [server, x-powered-by]
+            hash_policy: {header: x-user}
+            timeout: 15s
+            retry_policy:
+              retry_on: "connect-failure,reset,gateway-error,5xx,retriable-status-codes"
+              num_retries: 3
+              per_try_timeout: 2s
+              retriable_status_codes: [503, 429]
+              retry_non_idempotent: true
+          - match: {path: /healthz}
+            direct_response: {status: 200, body: "ok\n"}
+          - match: {regex: "/old/[a-z]+"}
+            redirect: {status: 308, scheme: https, host: new.example.com, path: /new}
+          - match: {prefix: /}
+            cluster: backend
+            hash_policy: {cookie: session}
+            retry_policy: {retry_on: [reset, 5xx], num_retries: 0}
+      - name: fallback
+        domains: ["*"]
+        routes:
+          - match: {prefix: /, query: [{name: debug, present: true}]}
+            cluster: backend
+            hash_policy: {source_ip: true}
+          - match: {prefix: /}
+            cluster: canary
+            hash_policy: {path: true}
+clusters:
+  - {name: backend, endpoints: ["127.0.0.1:9001"]}
+  - {name: canary, endpoints: ["127.0.0.1:9002"]}
+"""
+
+
+def test_http_listener_every_key_is_read_into_the_model(tmp_path: Path) -> None:
+    (listener,) = load_text(tmp_path, HTTP_FULL).listeners
+    canary = Route(
+        name="canary",
+        path_kind="prefix",
+        path="/api",
+        headers=(
+            ValueMatch("x-canary", "exact", "1"),
+            ValueMatch("X-Debug", "present", "", invert=True),
+            ValueMatch("user-agent", "regex", "curl/[[:digit:]]+.*"),
+        ),
+        query=(ValueMatch("v", "prefix", "2"),),
+        clusters=(WeightedCluster("backend", 90), WeightedCluster("canary", 1)),
+        prefix_rewrite="/v2",
+        host_rewrite="backend.internal:8080",
+        header_ops=HeaderOps(
+            request_add=(("x-a", "1"), ("x-c", "3")),
+            request_set=(("x-b", "two words"),),
+            request_remove=("x-internal",),
+            response_set=(("x-served-by", "zlb"),),
+            response_remove=("server", "x-powered-by"),
+        ),
+        hash_on="header",
+        hash_name="x-user",
+        timeout_ms=15000,
+        retry=RetryPolicy(
+            retry_on=("connect-failure", "reset", "gateway-error", "5xx", "retriable-status-codes"),
+            num_retries=3,
+            per_try_timeout_ms=2000,
+            retriable_status_codes=(503, 429),
+            retry_non_idempotent=True,
+        ),
+    )
+    assert listener == Listener(
+        name="web",
+        address="127.0.0.1",
+        port=8080,
+        cluster="",
+        max_connections=500,
+        idle_timeout_ms=90000,
+        protocol="http",
+        http=HttpOptions(
+            max_request_line=4096,
+            max_head=32768,
+            max_headers=50,
+            header_timeout_ms=5000,
+            request_timeout_ms=20000,
+            upstream_idle_ms=0,
+            max_requests_per_conn=1000,
+            max_idle_per_endpoint=8,
+            retry_buffer=0,
+        ),
+        virtual_hosts=(
+            VirtualHost(
+                "api",
+                ("api.example.com", "*.example.com", "[::1]"),
+                (
+                    canary,
+                    Route(path_kind="exact", path="/healthz", direct_status=200, direct_body="ok\n"),
+                    Route(path_kind="regex", path="/old/[a-z]+",
+                          redirect=Redirect(status=308, scheme="https", host="new.example.com", path="/new")),
+                    Route(clusters=(WeightedCluster("backend"),), hash_on="cookie", hash_name="session",
+                          retry=RetryPolicy(retry_on=("reset", "5xx"), num_retries=0)),
+                ),
+            ),
+            VirtualHost(
+                "fallback",
+                ("*",),
+                (
+                    Route(query=(ValueMatch("debug", "present"),), clusters=(WeightedCluster("backend"),),
+                          hash_on="source_ip"),
+                    Route(clusters=(WeightedCluster("canary"),), hash_on="path"),
+                ),
+            ),
+        ),
+    )  # fmt: skip
+
+
+def test_http_listener_defaults(tmp_path: Path) -> None:
+    (listener,) = load_text(tmp_path, yaml.safe_dump(HTTP_BASE)).listeners
+    assert listener.http == HttpOptions()
+    assert listener.virtual_hosts == (
+        VirtualHost("api", ("*",), (Route(path_kind="prefix", path="/", clusters=(WeightedCluster("backend"),)),)),
+    )
+    (route,) = listener.virtual_hosts[0].routes
+    assert route.retry == RetryPolicy(("connect-failure",), num_retries=1, per_try_timeout_ms=0)
+    assert (route.timeout_ms, route.hash_on, route.header_ops) == (0, "", HeaderOps())
+
+
+def test_docs_http_example_loads(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    match = re.search(r"## HTTP listeners.*?```yaml\n(.*?)```", doc, re.S)
+    assert match, "docs/config.md lost its HTTP example"
+    (listener,) = load_text(tmp_path, match.group(1)).listeners
+    assert listener.protocol == "http"
+    # The options block states the defaults.
+    assert listener.http == HttpOptions()
+    routes = [route for vhost in listener.virtual_hosts for route in vhost.routes]
+    assert {bool(r.clusters) + bool(r.direct_status) + (r.redirect is not None) for r in routes} == {1}
+    assert any(r.redirect for r in routes) and any(r.direct_status for r in routes)
+    assert any(len(r.clusters) > 1 for r in routes)
+
+
+HTTP_BASE: dict[str, Any] = {
+    "listeners": [{
+        "name": "web", "address": "127.0.0.1:8080", "protocol": "http",
+        "virtual_hosts": [{"name": "api", "routes": [{"match": {"prefix": "/"}, "cluster": "backend"}]}],
+    }],
+    "clusters": [{"name": "backend", "endpoints": ["127.0.0.1:9001"]},
+                 {"name": "canary", "endpoints": ["127.0.0.1:9002"]}],
+}  # fmt: skip
+
+
+def hedit(*steps: tuple[str, object]) -> dict[str, Any]:
+    return edit(*steps, base=HTTP_BASE)
+
+
+def route_with(**keys: object) -> dict[str, Any]:
+    """HTTP_BASE with keys of its one route replaced (_DELETE removes one)."""
+    return hedit(*((f"listeners.0.virtual_hosts.0.routes.0.{key}", value) for key, value in keys.items()))
+
+
+L = "listeners[0]"
+VH = f"{L}.virtual_hosts[0]"
+R = f"{VH}.routes[0]"
+CODES_9 = [500, 501, 502, 503, 504, 505, 506, 507, 508]
+HTTP_ERRORS = [
+    # listeners
+    ("http listener with a cluster", hedit(("listeners.0.cluster", "backend")), f"{L}.cluster",
+     "an http listener takes no cluster"),
+    ("http listener without virtual hosts", hedit(("listeners.0.virtual_hosts", _DELETE)), f"{L}.virtual_hosts",
+     "an http listener needs at least one virtual host"),
+    ("tcp listener with virtual hosts", hedit(("listeners.0.protocol", "tcp"), ("listeners.0.cluster", "backend")),
+     f"{L}.virtual_hosts", "only http listeners take this key; set protocol: http"),
+    ("tcp listener with http options", edit(("listeners.0.http", {"header_timeout": "1s"})), f"{L}.http",
+     "only http listeners take this key"),
+    ("unknown http option", hedit(("listeners.0.http", {"header_timout": "1s"})), f"{L}.http.header_timout",
+     "did you mean 'header_timeout'?"),
+    ("too many headers", hedit(("listeners.0.http", {"max_headers": 129})), f"{L}.http.max_headers",
+     "between 1 and 128, got 129"),
+    ("head too small", hedit(("listeners.0.http", {"max_head": 512})), f"{L}.http.max_head",
+     "between 1024 and 1048576, got 512"),
+    ("request line over max_head", hedit(("listeners.0.http", {"max_head": 4096, "max_request_line": 8192})),
+     f"{L}.http.max_request_line", "must not exceed max_head (4096), got 8192"),
+    ("zero header timeout", hedit(("listeners.0.http", {"header_timeout": 0})), f"{L}.http.header_timeout",
+     "between 1ms and 720h, got 0ms"),
+    ("retry buffer", hedit(("listeners.0.http", {"retry_buffer": 1 << 30})), f"{L}.http.retry_buffer",
+     "between 0 and 16777216"),
+    # virtual hosts and domains
+    ("virtual host without routes", hedit(("listeners.0.virtual_hosts.0.routes", [])), f"{VH}.routes",
+     "at least one route is required"),
+    ("virtual host without a routes key", hedit(("listeners.0.virtual_hosts.0.routes", _DELETE)), f"{VH}.routes",
+     "required key 'routes' is missing"),
+    ("no domains", hedit(("listeners.0.virtual_hosts.0.domains", [])), f"{VH}.domains",
+     "at least one domain is required"),
+    ("star inside a domain", hedit(("listeners.0.virtual_hosts.0.domains", ["api.*.com"])), f"{VH}.domains[0]",
+     "expected a host name, '*.' and a host name, or '*' alone, got 'api.*.com'"),
+    ("star suffix", hedit(("listeners.0.virtual_hosts.0.domains", ["api*"])), f"{VH}.domains[0]", "'*' alone"),
+    ("domain with a port", hedit(("listeners.0.virtual_hosts.0.domains", ["a.example:80"])), f"{VH}.domains[0]",
+     "got 'a.example:80'"),
+    ("duplicate domain across virtual hosts",
+     hedit(("listeners.0.virtual_hosts.1", {"name": "other", "routes": [{"match": {"prefix": "/"},
+                                                                         "cluster": "canary"}]})),
+     f"{L}.virtual_hosts[1].domains[0]",
+     "duplicate domain '*' (first used by listeners[0].virtual_hosts[0].domains[0])"),
+    ("duplicate domain in another case",
+     hedit(("listeners.0.virtual_hosts.0.domains", ["a.example", "*"]),
+           ("listeners.0.virtual_hosts.1", {"name": "b", "domains": ["A.example"],
+                                            "routes": [{"match": {"prefix": "/"}, "cluster": "canary"}]})),
+     f"{L}.virtual_hosts[1].domains[0]", "duplicate domain 'A.example'"),
+    ("duplicate virtual host name",
+     hedit(("listeners.0.virtual_hosts.1", {"name": "api", "domains": ["b.example"],
+                                            "routes": [{"match": {"prefix": "/"}, "cluster": "canary"}]})),
+     f"{L}.virtual_hosts[1].name", "duplicate virtual host name 'api'"),
+    # route keys, matches
+    ("unknown route key", route_with(clustr="x"), f"{R}.clustr", "did you mean 'cluster'?"),
+    ("no path match", route_with(match={}), f"{R}.match",
+     "needs exactly one of prefix, path, regex; none is given"),
+    ("two path matches", route_with(match={"prefix": "/", "path": "/x"}), f"{R}.match", "got prefix and path"),
+    ("relative prefix", route_with(match={"prefix": "api"}), f"{R}.match.prefix", "must start with '/'"),
+    ("query in the path", route_with(match={"path": "/a?b=1"}), f"{R}.match.path",
+     "the query is not part of the matched path"),
+    ("bad regex", route_with(match={"regex": "/a(b"}), f"{R}.match.regex", "invalid regex '/a(b'"),
+    ("perl digit class", route_with(match={"regex": r"/v\d+"}), f"{R}.match.regex",
+     r"'\d' (write [[:digit:]]) is not POSIX extended regex syntax"),
+    ("non-capturing group", route_with(match={"regex": "/(?:a|b)"}), f"{R}.match.regex",
+     "is not POSIX extended regex syntax"),
+    ("lookahead", route_with(match={"regex": "/a(?=b)"}), f"{R}.match.regex", "lookarounds"),
+    ("non-greedy quantifier", route_with(match={"regex": "/a.*?b"}), f"{R}.match.regex",
+     "the non-greedy or possessive quantifier '*?' is not POSIX extended regex syntax"),
+    ("backslash in brackets", route_with(match={"regex": r"/[\w-]+"}), f"{R}.match.regex",
+     "POSIX reads it as a literal backslash"),
+    ("header regex", route_with(match={"prefix": "/", "headers": [{"name": "x", "regex": r"\w+"}]}),
+     f"{R}.match.headers[0].regex", "POSIX extended regex"),
+    ("header name not a token", route_with(match={"prefix": "/", "headers": [{"name": "x y", "present": True}]}),
+     f"{R}.match.headers[0].name", "expected an HTTP token"),
+    ("header match without a kind", route_with(match={"prefix": "/", "headers": [{"name": "x"}]}),
+     f"{R}.match.headers[0]", "needs exactly one of exact, prefix, regex, present; none is given"),
+    ("present false", route_with(match={"prefix": "/", "headers": [{"name": "x", "present": False}]}),
+     f"{R}.match.headers[0].present", "expected true, got false (a boolean)"),
+    ("header match value with CRLF", route_with(match={"prefix": "/", "headers": [{"name": "x", "exact": "a\r\nb"}]}),
+     f"{R}.match.headers[0].exact", "must not contain CR, LF or other control characters"),
+    ("invert not a boolean",
+     route_with(match={"prefix": "/", "headers": [{"name": "x", "present": True, "invert": "yes"}]}),
+     f"{R}.match.headers[0].invert", "expected true or false, got 'yes'"),
+    ("query name", route_with(match={"prefix": "/", "query": [{"name": "a=b", "exact": "1"}]}),
+     f"{R}.match.query[0].name", "expected a query parameter name"),
+    # actions
+    ("no action", route_with(cluster=_DELETE), R,
+     "needs exactly one of cluster, weighted_clusters, direct_response, redirect; none is given"),
+    ("two actions", route_with(redirect={"host": "a.example"}), R, "got cluster and redirect"),
+    ("unknown cluster", route_with(cluster="backnd"), f"{R}.cluster",
+     "unknown cluster 'backnd' (did you mean 'backend'?); known clusters: backend, canary"),
+    ("unknown weighted cluster", route_with(cluster=_DELETE, weighted_clusters=[{"name": "backend"}, {"name": "nope"}]),
+     f"{R}.weighted_clusters[1].name", "unknown cluster 'nope'"),
+    ("one weighted cluster", route_with(cluster=_DELETE, weighted_clusters=[{"name": "backend"}]),
+     f"{R}.weighted_clusters", "needs at least two clusters; for one, write cluster: NAME"),
+    ("weight 0", route_with(cluster=_DELETE, weighted_clusters=[{"name": "backend", "weight": 0}, {"name": "canary"}]),
+     f"{R}.weighted_clusters[0].weight", "between 1 and 1000000, got 0"),
+    ("weight too big",
+     route_with(cluster=_DELETE, weighted_clusters=[{"name": "backend"}, {"name": "canary", "weight": 1000001}]),
+     f"{R}.weighted_clusters[1].weight", "between 1 and 1000000, got 1000001"),
+    ("cluster listed twice", route_with(cluster=_DELETE, weighted_clusters=[{"name": "backend"}, {"name": "backend"}]),
+     f"{R}.weighted_clusters[1].name", "cluster 'backend' is listed twice"),
+    ("direct status 600", route_with(cluster=_DELETE, direct_response={"status": 600}),
+     f"{R}.direct_response.status", "between 200 and 599, got 600"),
+    ("direct status 101", route_with(cluster=_DELETE, direct_response={"status": 101}),
+     f"{R}.direct_response.status", "between 200 and 599, got 101"),
+    ("direct response without status", route_with(cluster=_DELETE, direct_response={"body": "x"}),
+     f"{R}.direct_response.status", "required key 'status' is missing"),
+    ("redirect status", route_with(cluster=_DELETE, redirect={"status": 200, "host": "a.example"}),
+     f"{R}.redirect.status", "must be one of 301, 302, 303, 307 or 308, got 200"),
+    ("redirect without host", route_with(cluster=_DELETE, redirect={"path": "/x"}), f"{R}.redirect.host",
+     "the host to redirect to is required"),
+    ("redirect host", route_with(cluster=_DELETE, redirect={"host": "a b"}), f"{R}.redirect.host",
+     "expected a host name, an IPv4 address or a bracketed IPv6 address"),
+    ("redirect scheme", route_with(cluster=_DELETE, redirect={"host": "a.example", "scheme": "ht tp"}),
+     f"{R}.redirect.scheme", "expected a URI scheme such as https"),
+    ("redirect relative path", route_with(cluster=_DELETE, redirect={"host": "a.example", "path": "x"}),
+     f"{R}.redirect.path", "must start with '/'"),
+    ("redirect too long", route_with(cluster=_DELETE, redirect={"host": "a.example", "path": "/" + "a" * 400}),
+     f"{R}.redirect", "scheme, host and path together must be at most 384 bytes, got 414"),
+    ("rewrite on a direct response", route_with(cluster=_DELETE, direct_response={"status": 200}, prefix_rewrite="/x"),
+     f"{R}.prefix_rewrite", "only applies to routes that forward to a cluster, not to a direct response"),
+    ("retry policy on a redirect", route_with(cluster=_DELETE, redirect={"host": "a.example"},
+                                              retry_policy={"num_retries": 2}),
+     f"{R}.retry_policy", "not to a redirect"),
+    ("header ops on a direct response",
+     route_with(cluster=_DELETE, direct_response={"status": 204}, response_headers_to_remove=["server"]),
+     f"{R}.response_headers_to_remove", "only applies to routes that forward to a cluster"),
+    # rewrites and header operations
+    ("prefix rewrite on an exact match", route_with(match={"path": "/x"}, prefix_rewrite="/y"),
+     f"{R}.prefix_rewrite", "only applies to routes with a prefix match (match.prefix)"),
+    ("relative prefix rewrite", route_with(prefix_rewrite="v2"), f"{R}.prefix_rewrite", "must start with '/'"),
+    ("host rewrite", route_with(host_rewrite="bad host"), f"{R}.host_rewrite", "expected a host name"),
+    ("host rewrite port", route_with(host_rewrite="a.example:99999"), f"{R}.host_rewrite", "optional :PORT"),
+    ("header value with CRLF", route_with(request_headers_to_add=[{"name": "x-a", "value": "a\r\nb"}]),
+     f"{R}.request_headers_to_add",
+     "the value for 'x-a' must not contain CR, LF or other control characters, got 'a\\r\\nb'"),
+    ("header name not a token", route_with(response_headers_to_add=[{"name": "x:y", "value": "v"}]),
+     f"{R}.response_headers_to_add", "expected an HTTP token (letters, digits and !#$%&'*+-.^_`|~), got 'x:y'"),
+    ("header without value", route_with(request_headers_to_add=[{"name": "x-a"}]),
+     f"{R}.request_headers_to_add[0].value", "required key 'value' is missing"),
+    ("append not a boolean", route_with(request_headers_to_add=[{"name": "x-a", "value": "1", "append": "no"}]),
+     f"{R}.request_headers_to_add[0].append", "expected true or false, got 'no'"),
+    ("framing header removed", route_with(request_headers_to_remove=["x-a", "Content-Length"]),
+     f"{R}.request_headers_to_remove[1]", "the proxy manages the 'Content-Length' header"),
+    ("host header set", route_with(request_headers_to_add=[{"name": "host", "value": "a", "append": False}]),
+     f"{R}.request_headers_to_add", "routes cannot add, set or remove it; use host_rewrite"),
+    ("header replaced twice", route_with(response_headers_to_add=[{"name": "x-a", "value": "1", "append": False},
+                                                                 {"name": "X-A", "value": "2", "append": False}]),
+     f"{R}.response_headers_to_add", "header 'X-A' is replaced (append: false) twice"),
+    # hash, timeout, retries
+    ("two hash keys", route_with(hash_policy={"header": "a", "cookie": "b"}), f"{R}.hash_policy",
+     "needs exactly one of header, cookie, source_ip, path; got header and cookie"),
+    ("source_ip false", route_with(hash_policy={"source_ip": False}), f"{R}.hash_policy.source_ip",
+     "expected true, got false"),
+    ("hash header name", route_with(hash_policy={"header": "x user"}), f"{R}.hash_policy.header",
+     "expected an HTTP token"),
+    ("route timeout", route_with(timeout="soon"), f"{R}.timeout", "expected a duration"),
+    ("unknown retry condition", route_with(retry_policy={"retry_on": "connect-failure,5xxx"}),
+     f"{R}.retry_policy.retry_on[1]", "unknown retry condition '5xxx' (did you mean '5xx'?)"),
+    ("retry condition twice", route_with(retry_policy={"retry_on": ["reset", "reset"]}),
+     f"{R}.retry_policy.retry_on[1]", "'reset' is listed twice"),
+    ("no retry condition", route_with(retry_policy={"retry_on": ""}), f"{R}.retry_policy.retry_on",
+     "at least one condition is required; num_retries: 0 disables retries"),
+    ("too many retries", route_with(retry_policy={"num_retries": 11}), f"{R}.retry_policy.num_retries",
+     "between 0 and 10, got 11"),
+    ("per-try timeout", route_with(retry_policy={"per_try_timeout": "721h"}), f"{R}.retry_policy.per_try_timeout",
+     "between 0ms and 720h"),
+    ("codes without their condition", route_with(retry_policy={"retriable_status_codes": [503]}),
+     f"{R}.retry_policy.retriable_status_codes", "only used with retry_on 'retriable-status-codes'"),
+    ("condition without codes", route_with(retry_policy={"retry_on": "retriable-status-codes"}),
+     f"{R}.retry_policy.retriable_status_codes", "at least one status code is required"),
+    ("too many codes",
+     route_with(retry_policy={"retry_on": "retriable-status-codes", "retriable_status_codes": CODES_9}),
+     f"{R}.retry_policy.retriable_status_codes", "at most 8 status codes, got 9"),
+    ("code out of range", route_with(retry_policy={"retry_on": "retriable-status-codes",
+                                                   "retriable_status_codes": [600]}),
+     f"{R}.retry_policy.retriable_status_codes[0]", "between 100 and 599, got 600"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "path", "phrase"), [c[1:] for c in HTTP_ERRORS], ids=[c[0] for c in HTTP_ERRORS])
+def test_http_errors_name_the_field(tmp_path: Path, data: dict[str, Any], path: str, phrase: str) -> None:
+    err, _ = load_error(tmp_path, yaml.safe_dump(data))
+    assert err.path == path
+    assert phrase in err.problem
+
+
+def test_validate_checks_http_configs_built_in_code() -> None:
+    to_c = (WeightedCluster("c"),)
+
+    def config(route: Route, **listener: Any) -> Config:
+        fields: dict[str, Any] = {"cluster": "", "protocol": "http",
+                                  "virtual_hosts": (VirtualHost("v", routes=(route,)),), **listener}  # fmt: skip
+        return Config(listeners=(Listener("web", "127.0.0.1", 0, **fields),),
+                      clusters=(Cluster("c", (Endpoint("127.0.0.1", 80),)),), source="xds")  # fmt: skip
+
+    validate(config(Route(clusters=to_c)))
+    route = "listeners[0].virtual_hosts[0].routes[0]"
+    cases = [
+        (config(Route()), route, "needs exactly one action: cluster, weighted_clusters, direct_response (with a "
+                                 "status) or redirect; got 0"),
+        (config(Route(clusters=to_c, direct_status=200)), route, "got 2"),
+        (config(Route(clusters=to_c, direct_body="x")), f"{route}.direct_response.status",
+         "a direct response body needs a status"),
+        (config(Route(path_kind="glob", clusters=to_c)), f"{route}.match", "unknown path match kind 'glob'"),
+        (config(Route(path_kind="regex", path=r"/\d+", clusters=to_c)), f"{route}.match.regex",
+         "POSIX extended regex"),
+        (config(Route(clusters=(WeightedCluster("c"), WeightedCluster("d")))), f"{route}.weighted_clusters[1].name",
+         "unknown cluster 'd'; known clusters: c"),
+        (config(Route(clusters=(WeightedCluster("c", 0),))), f"{route}.cluster.weight", "between 1 and 1000000, got 0"),
+        (config(Route(headers=(ValueMatch("x", "present", "v"),), clusters=to_c)), f"{route}.match.headers[0].present",
+         "a present match takes no value"),
+        (config(Route(headers=(ValueMatch("x", "glob", "v"),), clusters=to_c)), f"{route}.match.headers[0]",
+         "unknown match kind 'glob'"),
+        (config(Route(hash_on="source_ip", hash_name="x", clusters=to_c)), f"{route}.hash_policy",
+         "hashing on source_ip takes no name, got 'x'"),
+        (config(Route(hash_on="consistent", clusters=to_c)), f"{route}.hash_policy",
+         "unknown hash policy 'consistent'"),
+        (config(Route(header_ops=HeaderOps(request_set=(("x", "1"), ("X", "2"))), clusters=to_c)),
+         f"{route}.request_headers_to_add", "header 'X' is replaced (append: false) twice"),
+        (config(Route(direct_status=200, direct_body="a\0b")), f"{route}.direct_response.body",
+         "must not contain NUL characters"),
+        (config(Route(clusters=to_c, retry=RetryPolicy(retry_on=("5xx",), num_retries=-1))),
+         f"{route}.retry_policy.num_retries", "between 0 and 10, got -1"),
+        (config(Route(clusters=to_c), cluster="c"), "listeners[0].cluster", "an http listener takes no cluster"),
+        (config(Route(clusters=to_c), protocol="tcp"), "listeners[0].cluster", "required key 'cluster' is missing"),
+        (config(Route(clusters=to_c), virtual_hosts=(VirtualHost("v", routes=(Route(clusters=to_c),)),
+                                                     VirtualHost("w", ("*.A.example", "*.a.example"),
+                                                                 (Route(clusters=to_c),)))),
+         "listeners[0].virtual_hosts[1].domains[1]", "duplicate domain '*.a.example'"),
+    ]  # fmt: skip
+    for cfg, path, phrase in cases:
+        with pytest.raises(ConfigError) as info:
+            validate(cfg)
+        assert (info.value.file, info.value.path) == ("xds", path), phrase
+        assert phrase in info.value.problem
+
+
+def test_proxy_config_http_mode() -> None:
+    cfg = proxy_config("0.0.0.0:8080", ["10.0.0.1:80"], mode="http")
+    assert cfg.listeners == (
+        Listener("proxy", "0.0.0.0", 8080, "", protocol="http", virtual_hosts=(
+            VirtualHost("proxy", ("*",), (Route(path_kind="prefix", path="/", clusters=(WeightedCluster("proxy"),),
+                                                retry=RetryPolicy()),)),
+        )),
+    )  # fmt: skip
+    assert cfg.clusters == (Cluster("proxy", (Endpoint("10.0.0.1", 80),)),)
+    assert proxy_config("0.0.0.0:8080", ["10.0.0.1:80"], mode="tcp") == proxy_config("0.0.0.0:8080", ["10.0.0.1:80"])
+    with pytest.raises(ConfigError) as info:
+        proxy_config("0.0.0.0:8080", ["10.0.0.1:80"], mode="htp")
+    assert (info.value.path, info.value.problem) == (
+        "--mode", "unknown protocol 'htp' (did you mean 'http'?); expected one of: tcp, http")
