@@ -19,9 +19,18 @@ static void snapshot_free_cb(void *p) { zlb_snapshot_free(p); }
 
 void zlb_listener_unref(zlb_listener *l)
 {
-    if (atomic_fetch_sub(&l->refs, 1) == 1)
+    if (atomic_fetch_sub(&l->refs, 1) == 1) {
+        zlb_tls_policy_unref(l->tls);
         free(l);
+    }
 }
+
+/* Upstream TLS of one cluster (engine table, guarded by tls_lock). */
+typedef struct zlb_cluster_tls {
+    char name[ZLB_NAME_MAX];
+    zlb_tls_policy *policy;          /* one reference */
+    struct zlb_cluster_tls *next;
+} zlb_cluster_tls;
 
 zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen)
 {
@@ -37,7 +46,10 @@ zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen)
     e->workers = calloc(o->workers, sizeof(zlb_worker));
     if (!e->registry || !e->workers || zlb_qsbr_init(&e->qsbr, o->workers, snapshot_free_cb) != 0)
         goto oom;
+    e->registry->cstats.n_slots = o->workers; /* one counter slot per worker */
     pthread_mutex_init(&e->listeners_lock, NULL);
+    pthread_mutex_init(&e->tls_lock, NULL);
+    pthread_mutex_init(&e->tls_ev_lock, NULL);
     for (uint32_t i = 0; i < o->workers; i++) {
         zlb_worker *w = &e->workers[i];
         w->eng = e;
@@ -59,6 +71,12 @@ zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen)
         }
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->wake_io};
         epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->wake_fd, &ev);
+    }
+    e->tls_ev = calloc(ZLB_TLS_EVENT_RING, sizeof(zlb_tls_event));
+    if (!e->tls_ev || zlb_tls_global_init() != 0) {
+        snprintf(err, errlen, "cannot set up TLS state");
+        zlb_engine_free(e);
+        return NULL;
     }
     return e;
 oom:
@@ -124,8 +142,27 @@ void zlb_engine_free(zlb_engine *e)
         zlb_lb_cache_free(w->lb);
         free(w->scratch);
         free(w->alog.slots);
+        zlb_tls_sessions_free(w->tls_sessions);
         pthread_mutex_destroy(&w->cmd_lock);
     }
+    while (e->cluster_tls) {
+        zlb_cluster_tls *ct = e->cluster_tls;
+        e->cluster_tls = ct->next;
+        zlb_tls_policy_unref(ct->policy);
+        free(ct);
+    }
+    /* Listeners (and their policies) are released below; connections are
+     * gone, so every slot reference left is the slot's own. */
+    while (e->tls_slots) {
+        zlb_tls_slot *s = e->tls_slots;
+        e->tls_slots = s->next;
+        zlb_tls_mat_unref(s->mat);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+    }
+    free(e->tls_ev);
+    pthread_mutex_destroy(&e->tls_lock);
+    pthread_mutex_destroy(&e->tls_ev_lock);
     for (int i = 0; i < e->n_listeners; i++)
         if (e->listeners[i])
             zlb_listener_unref(e->listeners[i]);
@@ -208,6 +245,25 @@ static uint16_t socket_port(int fd)
     return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
 }
 
+/* The slot named `name`, created empty when absent. Control thread; NULL on
+ * allocation failure. Slots live until the engine is freed, so workers may
+ * keep plain pointers to them inside policies. */
+static zlb_tls_slot *slot_get_or_create(zlb_engine *e, const char *name)
+{
+    pthread_mutex_lock(&e->tls_lock);
+    zlb_tls_slot *s = e->tls_slots;
+    while (s && strcmp(s->name, name) != 0)
+        s = s->next;
+    if (!s && (s = calloc(1, sizeof(*s)))) {
+        zlb_strlcpy(s->name, name, sizeof(s->name));
+        pthread_mutex_init(&s->lock, NULL);
+        s->next = e->tls_slots;
+        e->tls_slots = s;
+    }
+    pthread_mutex_unlock(&e->tls_lock);
+    return s;
+}
+
 int zlb_engine_add_listener(zlb_engine *e, const zlb_listener_opts *o, char *err, size_t errlen)
 {
     uint32_t n = e->opts.workers;
@@ -220,6 +276,24 @@ int zlb_engine_add_listener(zlb_engine *e, const zlb_listener_opts *o, char *err
         return -1;
     }
     l->opts = *o;
+    l->opts.tls = NULL;
+    if (o->tls) {
+        if (o->protocol != ZLB_PROTO_TCP) {
+            snprintf(err, errlen, "listener %s: TLS is supported on TCP listeners only (HTTP comes later)", o->name);
+            free(fds);
+            free(l);
+            return -1;
+        }
+        zlb_tls_slot *slot = slot_get_or_create(e, o->tls->identity);
+        l->tls = slot ? zlb_tls_policy_new(o->tls, 1, slot, err, errlen) : NULL;
+        if (!l->tls) {
+            if (!slot)
+                snprintf(err, errlen, "out of memory");
+            free(fds);
+            free(l);
+            return -1;
+        }
+    }
     /* Bind every worker's socket before handing any over, so a failure
      * leaves nothing half-installed. Port 0: the first bind picks the port
      * and the others share it through SO_REUSEPORT. */
@@ -230,6 +304,7 @@ int zlb_engine_add_listener(zlb_engine *e, const zlb_listener_opts *o, char *err
             for (uint32_t j = 0; j < i; j++)
                 close(fds[j]);
             free(fds);
+            zlb_tls_policy_unref(l->tls);
             free(l);
             return -1;
         }
@@ -246,6 +321,7 @@ int zlb_engine_add_listener(zlb_engine *e, const zlb_listener_opts *o, char *err
             for (uint32_t i = 0; i < n; i++)
                 close(fds[i]);
             free(fds);
+            zlb_tls_policy_unref(l->tls);
             free(l);
             snprintf(err, errlen, "out of memory");
             return -1;
@@ -368,4 +444,132 @@ void zlb_engine_stats(zlb_engine *e, zlb_stats *out)
     for (uint32_t i = 0; i < e->opts.workers; i++)
         for (size_t k = 0; k < n; k++)
             acc[k] += atomic_load_explicit(&e->workers[i].stats.c[k], memory_order_relaxed);
+}
+
+/* ---- TLS ------------------------------------------------------------------ */
+
+int zlb_engine_set_identity(zlb_engine *e, const char *name, const char *cert_pem, const char *key_pem,
+                            const char *const *bundle_tds, const char *const *bundle_pems, size_t n_bundles,
+                            char *err, size_t errlen)
+{
+    char why[384];
+    /* Built (all parsing and crypto) before anything is swapped: a bad file
+     * leaves the running identity in place. */
+    zlb_tls_mat *m = zlb_tls_mat_new(cert_pem, key_pem, bundle_tds, bundle_pems, n_bundles, why, sizeof(why));
+    if (!m) {
+        snprintf(err, errlen, "identity %s: %s", name, why);
+        return -1;
+    }
+    zlb_tls_slot *s = slot_get_or_create(e, name);
+    if (!s) {
+        zlb_tls_mat_unref(m);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    zlb_tls_slot_set(s, m);
+    return 0;
+}
+
+int zlb_engine_identity_info(zlb_engine *e, const char *name, char *spiffe_id, size_t idlen, char *serial,
+                             size_t seriallen, uint64_t *rotations)
+{
+    pthread_mutex_lock(&e->tls_lock);
+    zlb_tls_slot *s = e->tls_slots;
+    while (s && strcmp(s->name, name) != 0)
+        s = s->next;
+    pthread_mutex_unlock(&e->tls_lock);
+    zlb_tls_mat *m = s ? zlb_tls_slot_get(s) : NULL;
+    if (!m)
+        return -1;
+    zlb_strlcpy(spiffe_id, m->own_id, idlen);
+    zlb_strlcpy(serial, m->serial, seriallen);
+    pthread_mutex_lock(&s->lock);
+    *rotations = s->rotations;
+    pthread_mutex_unlock(&s->lock);
+    zlb_tls_mat_unref(m);
+    return 0;
+}
+
+int zlb_engine_set_cluster_tls(zlb_engine *e, const char *cluster, const zlb_tls_opts *o, char *err, size_t errlen)
+{
+    zlb_tls_policy *p = NULL;
+    zlb_cluster_tls *fresh = NULL;
+    if (o) {
+        zlb_tls_slot *slot = slot_get_or_create(e, o->identity);
+        p = slot ? zlb_tls_policy_new(o, 0, slot, err, errlen) : NULL;
+        fresh = calloc(1, sizeof(*fresh));
+        if (!p || !fresh) {
+            if (!slot || (p && !fresh))
+                snprintf(err, errlen, "out of memory");
+            zlb_tls_policy_unref(p);
+            free(fresh);
+            return -1;
+        }
+        zlb_strlcpy(fresh->name, cluster, sizeof(fresh->name));
+        fresh->policy = p;
+    }
+    zlb_cluster_tls *old = NULL;
+    pthread_mutex_lock(&e->tls_lock);
+    for (zlb_cluster_tls **pp = &e->cluster_tls; *pp; pp = &(*pp)->next)
+        if (strcmp((*pp)->name, cluster) == 0) {
+            old = *pp;
+            *pp = old->next;
+            atomic_fetch_sub(&e->n_cluster_tls, 1);
+            break;
+        }
+    if (fresh) {
+        fresh->next = e->cluster_tls;
+        e->cluster_tls = fresh;
+        atomic_fetch_add(&e->n_cluster_tls, 1);
+    }
+    pthread_mutex_unlock(&e->tls_lock);
+    if (old) {
+        /* Connections hold their own policy references. */
+        zlb_tls_policy_unref(old->policy);
+        free(old);
+    }
+    return 0;
+}
+
+zlb_tls_policy *zlb_engine_cluster_tls(zlb_engine *e, const char *cluster)
+{
+    if (atomic_load_explicit(&e->n_cluster_tls, memory_order_relaxed) == 0)
+        return NULL; /* plaintext-only engines never take the lock */
+    zlb_tls_policy *p = NULL;
+    pthread_mutex_lock(&e->tls_lock);
+    for (zlb_cluster_tls *ct = e->cluster_tls; ct; ct = ct->next)
+        if (strcmp(ct->name, cluster) == 0) {
+            p = ct->policy;
+            zlb_tls_policy_ref(p);
+            break;
+        }
+    pthread_mutex_unlock(&e->tls_lock);
+    return p;
+}
+
+int zlb_engine_tls_event(zlb_engine *e, const zlb_tls_event *ev)
+{
+    int rc = 0;
+    pthread_mutex_lock(&e->tls_ev_lock);
+    if (e->tls_ev_head - e->tls_ev_tail >= ZLB_TLS_EVENT_RING)
+        rc = -1;
+    else
+        e->tls_ev[e->tls_ev_head++ % ZLB_TLS_EVENT_RING] = *ev;
+    pthread_mutex_unlock(&e->tls_ev_lock);
+    return rc;
+}
+
+size_t zlb_engine_drain_tls_events(zlb_engine *e, zlb_tls_event *out, size_t max)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&e->tls_ev_lock);
+    while (n < max && e->tls_ev_tail < e->tls_ev_head)
+        out[n++] = e->tls_ev[e->tls_ev_tail++ % ZLB_TLS_EVENT_RING];
+    pthread_mutex_unlock(&e->tls_ev_lock);
+    return n;
+}
+
+void zlb_engine_set_tls_log_peers(zlb_engine *e, int on)
+{
+    atomic_store_explicit(&e->tls_log_peers, on ? 1 : 0, memory_order_relaxed);
 }

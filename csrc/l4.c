@@ -20,12 +20,24 @@
  * shortcut, because it also stops early when the pipe runs out of slots.
  * Bytes a write could not take are parked in the direction's pipe, so no
  * connection owns a userspace buffer.
+ *
+ * TLS (tls.h): a listener with TLS first peeks at the client's first bytes
+ * (a ClientHello starts 0x16 0x03): strict listeners close plaintext clients,
+ * permissive ones proxy them as plaintext (splice as above). A TLS client is
+ * handshaken inside the loop (non-blocking SSL_do_handshake driven by epoll),
+ * verified by SPIFFE ID, authorized, and only then is an upstream picked. A
+ * cluster with TLS gets the same after the TCP connect, with session tickets
+ * kept per worker and endpoint. A connection with TLS on either side copies
+ * through SSL_read/SSL_write with one 16 KiB buffer per direction (zlb_conn_tls,
+ * allocated only for such connections); plaintext connections are unchanged.
  */
 #define _GNU_SOURCE /* splice, pipe2, accept4, F_SETPIPE_SZ */
 #include "worker.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/err.h>
+#include <stdio.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,11 +50,32 @@
 
 static _Atomic int64_t live_conns;
 static _Atomic int64_t live_pipes;
+static _Atomic int64_t live_tls;
 
 int64_t zlb_debug_live_conns(void) { return atomic_load(&live_conns); }
 int64_t zlb_debug_live_pipes(void) { return atomic_load(&live_pipes); }
+int64_t zlb_debug_live_tls(void) { return atomic_load(&live_tls); }
 
-enum conn_state { CONN_CONNECTING, CONN_OPEN, CONN_CLOSED };
+enum conn_state {
+    CONN_CONNECTING, /* picking / connecting upstream */
+    CONN_OPEN,
+    CONN_CLOSED,
+    CONN_DETECT,     /* TLS listener: waiting for the first two bytes */
+    CONN_HS_DOWN,    /* TLS handshake with the client */
+    CONN_HS_UP,      /* TCP connected, TLS handshake with the upstream */
+};
+
+/* TLS state of a connection, side 0 = client, 1 = upstream; ssl[i] NULL means
+ * that side is plaintext. Buffers: one per direction (as zlb_conn.d). */
+typedef struct zlb_conn_tls {
+    SSL *ssl[2];
+    zlb_tls_peer peer[2];         /* peer[1].policy holds a reference; peer[i].mat one each */
+    zlb_tls_session_sink sink;    /* upstream tickets go to the worker's cache */
+    uint8_t read_wants_write[2];  /* SSL_read on side i returned WANT_WRITE */
+    uint8_t blocked[2];           /* direction i could not write everything */
+    uint32_t off[2], len[2];      /* unsent bytes of direction i: buf[i][off..len) */
+    char buf[2][ZLB_SCRATCH];
+} zlb_conn_tls;
 
 /* One direction of a proxied connection: bytes read from `src` that `dst`
  * did not take yet wait in the pipe. */
@@ -85,6 +118,8 @@ typedef struct zlb_conn {
     struct sockaddr_in6 up_addr;
     uint64_t bytes[2];            /* per direction, as d[] */
     uint16_t flags;               /* ZLB_AL_* */
+    uint8_t down_registered;      /* down_fd already in epoll (TLS listeners register at accept) */
+    zlb_conn_tls *tls;            /* NULL unless TLS is used on a side */
     zlb_dir d[2];                 /* 0: client -> upstream, 1: upstream -> client */
     struct zlb_conn *prev, *next;
 } zlb_conn;
@@ -208,6 +243,38 @@ static void log_connection(zlb_conn *c)
     push_record(w, &rec);
 }
 
+/* Drops one side's SSL and material (the socket is the caller's). */
+static void tls_side_free(zlb_conn_tls *t, int side)
+{
+    SSL_free(t->ssl[side]);
+    t->ssl[side] = NULL;
+    zlb_tls_mat_unref(t->peer[side].mat);
+    t->peer[side].mat = NULL;
+    t->peer[side].id[0] = t->peer[side].reason[0] = '\0';
+    t->peer[side].verify_kind = 0;
+}
+
+static void tls_free(zlb_conn *c)
+{
+    zlb_conn_tls *t = c->tls;
+    if (!t)
+        return;
+    for (int i = 0; i < 2; i++)
+        tls_side_free(t, i);
+    /* The listener's policy (side 0) is the listener's; side 1 holds a reference. */
+    zlb_tls_policy_unref((zlb_tls_policy *)t->peer[1].policy);
+    free(t);
+    c->tls = NULL;
+    atomic_fetch_sub(&live_tls, 1);
+}
+
+static zlb_conn_tls *tls_state(zlb_conn *c)
+{
+    if (!c->tls && (c->tls = calloc(1, sizeof(*c->tls))))
+        atomic_fetch_add(&live_tls, 1);
+    return c->tls;
+}
+
 /* Closes both sockets and releases everything but the memory, which
  * zlb_l4_reap frees after the current event batch. `reset` makes the peers
  * see RST instead of FIN (an error on one side aborts the other). */
@@ -237,6 +304,7 @@ static void conn_close(zlb_conn *c, int reset)
     for (int i = 0; i < 2; i++) {
         pipe_put(w, c->d[i].pipe, c->d[i].pending);
     }
+    tls_free(c);
     release_endpoint(c);
     atomic_fetch_sub(&c->l->active, 1);
     zlb_listener_unref(c->l);
@@ -294,9 +362,14 @@ static zlb_endpoint *current_endpoint(zlb_worker *w, zlb_conn *c, const zlb_clus
     return NULL;
 }
 
-static void report(zlb_worker *w, zlb_conn *c, int success, int64_t latency_ns)
+/* Feeds the outcome of a connect to outlier detection and the cluster's
+ * counters (timed_out: a failure by connect timeout). */
+static void report(zlb_worker *w, zlb_conn *c, int success, int timed_out, int64_t latency_ns)
 {
     const zlb_cluster *cl = conn_cluster(w, c);
+    if (cl)
+        zlb_cs_add(cl->stats, w->id,
+                   success ? ZLB_CS_CONNECTIONS : timed_out ? ZLB_CS_CONNECT_TIMEOUTS : ZLB_CS_CONNECT_FAILURES, 1);
     zlb_endpoint *ep = current_endpoint(w, c, cl);
     if (ep)
         zlb_lb_report(w->snap, cl, ep, success, latency_ns, w->now_ns);
@@ -333,7 +406,7 @@ static void arm_idle(zlb_conn *c)
 static void on_connected(zlb_conn *c)
 {
     zlb_worker *w = c->w;
-    report(w, c, 1, w->now_ns - c->connect_start_ns);
+    report(w, c, 1, 0, w->now_ns - c->connect_start_ns);
     c->state = CONN_OPEN;
     c->last_activity_ns = w->now_ns;
     int one = 1;
@@ -359,7 +432,7 @@ static void connect_failed(zlb_conn *c, int timed_out)
     }
     else
         ZLB_STAT_ADD(w, connect_failures, 1);
-    report(w, c, 0, 0);
+    report(w, c, 0, timed_out, 0);
     zlb_timer_cancel(&w->timers, &c->timer);
     if (c->up_fd >= 0)
         close(c->up_fd);
@@ -383,6 +456,7 @@ static void try_connect(zlb_conn *c)
         }
         if (c->attempts > cl->opts.connect_retries) {
             ZLB_STAT_ADD(w, upstream_exhausted, 1);
+            zlb_cs_add(cl->stats, w->id, ZLB_CS_EXHAUSTED, 1);
             c->flags |= ZLB_AL_UF;
             conn_close(c, 1);
             return;
@@ -393,14 +467,18 @@ static void try_connect(zlb_conn *c)
         zlb_endpoint *ep = zlb_lb_pick(w->lb, w->snap, cl, &ctx, exclude);
         if (!ep) {
             ZLB_STAT_ADD(w, upstream_exhausted, 1);
+            zlb_cs_add(cl->stats, w->id, ZLB_CS_EXHAUSTED, 1);
             c->flags |= ZLB_AL_UF;
             conn_close(c, 1);
             return;
         }
-        if (c->attempts > 0)
+        if (c->attempts > 0) {
             ZLB_STAT_ADD(w, retries, 1);
+            zlb_cs_add(cl->stats, w->id, ZLB_CS_RETRIES, 1);
+        }
         c->attempts++;
         ZLB_STAT_ADD(w, connect_attempts, 1);
+        zlb_cs_add(cl->stats, w->id, ZLB_CS_CONNECT_ATTEMPTS, 1);
         c->ep = ep;
         c->ep_snap = w->snap;
         c->ep_snap_version = w->snap->version;

@@ -73,6 +73,7 @@ zlb_ep_registry *zlb_ep_registry_new(void)
     }
     r->n_buckets = REG_INITIAL_BUCKETS;
     pthread_mutex_init(&r->lock, NULL);
+    zlb_cs_table_init(&r->cstats);
     atomic_init(&r->health_gen, 1);
     return r;
 }
@@ -93,6 +94,7 @@ void zlb_ep_registry_free(zlb_ep_registry *r)
         }
     }
     pthread_mutex_destroy(&r->lock);
+    zlb_cs_table_destroy(&r->cstats);
     free(r->buckets);
     free(r);
 }
@@ -183,6 +185,7 @@ void zlb_ep_registry_sweep(zlb_ep_registry *r)
         }
     }
     pthread_mutex_unlock(&r->lock);
+    zlb_cs_sweep(&r->cstats);
 }
 
 /* Number of states the registry holds. Takes the lock. */
@@ -460,6 +463,10 @@ int64_t zlb_debug_snapshots_alive(void)
 static int build_cluster(zlb_cluster *c, zlb_ep_registry *reg, char *err, size_t errlen)
 {
     const char *cn = c->opts.name;
+    if (!(c->stats = zlb_cs_get(&reg->cstats, cn))) {
+        set_err(err, errlen, "cluster '%s': out of memory", cn);
+        return -1;
+    }
     for (uint32_t i = 0; i < c->n_endpoints; i++) {
         zlb_endpoint *ep = &c->endpoints[i];
         if (!(ep->state = zlb_ep_registry_get(reg, cn, ep->name))) {
@@ -585,6 +592,7 @@ void zlb_snapshot_free(zlb_snapshot *s)
             if (c->endpoints[e].state)
                 zlb_ep_state_unref(c->endpoints[e].state);
         free(c->endpoints);
+        zlb_cs_unref(c->stats);
     }
     free(s->clusters);
     for (uint32_t i = 0; i < s->n_routers; i++)

@@ -20,6 +20,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include "cluster_stats.h"
 #include "zlb_common.h"
 
 #define ZLB_NAME_MAX 128
@@ -62,6 +63,7 @@ typedef struct zlb_ep_registry {
      * ejection expiry, active health change. Workers compare it (acquire)
      * with the value their cached views were built at. */
     _Atomic uint64_t health_gen;
+    zlb_cs_table cstats;     /* per-cluster counters, keyed by cluster name */
 } zlb_ep_registry;
 
 zlb_ep_registry *zlb_ep_registry_new(void);
@@ -130,6 +132,7 @@ typedef struct zlb_cluster {
     zlb_endpoint *endpoints;
     uint32_t n_prios;
     zlb_prio *prios;        /* sorted by priority */
+    zlb_cluster_stats *stats; /* one reference held by the snapshot */
 } zlb_cluster;
 
 typedef struct zlb_snapshot {

@@ -6,6 +6,18 @@ cdef extern from "zlb_common.h" nogil:
     void zlb_strlcpy(char *dst, const char *src, size_t dst_size)
 
 
+cdef extern from "cluster_stats.h" nogil:
+    ctypedef struct zlb_cluster_stats:
+        pass
+
+    enum:
+        ZLB_CS_COUNTERS
+        ZLB_LAT_BUCKETS
+
+    const uint64_t zlb_lat_bounds_us[]
+    void zlb_cs_read(const zlb_cluster_stats *s, uint64_t *counters, uint64_t *lat, uint64_t *lat_sum_us)
+
+
 cdef extern from "snapshot.h" nogil:
     ctypedef struct zlb_ep_state:
         int64_t active
@@ -48,6 +60,7 @@ cdef extern from "snapshot.h" nogil:
 
     ctypedef struct zlb_cluster:
         zlb_cluster_opts opts
+        zlb_cluster_stats *stats
         uint32_t n_endpoints
         zlb_endpoint *endpoints
 

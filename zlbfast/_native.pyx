@@ -24,6 +24,11 @@ STAT_FIELDS = (
     "http_bad_requests", "http_header_timeouts", "http_request_timeouts", "http_overflow",
     "http_upstream_reused", "http_upgrades",
 )
+# Must follow enum zlb_cs_counter in csrc/cluster_stats.h.
+CLUSTER_STAT_FIELDS = (
+    "rq_1xx", "rq_2xx", "rq_3xx", "rq_4xx", "rq_5xx", "connections", "connect_attempts", "connect_failures",
+    "connect_timeouts", "retries", "exhausted", "timeouts", "overflow", "bytes_sent", "bytes_received",
+)
 # Vocabulary of csrc/router.h, by the names the model uses.
 MATCH_KINDS = {"exact": 0, "prefix": 1, "regex": 2, "present": 3}
 HASH_KINDS = {"": 0, "header": 1, "cookie": 2, "source_ip": 3, "path": 4}
@@ -387,6 +392,33 @@ cdef class NativeEngine:
                     "ewma_ns": ep.state.ewma_ns,
                 })
             out[c.opts.name.decode()] = eps
+        return out
+
+    def cluster_stats(self):
+        """Per-cluster counters and request-latency histogram of the current
+        configuration's clusters (kept across reloads), summed over workers.
+        latency_buckets: cumulative (upper bound in seconds, count), last +Inf."""
+        cdef const zlb_snapshot *s = zlb_engine_current(self._live())
+        cdef uint64_t counters[ZLB_CS_COUNTERS]
+        cdef uint64_t lat[ZLB_LAT_BUCKETS]
+        cdef uint64_t lat_sum_us
+        out = {}
+        if s == NULL:
+            return out
+        for i in range(s.n_clusters):
+            if s.clusters[i].stats == NULL:
+                continue
+            zlb_cs_read(s.clusters[i].stats, counters, lat, &lat_sum_us)
+            entry = {name: counters[k] for k, name in enumerate(CLUSTER_STAT_FIELDS)}
+            buckets = []
+            running = 0
+            for b in range(ZLB_LAT_BUCKETS):
+                running += lat[b]
+                bound = zlb_lat_bounds_us[b] / 1e6 if b < ZLB_LAT_BUCKETS - 1 else float("inf")
+                buckets.append((bound, running))
+            entry["latency_buckets"] = buckets
+            entry["latency_sum_s"] = lat_sum_us / 1e6
+            out[s.clusters[i].opts.name.decode()] = entry
         return out
 
     def set_active_health(self, str cluster, str address, str health):
