@@ -145,7 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
     try:
-        cfg = proxy_config(args.listen, args.targets, args.policy, args.workers)
+        cfg = proxy_config(args.listen, args.targets, args.policy, args.workers, args.mode)
     except ConfigError as exc:
         print(f"zlbfast: {exc}", file=sys.stderr)
         return 1
@@ -192,10 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_arguments(run, admin_default=admin.DEFAULT_ADMIN)
     run.set_defaults(func=_cmd_run)
 
-    proxy = sub.add_parser("proxy", help="one-line TCP proxy: --from ADDR --to ADDR [--to ADDR ...]")
+    proxy = sub.add_parser("proxy", help="one-line proxy: --from ADDR --to ADDR [--to ADDR ...] [--mode http]")
     proxy.add_argument("--from", dest="listen", required=True, metavar="HOST:PORT")
     proxy.add_argument("--to", dest="targets", action="append", required=True, metavar="HOST:PORT")
     proxy.add_argument("--policy", default="round_robin", choices=POLICIES)
+    proxy.add_argument("--mode", default="tcp", choices=("tcp", "http"),
+                       help="tcp: balance per connection; http: per request (HTTP/1.1)")
     proxy.add_argument("--workers", type=int, default=0, help="worker threads (default: CPUs)")
     admin.add_arguments(proxy, admin_default=None)
     proxy.set_defaults(func=_cmd_proxy)
