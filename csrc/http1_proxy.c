@@ -504,9 +504,13 @@ static int is_hop_by_hop(const char *buf, const zlb_h1_head *h, zlb_span name, i
 {
     static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
                                       "upgrade", NULL};
+    /* On an upgrade the Upgrade field travels on; Connection never does:
+     * the caller writes its own "connection: upgrade", and passing the
+     * peer's too would send two Connection fields (one maybe listing
+     * keep-alive or other hop-by-hop names). */
     for (int i = 0; hop[i]; i++)
         if (zlb_h1_name_is(buf, name, hop[i]))
-            return !(keep_upgrade && (i == 0 || i == 5));
+            return !(keep_upgrade && i == 5);
     for (uint32_t i = 0; i < h->n_headers; i++) {
         if (zlb_h1_name_is(buf, h->headers[i].name, "connection") &&
             name_in_list(buf, name, buf + h->headers[i].value.off, h->headers[i].value.len))
@@ -563,6 +567,12 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
     const zlb_header_op *set = rt->ops[ZLB_REQ_SET], *rem = rt->ops[ZLB_REQ_REMOVE];
     uint32_t n_set = rt->n_ops[ZLB_REQ_SET], n_rem = rt->n_ops[ZLB_REQ_REMOVE];
     int have_rid = 0, have_tp = 0;
+    /* Several X-Forwarded-For fields form one list (RFC 9110 5.3): the
+     * client goes once, after the last of them. */
+    uint32_t last_xff = UINT32_MAX;
+    for (uint32_t i = 0; i < h->n_headers; i++)
+        if (zlb_h1_name_is(buf, h->headers[i].name, "x-forwarded-for"))
+            last_xff = i;
     for (uint32_t i = 0; i < h->n_headers; i++) {
         zlb_span name = h->headers[i].name, value = h->headers[i].value;
         if (is_hop_by_hop(buf, h, name, c->upgrade) || op_named(set, n_set, buf, name) ||
@@ -572,7 +582,7 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
             rc |= append_header(b, "host", 4, rt->host_rewrite.p, rt->host_rewrite.len);
             continue;
         }
-        if (zlb_h1_name_is(buf, name, "x-forwarded-for")) {
+        if (i == last_xff) {
             /* Append the client to the chain, Envoy/nginx style. */
             rc |= hbuf_append(b, buf + name.off, name.len) | hbuf_append(b, ": ", 2);
             rc |= hbuf_append(b, buf + value.off, value.len) | hbuf_puts(b, ", ") | hbuf_puts(b, c->peer_ip);
@@ -583,7 +593,7 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
         have_tp |= zlb_h1_name_is(buf, name, "traceparent");
         rc |= append_header(b, buf + name.off, name.len, buf + value.off, value.len);
     }
-    if (!zlb_h1_find_header(buf, h, "x-forwarded-for", &(uint32_t){0}))
+    if (last_xff == UINT32_MAX)
         rc |= append_header(b, "x-forwarded-for", 15, c->peer_ip, (uint32_t)strlen(c->peer_ip));
     rc |= hbuf_puts(b, "x-forwarded-proto: http\r\n");
     char id[40];
@@ -864,9 +874,51 @@ static void request_hash(zlb_hconn *c, const zlb_route *rt, const char *buf)
         c->has_hash = 0; /* no key: the policy picks at random */
 }
 
+/* Re-frames chunked body bytes from src into dst. Returns the bytes of
+ * src consumed, or -1 on malformed framing or no memory.
+ *
+ * The body is re-encoded rather than copied: each payload piece goes out as
+ * one chunk with a canonical size line, and the body ends in a bare
+ * last-chunk. Whatever the sender wrote around the payload (leading zeros,
+ * chunk extensions, trailer fields) never reaches the next hop, so a peer
+ * whose chunk parser is laxer or stricter than ours reads the same message:
+ * e.g. a size line of 100 zeros and a 5 is valid hex to us, while a peer that
+ * keeps only the first 16 digits would read a last-chunk and take the rest
+ * of the body for a second request. Trailers are dropped, as Envoy does for
+ * HTTP/1 by default. */
+static int64_t rechunk(hbuf *src, hbuf *dst, zlb_h1_chunked *ch, uint8_t *done)
+{
+    uint32_t avail = hbuf_size(src), take = 0;
+    for (;;) {
+        size_t consumed = 0, off = 0, dlen = 0;
+        const char *p = hbuf_data(src) + take;
+        int r = zlb_h1_chunked_step(ch, p, avail - take, &consumed, &off, &dlen);
+        if (r == ZLB_H1_CHUNK_ERROR)
+            return -1;
+        if (r == ZLB_H1_CHUNK_DATA && dlen) {
+            char line[24];
+            int n = snprintf(line, sizeof(line), "%zx\r\n", dlen);
+            if (hbuf_append(dst, line, (uint32_t)n) || hbuf_append(dst, p + off, (uint32_t)dlen) ||
+                hbuf_append(dst, "\r\n", 2))
+                return -1;
+        }
+        take += (uint32_t)consumed;
+        if (r == ZLB_H1_CHUNK_DONE) {
+            if (hbuf_append(dst, "0\r\n\r\n", 5))
+                return -1;
+            *done = 1;
+            break;
+        }
+        if (r == ZLB_H1_CHUNK_AGAIN || consumed == 0 || take == avail)
+            break;
+    }
+    return take;
+}
+
 /* Consumes request body bytes from the client buffer into dst (the replay
- * buffer while retrying is possible, else the upstream's). Returns 1 on
- * progress, 0 if none, -1 on a malformed body. */
+ * buffer while retrying is possible, else the upstream's), or response body
+ * bytes from the upstream buffer into the client's. Returns 1 on progress,
+ * 0 if none, -1 on a malformed body. */
 static int move_body(hbuf *src, hbuf *dst, int kind, uint64_t *left, zlb_h1_chunked *ch, uint8_t *done,
                      uint32_t limit)
 {
@@ -874,25 +926,17 @@ static int move_body(hbuf *src, hbuf *dst, int kind, uint64_t *left, zlb_h1_chun
         return 0;
     uint32_t avail = hbuf_size(src);
     uint32_t take;
+    if (kind == ZLB_H1_BODY_CHUNKED) {
+        int64_t n = rechunk(src, dst, ch, done);
+        if (n < 0)
+            return -1;
+        hbuf_consume(src, (uint32_t)n);
+        return n > 0;
+    }
     if (kind == ZLB_H1_BODY_LENGTH) {
         take = *left < avail ? (uint32_t)*left : avail;
         *left -= take;
         *done = *left == 0;
-    } else if (kind == ZLB_H1_BODY_CHUNKED) {
-        size_t consumed = 0, off, dlen;
-        take = 0;
-        for (;;) {
-            int r = zlb_h1_chunked_step(ch, hbuf_data(src) + take, avail - take, &consumed, &off, &dlen);
-            take += (uint32_t)consumed;
-            if (r == ZLB_H1_CHUNK_ERROR)
-                return -1;
-            if (r == ZLB_H1_CHUNK_DONE) {
-                *done = 1;
-                break;
-            }
-            if (r == ZLB_H1_CHUNK_AGAIN || consumed == 0)
-                break;
-        }
     } else { /* close-delimited (responses only) */
         take = avail;
     }
