@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from zlbfast import _native
@@ -74,6 +74,21 @@ _GAUGES: dict[str, tuple[str, str]] = {
 }
 
 
+# NativeEngine.cluster_stats() field -> (metric name, help); every series is labelled by cluster.
+_CLUSTER_COUNTERS: dict[str, tuple[str, str]] = {
+    "connections": ("zlbfast_upstream_connections_total", "L4 connections established to the cluster."),
+    "connect_attempts": ("zlbfast_upstream_connect_attempts_total", "Connects to the cluster's endpoints started."),
+    "connect_failures": ("zlbfast_upstream_connect_failures_total", "Connects to the cluster that failed."),
+    "connect_timeouts": ("zlbfast_upstream_connect_timeouts_total", "Connects to the cluster that timed out."),
+    "retries": ("zlbfast_upstream_retries_total", "Attempts beyond the first (connects and HTTP requests)."),
+    "exhausted": ("zlbfast_upstream_exhausted_total", "Requests/connections given up after every attempt failed."),
+    "timeouts": ("zlbfast_upstream_request_timeouts_total", "HTTP requests to the cluster that timed out."),
+    "overflow": ("zlbfast_upstream_overflow_total", "HTTP requests rejected by the cluster's circuit breaker."),
+    "bytes_sent": ("zlbfast_upstream_bytes_sent_total", "Bytes sent to the cluster's endpoints."),
+    "bytes_received": ("zlbfast_upstream_bytes_received_total", "Bytes received from the cluster's endpoints."),
+}
+
+
 class EngineCollector(Collector):
     """Reads the engine (and the optional health checker, access log and xDS agent) at each scrape."""
 
@@ -87,6 +102,7 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._global()
+        yield from self._clusters()
         yield from self._endpoints()
         yield from self._operations()
         if self.xds_state is not None:
@@ -108,6 +124,28 @@ class EngineCollector(Collector):
         yield CounterMetricFamily("zlbfast_ejections_total", "Outlier-detection ejections, all endpoints.",
                                   value=_native.total_ejections())
         yield GaugeMetricFamily("zlbfast_workers", "Data-plane worker threads.", value=self.engine.native.workers)
+
+    def _clusters(self) -> Iterator[Metric]:
+        stats = self.engine.native.cluster_stats()
+        requests = CounterMetricFamily("zlbfast_upstream_requests_total",
+                                       "HTTP responses from the cluster, by status class.",
+                                       labels=["cluster", "code_class"])
+        duration = HistogramMetricFamily("zlbfast_upstream_request_duration_seconds",
+                                         "HTTP request duration, from the complete request head to the end of the "
+                                         "response.", labels=["cluster"])
+        counters = {field: CounterMetricFamily(name, doc, labels=["cluster"])
+                    for field, (name, doc) in _CLUSTER_COUNTERS.items()}
+        for cluster, st in stats.items():
+            for c in range(1, 6):
+                requests.add_metric([cluster, f"{c}xx"], st[f"rq_{c}xx"])
+            buckets = [("+Inf" if bound == float("inf") else repr(bound), count)
+                       for bound, count in st["latency_buckets"]]
+            duration.add_metric([cluster], buckets, st["latency_sum_s"])
+            for field, family in counters.items():
+                family.add_metric([cluster], st[field])
+        yield requests
+        yield duration
+        yield from counters.values()
 
     def _endpoints(self) -> Iterator[Metric]:
         labels = ["cluster", "endpoint"]
