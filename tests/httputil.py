@@ -405,9 +405,12 @@ class RecordingUpstream:
                     with self.lock:
                         self.rec.requests.append(got)
                     status, headers, rbody = self.answer(got)
+                    length = [] if status in (204, 304) else [("content-length", str(len(rbody)))]
                     out = h.send(h11.Response(status_code=status,
-                                              headers=[*headers, ("content-length", str(len(rbody)))]))
-                    out += h.send(h11.Data(data=rbody)) + h.send(h11.EndOfMessage())
+                                              headers=[*headers, *length]))
+                    if got.method != "HEAD" and status not in (204, 304):
+                        out += h.send(h11.Data(data=rbody))
+                    out += h.send(h11.EndOfMessage())
                     conn.sendall(out)
                     if h.our_state is h11.MUST_CLOSE:
                         return

@@ -562,3 +562,28 @@ def test_malformed_requests_answered_and_closed(engine_factory):
         # A good request still works.
         with Client(port) as cl:
             assert cl.request("GET", "/ok").status == 200
+
+
+def test_bodiless_responses_and_http10_keep_connections_in_step(engine_factory):
+    """HEAD (Content-Length but no body) and 204 must not make the proxy wait
+    for body bytes or hand the next response's bytes to the wrong request."""
+
+    def answer(q: Received):
+        return (204, [], b"") if q.target == "/204" else (200, [], b"body-" + q.target.encode())
+
+    with RecordingUpstream("up", answer) as up:
+        _, port = start(engine_factory, http_config([cluster("c", [up.addr])], [Route(clusters=to("c"))]))
+        with Client(port) as cl:
+            r = cl.request("HEAD", "/h")
+            assert (r.status, r.header("content-length"), r.body) == (200, "7", b"")
+            assert cl.request("GET", "/204").status == 204
+            assert cl.request("GET", "/g").body == b"body-/g"
+        with Client(port) as cl:
+            cl.send(b"GET /ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            r = cl.response()
+            assert (r.head.start[0], r.header("connection"), r.body) == ("HTTP/1.0", "keep-alive", b"body-/ka")
+            cl.send(b"GET /last HTTP/1.0\r\n\r\n")
+            r = cl.response()
+            assert (r.header("connection"), r.body) == ("close", b"body-/last")
+            assert cl.closed()
+        assert [q.target for q in up.requests] == ["/h", "/204", "/g", "/ka", "/last"]
