@@ -34,7 +34,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))  # this checkout's zlbfast, not another one installed in the environment
 
-from zlbfast.bench import l7proxy, procstat  # noqa: E402
+from zlbfast.bench import procstat, targets  # noqa: E402
 from zlbfast.bench.targets import HTTP_PEERS, TargetSkipped, check_peer  # noqa: E402
 
 Addr = tuple[str, int]
@@ -120,7 +120,7 @@ def backend_accepts(status_port: int) -> int | None:
 
 def zlbfast_argv(cmd: list[str]) -> ProxyArgv:
     def argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
-        return l7proxy.argv(f"{listen[0]}:{listen[1]}", [f"{h}:{p}" for h, p in backends], 1, cmd)
+        return targets.proxy_command(f"{listen[0]}:{listen[1]}", [f"{h}:{p}" for h, p in backends], 1, "http", cmd)
 
     return argv
 
@@ -242,8 +242,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--zlbfast-cmd",
         default=f"{sys.executable} -m zlbfast",
-        help="command that runs the zlbfast CLI (run from the repo root; default: %(default)s); used when its "
-        "`proxy` has --mode http, else python -m zlbfast.bench.l7proxy",
+        help="command that runs the zlbfast CLI (run from the repo root; default: %(default)s)",
     )
     parser.add_argument("--json", type=Path, help="also write every sample, the medians and ratios here")
     args = parser.parse_args()

@@ -137,19 +137,18 @@ class Target:
 # ---- command and config builders --------------------------------------------
 
 
+def proxy_command(listen: str, targets: Sequence[str], workers: int, mode: str = "tcp",
+                  cmd: Sequence[str] = (sys.executable, "-m", "zlbfast")) -> list[str]:
+    """`zlbfast proxy` from `listen` to round-robin `targets`: per connection (tcp) or per request (http)."""
+    tos = [arg for t in targets for arg in ("--to", t)]
+    return [*cmd, "proxy", "--mode", mode, "--from", listen, *tos, "--workers", str(workers)]
+
+
 def zlbfast_argv(workers: int, scenario: str = "l4") -> ArgvBuilder:
-    """zlbfast with `workers` workers: `proxy --from --to` (TCP), or for the http scenario one HTTP listener
-    routing every request to a round-robin cluster of the backends (zlbfast.bench.l7proxy)."""
+    """zlbfast with `workers` workers; the http scenario balances per request."""
 
     def argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
-        if scenario == "http":
-            from zlbfast.bench import l7proxy
-
-            return l7proxy.argv(fmt(listen), [fmt(b) for b in backends], workers)
-        cmd = [sys.executable, "-m", "zlbfast", "proxy", "--from", fmt(listen)]
-        for b in backends:
-            cmd += ["--to", fmt(b)]
-        return [*cmd, "--workers", str(workers)]
+        return proxy_command(fmt(listen), [fmt(b) for b in backends], workers, "http" if scenario == "http" else "tcp")
 
     return argv
 
