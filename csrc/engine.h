@@ -12,6 +12,7 @@
 
 #include "accesslog.h"
 #include "snapshot.h"
+#include "tls.h"
 
 typedef struct zlb_engine zlb_engine;
 
@@ -47,6 +48,9 @@ typedef struct zlb_listener_opts {
     uint32_t max_connections;      /* per listener, all workers together */
     uint32_t idle_timeout_ms;      /* 0 = none */
     int backlog;
+    /* TCP listeners: NULL = plaintext, else terminate TLS with these options
+     * (read during zlb_engine_add_listener only; not kept). */
+    const zlb_tls_opts *tls;
 } zlb_listener_opts;
 
 /* Counters summed over workers. Field order is the ABI with _native.pyx. */
@@ -75,6 +79,24 @@ typedef struct zlb_stats {
     uint64_t http_overflow;      /* circuit breaker 503s */
     uint64_t http_upstream_reused; /* requests sent on a pooled connection */
     uint64_t http_upgrades;      /* connections turned into tunnels (101) */
+    /* TLS (L4). Handshakes count completed ones; failures are split by cause
+     * in the tls_verify_* / tls_no_peer_cert counters (both sides). */
+    uint64_t tls_handshakes_down;        /* listener terminated TLS, peer verified */
+    uint64_t tls_handshakes_up;          /* TLS to an upstream completed, peer verified */
+    uint64_t tls_resumed_up;             /* ... of which resumed a session (ticket) */
+    uint64_t tls_handshake_failures_down;
+    uint64_t tls_handshake_failures_up;
+    uint64_t tls_handshake_timeouts;     /* client did not finish the handshake in time */
+    uint64_t tls_verify_untrusted;       /* chain does not verify to the trust domain's bundle */
+    uint64_t tls_verify_expired;         /* a certificate is expired or not yet valid */
+    uint64_t tls_verify_spiffe_id;       /* no/invalid SPIFFE ID, or not the expected peer */
+    uint64_t tls_no_peer_cert;           /* client sent no certificate (mTLS required) */
+    uint64_t tls_plaintext_rejected;     /* strict listener got plaintext */
+    uint64_t tls_permissive_plaintext;   /* permissive listener accepted plaintext */
+    uint64_t tls_bytes_down_up;          /* of bytes_down_up: on connections with TLS on a side */
+    uint64_t tls_bytes_up_down;
+    uint64_t authz_denied;               /* closed by a listener's allow/deny rules */
+    uint64_t tls_events_dropped;         /* TLS events lost because the event ring was full */
 } zlb_stats;
 
 zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen);
@@ -118,8 +140,58 @@ int zlb_engine_set_access_log(zlb_engine *e, int on);
 /* Moves up to max finished-connection records into out; returns how many. */
 size_t zlb_engine_drain_access_log(zlb_engine *e, zlb_access_record *out, size_t max);
 
+/* ---- TLS (csrc/tls.h) ---------------------------------------------------
+ * Identities are named slots; listeners and clusters refer to them by name.
+ * Installing a new identity into a slot is the rotation: new handshakes use
+ * it at once, established connections keep the material they started with. */
+
+/* Creates or replaces the identity `name` from PEM text (leaf first, then
+ * intermediates; key; per trust domain bundle, "" = our own trust domain).
+ * 0, or -1 with err set and the previous identity kept. Never puts key bytes
+ * into err. */
+int zlb_engine_set_identity(zlb_engine *e, const char *name, const char *cert_pem, const char *key_pem,
+                            const char *const *bundle_tds, const char *const *bundle_pems, size_t n_bundles,
+                            char *err, size_t errlen);
+/* Facts about an installed identity: 0, or -1 when the slot is unknown or
+ * empty. rotations: installs after the first. */
+int zlb_engine_identity_info(zlb_engine *e, const char *name, char *spiffe_id, size_t idlen, char *serial,
+                             size_t seriallen, uint64_t *rotations);
+/* Upstream TLS for a cluster (by name, independent of snapshots): o NULL
+ * turns it off. New connections see the change. 0 or -1 with err. */
+int zlb_engine_set_cluster_tls(zlb_engine *e, const char *cluster, const zlb_tls_opts *o, char *err, size_t errlen);
+
+enum zlb_tls_event_kind {
+    ZLB_TLS_EV_DOWN_FAILED = 1,        /* listener handshake/verification failed */
+    ZLB_TLS_EV_UP_FAILED = 2,          /* upstream handshake/verification failed */
+    ZLB_TLS_EV_PLAINTEXT_REJECTED = 3, /* strict listener, first bytes not a ClientHello */
+    ZLB_TLS_EV_DENIED = 4,             /* authorization rules closed the connection */
+    ZLB_TLS_EV_TIMEOUT = 5,            /* client handshake timeout */
+    ZLB_TLS_EV_DOWN_OK = 6,            /* verified client (only while peer logging is on) */
+    ZLB_TLS_EV_UP_OK = 7,              /* verified upstream (only while peer logging is on) */
+};
+
+/* One TLS event for the log: failures and denials always, successful
+ * verifications while zlb_engine_set_tls_log_peers is on. */
+typedef struct zlb_tls_event {
+    int64_t unix_ns;
+    int32_t kind;                    /* zlb_tls_event_kind */
+    int32_t fail_kind;               /* zlb_tls_fail_kind */
+    int32_t listener_id;             /* -1 for upstream events */
+    uint16_t port;                   /* destination port (listener) */
+    struct sockaddr_in6 peer;        /* client address, or the upstream's */
+    char cluster[ZLB_NAME_MAX];
+    char peer_id[ZLB_SPIFFE_ID_MAX]; /* verified (or presented) SPIFFE ID, "" = none */
+    char reason[ZLB_TLS_REASON_MAX];
+} zlb_tls_event;
+
+#define ZLB_TLS_EVENT_RING 1024
+/* Moves up to max events into out, oldest first; returns how many. */
+size_t zlb_engine_drain_tls_events(zlb_engine *e, zlb_tls_event *out, size_t max);
+void zlb_engine_set_tls_log_peers(zlb_engine *e, int on);
+
 /* Debug counters (process-wide) that tests assert return to zero. */
 int64_t zlb_debug_live_conns(void);
 int64_t zlb_debug_live_pipes(void);
+int64_t zlb_debug_live_tls(void); /* connections holding TLS state */
 
 #endif

@@ -393,6 +393,7 @@ static int want_write(zlb_conn *c, int side, int on)
 
 static void pump_all(zlb_conn *c);
 static void on_timer(zlb_timer *t, int64_t now_ns);
+static void tls_event(zlb_conn *c, int kind, int fail_kind, int side, const char *reason);
 
 static void arm_idle(zlb_conn *c)
 {
@@ -403,23 +404,63 @@ static void arm_idle(zlb_conn *c)
         zlb_timer_cancel(&c->w->timers, &c->timer);
 }
 
-static void on_connected(zlb_conn *c)
+static void tls_pump_all(zlb_conn *c);
+static void start_up_tls(zlb_conn *c);
+
+/* The upstream is ready (TCP connected and, with TLS, handshaken and
+ * verified): start moving bytes. */
+static void conn_open(zlb_conn *c)
 {
     zlb_worker *w = c->w;
-    report(w, c, 1, 0, w->now_ns - c->connect_start_ns);
     c->state = CONN_OPEN;
     c->last_activity_ns = w->now_ns;
-    int one = 1;
-    setsockopt(c->up_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    struct epoll_event ev = {.events = ZLB_EV_BASE, .data.ptr = &c->down_io};
+    if (c->tls && !c->tls->ssl[0] && !c->tls->ssl[1])
+        tls_free(c); /* permissive listener, plaintext both ways: splice path */
+    if (!c->down_registered) {
+        struct epoll_event ev = {.events = ZLB_EV_BASE, .data.ptr = &c->down_io};
+        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->down_fd, &ev) != 0) {
+            conn_close(c, 1);
+            return;
+        }
+        c->down_registered = 1;
+    }
     /* The connect wait needed EPOLLOUT upstream; data transfer does not. */
-    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->down_fd, &ev) != 0 || want_write(c, 1, 0) != 0) {
+    if (want_write(c, 1, 0) != 0) {
         conn_close(c, 1);
         return;
     }
     c->d[0].readable = c->d[1].readable = 1;
     arm_idle(c);
-    pump_all(c);
+    if (c->tls)
+        tls_pump_all(c);
+    else
+        pump_all(c);
+}
+
+/* TCP connect to the upstream completed. */
+static void on_connected(zlb_conn *c)
+{
+    zlb_worker *w = c->w;
+    int one = 1;
+    setsockopt(c->up_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (!(c->tls && c->tls->peer[1].policy)) {
+        /* First connect of this connection: does the cluster want TLS? */
+        zlb_tls_policy *p = zlb_engine_cluster_tls(w->eng, c->l->opts.cluster);
+        if (p) {
+            if (!tls_state(c)) {
+                zlb_tls_policy_unref(p);
+                conn_close(c, 1);
+                return;
+            }
+            c->tls->peer[1].policy = p;
+        }
+    }
+    if (c->tls && c->tls->peer[1].policy) {
+        start_up_tls(c);
+        return;
+    }
+    report(w, c, 1, 0, w->now_ns - c->connect_start_ns);
+    conn_open(c);
 }
 
 /* Drops a failed upstream socket and counts the failure. */
@@ -434,9 +475,12 @@ static void connect_failed(zlb_conn *c, int timed_out)
         ZLB_STAT_ADD(w, connect_failures, 1);
     report(w, c, 0, timed_out, 0);
     zlb_timer_cancel(&w->timers, &c->timer);
+    if (c->tls)
+        tls_side_free(c->tls, 1);
     if (c->up_fd >= 0)
         close(c->up_fd);
     c->up_fd = -1;
+    c->state = CONN_CONNECTING;
     /* Keep ep/ep_snap so the next pick can exclude this endpoint. */
     release_endpoint(c);
 }
@@ -516,9 +560,15 @@ static void try_connect(zlb_conn *c)
 static void on_timer(zlb_timer *t, int64_t now_ns)
 {
     zlb_conn *c = CONN_OF(t, timer);
-    if (c->state == CONN_CONNECTING) {
+    if (c->state == CONN_CONNECTING || c->state == CONN_HS_UP) {
         connect_failed(c, 1);
         try_connect(c);
+        return;
+    }
+    if (c->state == CONN_DETECT || c->state == CONN_HS_DOWN) {
+        ZLB_STAT_ADD(c->w, tls_handshake_timeouts, 1);
+        tls_event(c, ZLB_TLS_EV_TIMEOUT, ZLB_TLS_FAIL_PROTOCOL, 0, "client did not complete the TLS handshake in time");
+        conn_close(c, 0);
         return;
     }
     int64_t idle_ns = (int64_t)c->l->opts.idle_timeout_ms * 1000000;
@@ -529,6 +579,302 @@ static void on_timer(zlb_timer *t, int64_t now_ns)
     } else {
         arm_idle(c);
     }
+}
+
+/* Pipes for the splice path. 0, or -1 when out of file descriptors: the
+ * caller refuses the connection rather than proxy without a place to park
+ * unsent bytes. */
+static int take_pipes(zlb_conn *c)
+{
+    zlb_worker *w = c->w;
+    if (pipe_get(w, c->d[0].pipe) != 0 || pipe_get(w, c->d[1].pipe) != 0)
+        return -1;
+    int cap0 = fcntl(c->d[0].pipe[1], F_GETPIPE_SZ);
+    int cap1 = fcntl(c->d[1].pipe[1], F_GETPIPE_SZ);
+    int cap = cap0 < cap1 ? cap0 : cap1;
+    c->chunk = cap > 0 ? (uint32_t)cap : 65536;
+    return 0;
+}
+
+/* ---- TLS: detection, handshakes, verification, authorization ------------- */
+
+/* Queues a TLS event for the control plane's log; side picks the address. */
+static void tls_event(zlb_conn *c, int kind, int fail_kind, int side, const char *reason)
+{
+    zlb_worker *w = c->w;
+    zlb_tls_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.unix_ns = unix_now_ns();
+    ev.kind = kind;
+    ev.fail_kind = fail_kind;
+    ev.listener_id = c->l->id;
+    ev.port = c->l->bound_port;
+    ev.peer = side == 0 ? c->down_addr : c->up_addr;
+    zlb_strlcpy(ev.cluster, c->l->opts.cluster, sizeof(ev.cluster));
+    if (c->tls)
+        zlb_strlcpy(ev.peer_id, c->tls->peer[side].id, sizeof(ev.peer_id));
+    zlb_strlcpy(ev.reason, reason ? reason : "", sizeof(ev.reason));
+    if (zlb_engine_tls_event(w->eng, &ev) != 0)
+        ZLB_STAT_ADD(w, tls_events_dropped, 1);
+}
+
+static void count_fail_kind(zlb_worker *w, int kind)
+{
+    switch (kind) {
+    case ZLB_TLS_FAIL_UNTRUSTED:
+        ZLB_STAT_ADD(w, tls_verify_untrusted, 1);
+        break;
+    case ZLB_TLS_FAIL_EXPIRED:
+        ZLB_STAT_ADD(w, tls_verify_expired, 1);
+        break;
+    case ZLB_TLS_FAIL_SPIFFE_ID:
+        ZLB_STAT_ADD(w, tls_verify_spiffe_id, 1);
+        break;
+    case ZLB_TLS_FAIL_NO_CERT:
+        ZLB_STAT_ADD(w, tls_no_peer_cert, 1);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Why the handshake of `side` failed: our own verification's reason when it
+ * rejected the peer, else OpenSSL's error (e.g. the peer's alert). */
+static int fail_reason(zlb_conn *c, int side, char *out, size_t outlen)
+{
+    zlb_tls_peer *p = &c->tls->peer[side];
+    if (p->reason[0]) {
+        zlb_strlcpy(out, p->reason, outlen);
+        ERR_clear_error();
+        return p->verify_kind;
+    }
+    unsigned long e = ERR_peek_error();
+    int kind = ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE ? ZLB_TLS_FAIL_NO_CERT
+                                                                             : ZLB_TLS_FAIL_PROTOCOL;
+    if (e == 0)
+        zlb_strlcpy(out, "connection closed or reset during the TLS handshake", outlen);
+    else
+        zlb_tls_last_error(out, outlen);
+    return kind;
+}
+
+static void down_tls_failed(zlb_conn *c, const char *reason)
+{
+    char why[ZLB_TLS_REASON_MAX];
+    int kind = ZLB_TLS_FAIL_PROTOCOL;
+    if (reason)
+        zlb_strlcpy(why, reason, sizeof(why));
+    else
+        kind = fail_reason(c, 0, why, sizeof(why));
+    ZLB_STAT_ADD(c->w, tls_handshake_failures_down, 1);
+    count_fail_kind(c->w, kind);
+    tls_event(c, ZLB_TLS_EV_DOWN_FAILED, kind, 0, why);
+    /* A FIN, not a RST: the alert OpenSSL queued must reach the client. */
+    conn_close(c, 0);
+}
+
+/* Applies the listener's authorization rules to the peer ("" = plaintext).
+ * Returns 1 to go on; 0 when the connection was closed. */
+static int authorize_conn(zlb_conn *c, const char *peer_id)
+{
+    if (zlb_tls_authorize(c->l->tls, peer_id, c->l->bound_port))
+        return 1;
+    ZLB_STAT_ADD(c->w, authz_denied, 1);
+    tls_event(c, ZLB_TLS_EV_DENIED, ZLB_TLS_FAIL_NONE, 0,
+              peer_id[0] ? "denied by the listener's authorization rules"
+                         : "plaintext peer denied by the listener's authorization rules");
+    conn_close(c, 0);
+    return 0;
+}
+
+/* Advances the handshake of `side`: 1 done, 0 waiting for the socket, -1
+ * failed (the caller reports and closes). */
+static int hs_step(zlb_conn *c, int side)
+{
+    SSL *ssl = c->tls->ssl[side];
+    ERR_clear_error();
+    int rc = SSL_do_handshake(ssl);
+    if (rc == 1)
+        return 1;
+    int e = SSL_get_error(ssl, rc);
+    if (e == SSL_ERROR_WANT_READ)
+        return want_write(c, side, 0) == 0 ? 0 : -1;
+    if (e == SSL_ERROR_WANT_WRITE)
+        return want_write(c, side, 1) == 0 ? 0 : -1;
+    return -1;
+}
+
+static void hs_down_step(zlb_conn *c)
+{
+    zlb_worker *w = c->w;
+    zlb_conn_tls *t = c->tls;
+    int r = hs_step(c, 0);
+    if (r == 0)
+        return;
+    if (r < 0 || zlb_tls_check_peer(t->ssl[0], &t->peer[0]) != 0) {
+        down_tls_failed(c, NULL);
+        return;
+    }
+    ZLB_STAT_ADD(w, tls_handshakes_down, 1);
+    if (atomic_load_explicit(&w->eng->tls_log_peers, memory_order_relaxed))
+        tls_event(c, ZLB_TLS_EV_DOWN_OK, ZLB_TLS_FAIL_NONE, 0, "");
+    zlb_timer_cancel(&w->timers, &c->timer);
+    if (want_write(c, 0, 0) != 0) {
+        conn_close(c, 1);
+        return;
+    }
+    if (!authorize_conn(c, t->peer[0].id))
+        return;
+    c->state = CONN_CONNECTING;
+    try_connect(c);
+}
+
+static void start_down_tls(zlb_conn *c)
+{
+    zlb_conn_tls *t = c->tls;
+    char why[ZLB_TLS_REASON_MAX];
+    t->peer[0].mat = zlb_tls_slot_get(c->l->tls->slot);
+    if (!t->peer[0].mat) {
+        snprintf(why, sizeof(why), "no identity installed as %s", c->l->tls->slot->name);
+        down_tls_failed(c, why);
+        return;
+    }
+    t->ssl[0] = zlb_tls_ssl_new(&t->peer[0], c->down_fd, NULL);
+    if (!t->ssl[0]) {
+        down_tls_failed(c, "cannot create the TLS session");
+        return;
+    }
+    c->state = CONN_HS_DOWN;
+    hs_down_step(c);
+}
+
+/* First bytes of a TLS listener's connection: a TLS record of type
+ * handshake (0x16) with major version 3 is a ClientHello. */
+static void detect(zlb_conn *c)
+{
+    unsigned char b[2];
+    ssize_t n = recv(c->down_fd, b, sizeof(b), MSG_PEEK);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            conn_close(c, 1);
+        return;
+    }
+    if (n == 0) {
+        conn_close(c, 0); /* the client left without a byte */
+        return;
+    }
+    if (n == 1 && b[0] == 0x16)
+        return; /* the second byte decides; its arrival is a new edge */
+    if (n == 2 && b[0] == 0x16 && b[1] == 0x03) {
+        start_down_tls(c);
+        return;
+    }
+    if (c->l->tls->mode == ZLB_TLS_PERMISSIVE) {
+        ZLB_STAT_ADD(c->w, tls_permissive_plaintext, 1);
+        zlb_timer_cancel(&c->w->timers, &c->timer);
+        if (!authorize_conn(c, ""))
+            return;
+        if (take_pipes(c) != 0) {
+            conn_close(c, 1);
+            return;
+        }
+        c->state = CONN_CONNECTING;
+        try_connect(c);
+        return;
+    }
+    ZLB_STAT_ADD(c->w, tls_plaintext_rejected, 1);
+    tls_event(c, ZLB_TLS_EV_PLAINTEXT_REJECTED, ZLB_TLS_FAIL_PROTOCOL, 0,
+              "plaintext connection on a strict mTLS listener");
+    conn_close(c, 0);
+}
+
+static void start_detect(zlb_conn *c)
+{
+    zlb_worker *w = c->w;
+    if (!tls_state(c)) {
+        conn_close(c, 1);
+        return;
+    }
+    c->tls->peer[0].policy = c->l->tls;
+    c->state = CONN_DETECT;
+    struct epoll_event ev = {.events = ZLB_EV_BASE, .data.ptr = &c->down_io};
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->down_fd, &ev) != 0) {
+        conn_close(c, 1);
+        return;
+    }
+    c->down_registered = 1;
+    zlb_timer_arm(&w->timers, &c->timer, w->now_ns + (int64_t)c->l->tls->handshake_timeout_ms * 1000000);
+    /* No peek now: the ClientHello rarely beats accept, and the edge of
+     * its arrival (or of data already there, on EPOLL_CTL_ADD) wakes us. */
+}
+
+static void up_tls_failed(zlb_conn *c, const char *reason)
+{
+    char why[ZLB_TLS_REASON_MAX];
+    int kind = ZLB_TLS_FAIL_PROTOCOL;
+    if (reason)
+        zlb_strlcpy(why, reason, sizeof(why));
+    else
+        kind = fail_reason(c, 1, why, sizeof(why));
+    ZLB_STAT_ADD(c->w, tls_handshake_failures_up, 1);
+    count_fail_kind(c->w, kind);
+    tls_event(c, ZLB_TLS_EV_UP_FAILED, kind, 1, why);
+    /* Like a refused connect: outlier detection sees it, another endpoint is tried. */
+    connect_failed(c, 0);
+    try_connect(c);
+}
+
+static void hs_up_step(zlb_conn *c)
+{
+    zlb_worker *w = c->w;
+    zlb_conn_tls *t = c->tls;
+    int r = hs_step(c, 1);
+    if (r == 0)
+        return;
+    if (r < 0 || zlb_tls_check_peer(t->ssl[1], &t->peer[1]) != 0) {
+        up_tls_failed(c, NULL);
+        return;
+    }
+    ZLB_STAT_ADD(w, tls_handshakes_up, 1);
+    if (SSL_session_reused(t->ssl[1]))
+        ZLB_STAT_ADD(w, tls_resumed_up, 1);
+    if (atomic_load_explicit(&w->eng->tls_log_peers, memory_order_relaxed))
+        tls_event(c, ZLB_TLS_EV_UP_OK, ZLB_TLS_FAIL_NONE, 1, "");
+    zlb_timer_cancel(&w->timers, &c->timer);
+    report(w, c, 1, 0, w->now_ns - c->connect_start_ns);
+    conn_open(c);
+}
+
+static void start_up_tls(zlb_conn *c)
+{
+    zlb_worker *w = c->w;
+    zlb_conn_tls *t = c->tls;
+    char why[ZLB_TLS_REASON_MAX];
+    /* Plaintext client: the pipes go back to the pool, TLS copies. */
+    for (int i = 0; i < 2; i++)
+        pipe_put(w, c->d[i].pipe, c->d[i].pending);
+    t->peer[1].mat = zlb_tls_slot_get(t->peer[1].policy->slot);
+    if (!t->peer[1].mat) {
+        snprintf(why, sizeof(why), "no identity installed as %s", t->peer[1].policy->slot->name);
+        up_tls_failed(c, why);
+        return;
+    }
+    if (!w->tls_sessions)
+        w->tls_sessions = zlb_tls_sessions_new(); /* NULL: no resumption, still works */
+    uint64_t gen = t->peer[1].mat->gen;
+    SSL_SESSION *sess = zlb_tls_sessions_get(w->tls_sessions, c->ep_state, gen);
+    t->ssl[1] = zlb_tls_ssl_new(&t->peer[1], c->up_fd, sess);
+    if (!t->ssl[1]) {
+        up_tls_failed(c, "cannot create the TLS session");
+        return;
+    }
+    t->sink = (zlb_tls_session_sink){.cache = w->tls_sessions, .ep = c->ep_state, .gen = gen};
+    zlb_tls_set_session_sink(t->ssl[1], &t->sink);
+    c->state = CONN_HS_UP;
+    const zlb_cluster *cl = conn_cluster(w, c);
+    uint32_t ms = cl ? cl->opts.connect_timeout_ms : 5000;
+    zlb_timer_arm(&w->timers, &c->timer, w->now_ns + (int64_t)ms * 1000000);
+    hs_up_step(c);
 }
 
 void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
@@ -592,14 +938,11 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
         if (w->conns)
             w->conns->prev = c;
         w->conns = c;
-        if (pipe_get(w, c->d[0].pipe) == 0 && pipe_get(w, c->d[1].pipe) == 0) {
-            int cap0 = fcntl(c->d[0].pipe[1], F_GETPIPE_SZ);
-            int cap1 = fcntl(c->d[1].pipe[1], F_GETPIPE_SZ);
-            int cap = cap0 < cap1 ? cap0 : cap1;
-            c->chunk = cap > 0 ? (uint32_t)cap : 65536;
-        } else {
-            /* Out of file descriptors: refuse rather than proxy without a
-             * place to park unsent bytes. */
+        if (l->tls) {
+            start_detect(c); /* plaintext or TLS is known from the first bytes */
+            continue;
+        }
+        if (take_pipes(c) != 0) {
             conn_close(c, 1);
             continue;
         }
@@ -726,12 +1069,184 @@ static void pump_all(zlb_conn *c)
         conn_close(c, 0);
 }
 
+/* ---- TLS data path --------------------------------------------------------- */
+
+static void count_tls_bytes(zlb_conn *c, int dir, size_t n)
+{
+    count_bytes(c, dir, n);
+    if (dir == 0)
+        ZLB_STAT_ADD(c->w, tls_bytes_down_up, (uint64_t)n);
+    else
+        ZLB_STAT_ADD(c->w, tls_bytes_up_down, (uint64_t)n);
+}
+
+/* Moves bytes of direction `dir` (side dir -> side 1-dir) through the
+ * direction's buffer with SSL_read/SSL_write on TLS sides and read/write on
+ * plaintext ones, until a call would block. Each iteration moves bytes or
+ * returns, so the loop ends. Returns 0, or -1 to reset the connection. */
+static int tls_pump(zlb_conn *c, int dir)
+{
+    zlb_conn_tls *t = c->tls;
+    zlb_dir *d = &c->d[dir];
+    SSL *src_ssl = t->ssl[dir], *dst_ssl = t->ssl[1 - dir];
+    int src = dir == 0 ? c->down_fd : c->up_fd;
+    int dst = dir == 0 ? c->up_fd : c->down_fd;
+    char *buf = t->buf[dir];
+    for (;;) {
+        if (t->len[dir] > t->off[dir]) {
+            size_t want = t->len[dir] - t->off[dir];
+            ssize_t n;
+            if (dst_ssl) {
+                ERR_clear_error();
+                int r = SSL_write(dst_ssl, buf + t->off[dir], (int)want);
+                if (r <= 0) {
+                    int e = SSL_get_error(dst_ssl, r);
+                    if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+                        t->blocked[dir] = 1;
+                        return 0;
+                    }
+                    return -1;
+                }
+                n = r;
+            } else {
+                n = write(dst, buf + t->off[dir], want);
+                if (n < 0) {
+                    if (errno == EAGAIN) {
+                        t->blocked[dir] = 1;
+                        return 0;
+                    }
+                    if (errno == EINTR)
+                        continue;
+                    return -1;
+                }
+            }
+            t->off[dir] += (uint32_t)n;
+            count_tls_bytes(c, dir, (size_t)n);
+            if (t->off[dir] == t->len[dir])
+                t->off[dir] = t->len[dir] = 0;
+            continue;
+        }
+        t->blocked[dir] = 0;
+        if (d->done)
+            return 0;
+        if (d->eof) {
+            /* Half-close: close_notify on a TLS side, then the FIN. */
+            if (dst_ssl) {
+                ERR_clear_error();
+                int r = SSL_shutdown(dst_ssl);
+                if (r < 0 && SSL_get_error(dst_ssl, r) == SSL_ERROR_WANT_WRITE) {
+                    t->blocked[dir] = 1; /* retried on EPOLLOUT */
+                    return 0;
+                }
+            }
+            shutdown(dst, SHUT_WR);
+            d->done = 1;
+            return 0;
+        }
+        if (!d->readable)
+            return 0;
+        ssize_t n;
+        if (src_ssl) {
+            ERR_clear_error();
+            int r = SSL_read(src_ssl, buf, ZLB_SCRATCH);
+            t->read_wants_write[dir] = 0;
+            if (r > 0) {
+                n = r;
+            } else {
+                int e = SSL_get_error(src_ssl, r);
+                if (e == SSL_ERROR_ZERO_RETURN) {
+                    n = 0; /* close_notify, or a bare EOF (SSL_OP_IGNORE_UNEXPECTED_EOF) */
+                } else if (e == SSL_ERROR_WANT_READ) {
+                    d->readable = 0;
+                    return 0;
+                } else if (e == SSL_ERROR_WANT_WRITE) {
+                    t->read_wants_write[dir] = 1; /* e.g. a KeyUpdate reply; EPOLLOUT resumes */
+                    return 0;
+                } else {
+                    return -1;
+                }
+            }
+        } else {
+            n = read(src, buf, ZLB_SCRATCH);
+            if (n < 0) {
+                if (errno == EAGAIN) {
+                    d->readable = 0;
+                    return 0;
+                }
+                if (errno == EINTR)
+                    continue;
+                return -1;
+            }
+        }
+        if (n == 0) {
+            d->eof = 1;
+            continue;
+        }
+        t->off[dir] = 0;
+        t->len[dir] = (uint32_t)n;
+        c->last_activity_ns = c->w->now_ns;
+    }
+}
+
+/* Both directions, then EPOLLOUT on exactly the sides that wait for it:
+ * a direction blocked on writing to that side, or an SSL_read there that
+ * needs to write. Closes the connection when it is finished or failed. */
+static void tls_pump_all(zlb_conn *c)
+{
+    zlb_conn_tls *t = c->tls;
+    if (tls_pump(c, 0) != 0 || tls_pump(c, 1) != 0) {
+        conn_close(c, 1);
+        return;
+    }
+    if (c->d[0].done && c->d[1].done) {
+        conn_close(c, 0);
+        return;
+    }
+    for (int side = 0; side < 2; side++) {
+        int need = t->blocked[1 - side] || t->read_wants_write[side];
+        if (want_write(c, side, need) != 0) {
+            conn_close(c, 1);
+            return;
+        }
+    }
+}
+
+static void tls_on_event(zlb_conn *c, int side, uint32_t events)
+{
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))
+        c->d[side].readable = 1;
+    if ((events & EPOLLOUT) && c->tls->read_wants_write[side])
+        c->d[side].readable = 1;
+    tls_pump_all(c);
+}
+
 void zlb_l4_on_event(zlb_worker *w, zlb_io *io, uint32_t events)
 {
     zlb_conn *c = io->kind == ZLB_IO_DOWN ? CONN_OF(io, down_io) : CONN_OF(io, up_io);
+    int side = io->kind == ZLB_IO_DOWN ? 0 : 1;
     ZLB_UNUSED(w);
-    if (c->state == CONN_CLOSED)
+    switch (c->state) {
+    case CONN_CLOSED:
         return;
+    case CONN_DETECT:
+        if (side == 0)
+            detect(c);
+        return;
+    case CONN_HS_DOWN:
+        if (side == 0)
+            hs_down_step(c);
+        return;
+    case CONN_HS_UP:
+        if (side == 1)
+            hs_up_step(c);
+        return;
+    default:
+        break;
+    }
+    if (c->state == CONN_OPEN && c->tls) {
+        tls_on_event(c, side, events);
+        return;
+    }
     if (c->state == CONN_CONNECTING) {
         if (io->kind != ZLB_IO_UP)
             return;

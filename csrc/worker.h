@@ -29,7 +29,8 @@ typedef struct zlb_listener {
     _Atomic int64_t active;         /* live connections, all workers */
     int id;
     uint16_t bound_port;
-    zlb_listener_opts opts;
+    zlb_listener_opts opts;         /* opts.tls is NULL: see tls */
+    zlb_tls_policy *tls;            /* owned; NULL = plaintext listener */
 } zlb_listener;
 
 void zlb_listener_unref(zlb_listener *l);
@@ -100,6 +101,7 @@ typedef struct zlb_worker {
 
     zlb_worker_stats stats;
     zlb_access_ring alog;
+    zlb_tls_sessions *tls_sessions; /* upstream tickets, created on first use; freed by the engine */
 } zlb_worker;
 
 struct zlb_engine {
@@ -112,7 +114,24 @@ struct zlb_engine {
     int n_listeners, cap_listeners;
     int started;
     _Atomic int access_log;           /* workers push records while set (acquire) */
+    /* TLS. Slots and the cluster table are created by control threads and
+     * read by workers under tls_lock (once per connection, and only when
+     * n_cluster_tls says there is something to find). */
+    pthread_mutex_t tls_lock;
+    zlb_tls_slot *tls_slots;          /* never removed before engine free */
+    struct zlb_cluster_tls *cluster_tls;
+    _Atomic int n_cluster_tls;
+    _Atomic int tls_log_peers;
+    pthread_mutex_t tls_ev_lock;      /* the event ring (rare: failures, or peer logging) */
+    zlb_tls_event *tls_ev;            /* ZLB_TLS_EVENT_RING slots, allocated with the engine */
+    uint64_t tls_ev_head, tls_ev_tail;
 };
+
+/* engine.c, TLS helpers for the workers. */
+/* The upstream TLS policy of a cluster with a new reference, or NULL. */
+zlb_tls_policy *zlb_engine_cluster_tls(zlb_engine *e, const char *cluster);
+/* Queues an event; a full ring drops it and returns -1 (caller counts). */
+int zlb_engine_tls_event(zlb_engine *e, const zlb_tls_event *ev);
 
 /* worker.c */
 void *zlb_worker_main(void *arg);
