@@ -1,5 +1,5 @@
 # The C API of the data plane (csrc/engine.h, csrc/snapshot.h), as Cython sees it.
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "zlb_common.h" nogil:
@@ -158,6 +158,34 @@ cdef extern from "accesslog.h" nogil:
         ZLB_AL_RS
 
 
+cdef extern from "tls.h" nogil:
+    ctypedef struct zlb_spiffe_match:
+        int kind
+        char value[256]
+
+    ctypedef struct zlb_authz_rule:
+        zlb_spiffe_match peer
+        uint16_t ports[16]
+        uint32_t n_ports
+
+    ctypedef struct zlb_tls_opts:
+        char identity[128]
+        int mode
+        int min_version
+        uint32_t handshake_timeout_ms
+        char alpn[256]
+        char sni[256]
+        zlb_spiffe_match peer
+        zlb_authz_rule allow[32]
+        uint32_t n_allow
+        zlb_authz_rule deny[32]
+        uint32_t n_deny
+
+    enum:
+        ZLB_TLS_MAX_RULES
+        ZLB_TLS_MAX_PORTS
+
+
 cdef extern from "engine.h" nogil:
     ctypedef struct zlb_engine:
         pass
@@ -189,6 +217,7 @@ cdef extern from "engine.h" nogil:
         uint32_t max_connections
         uint32_t idle_timeout_ms
         int backlog
+        const zlb_tls_opts *tls
 
     ctypedef struct zlb_stats:
         pass
@@ -211,3 +240,25 @@ cdef extern from "engine.h" nogil:
     size_t zlb_engine_drain_access_log(zlb_engine *e, zlb_access_record *out, size_t max)
     int64_t zlb_debug_live_conns()
     int64_t zlb_debug_live_pipes()
+    # TLS (csrc/engine.h, csrc/tls.h)
+    ctypedef struct zlb_tls_event:
+        int64_t unix_ns
+        int32_t kind
+        int32_t fail_kind
+        int32_t listener_id
+        uint16_t port
+        sockaddr_in6_t peer
+        char cluster[128]
+        char peer_id[256]
+        char reason[512]
+
+    int zlb_engine_set_identity(zlb_engine *e, const char *name, const char *cert_pem, const char *key_pem,
+                                const char *const *bundle_tds, const char *const *bundle_pems, size_t n_bundles,
+                                char *err, size_t errlen)
+    int zlb_engine_identity_info(zlb_engine *e, const char *name, char *spiffe_id, size_t idlen, char *serial,
+                                 size_t seriallen, uint64_t *rotations)
+    int zlb_engine_set_cluster_tls(zlb_engine *e, const char *cluster, const zlb_tls_opts *o, char *err,
+                                   size_t errlen)
+    size_t zlb_engine_drain_tls_events(zlb_engine *e, zlb_tls_event *out, size_t max)
+    void zlb_engine_set_tls_log_peers(zlb_engine *e, int on)
+    int64_t zlb_debug_live_tls()

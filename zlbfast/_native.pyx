@@ -23,6 +23,10 @@ STAT_FIELDS = (
     "http_requests", "http_1xx", "http_2xx", "http_3xx", "http_4xx", "http_5xx", "http_retries",
     "http_bad_requests", "http_header_timeouts", "http_request_timeouts", "http_overflow",
     "http_upstream_reused", "http_upgrades",
+    "tls_handshakes_down", "tls_handshakes_up", "tls_resumed_up", "tls_handshake_failures_down",
+    "tls_handshake_failures_up", "tls_handshake_timeouts", "tls_verify_untrusted", "tls_verify_expired",
+    "tls_verify_spiffe_id", "tls_no_peer_cert", "tls_plaintext_rejected", "tls_permissive_plaintext",
+    "tls_bytes_down_up", "tls_bytes_up_down", "authz_denied", "tls_events_dropped",
 )
 # Must follow enum zlb_cs_counter in csrc/cluster_stats.h.
 CLUSTER_STAT_FIELDS = (
@@ -42,6 +46,14 @@ HEALTH = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 _HEALTH_NAMES = {v: k for k, v in HEALTH.items()}
 
 
+# TLS vocabulary (csrc/tls.h, csrc/engine.h).
+TLS_MODES = {"strict": 1, "permissive": 2}
+SPIFFE_MATCH_KINDS = {"": 0, "spiffe_id": 1, "spiffe_prefix": 2, "trust_domain": 3}
+TLS_EVENT_KINDS = {1: "downstream_handshake_failed", 2: "upstream_handshake_failed", 3: "plaintext_rejected",
+                   4: "denied", 5: "handshake_timeout", 6: "downstream_verified", 7: "upstream_verified"}
+TLS_FAIL_KINDS = {0: "", 1: "untrusted", 2: "expired", 3: "spiffe_id", 4: "no_certificate", 5: "protocol"}
+
+
 class NativeError(Exception):
     """A failure reported by the C data plane (message from C)."""
 
@@ -56,6 +68,62 @@ cdef bytes _b(s, int limit):
 cdef _raise_if(int rc, char *err):
     if rc < 0:
         raise NativeError(err.decode(errors="replace"))
+
+
+cdef _fill_match(zlb_spiffe_match *m, match):
+    """match: None (any verified peer) or (kind, value) with kind in SPIFFE_MATCH_KINDS."""
+    if match is None:
+        m.kind = 0
+        m.value[0] = 0
+        return
+    kind, value = match
+    if kind not in SPIFFE_MATCH_KINDS:
+        raise NativeError(f"unknown SPIFFE match kind {kind!r}")
+    m.kind = SPIFFE_MATCH_KINDS[kind]
+    zlb_strlcpy(m.value, _b(value, 256), sizeof(m.value))
+
+
+cdef _fill_rules(zlb_authz_rule *rules, uint32_t *n, list specs):
+    if len(specs) > ZLB_TLS_MAX_RULES:
+        raise NativeError(f"at most {ZLB_TLS_MAX_RULES} allow and deny rules each")
+    for i, spec in enumerate(specs):
+        _fill_match(&rules[i].peer, spec.get("peer"))
+        ports = list(spec.get("ports", ()))
+        if len(ports) > ZLB_TLS_MAX_PORTS:
+            raise NativeError(f"at most {ZLB_TLS_MAX_PORTS} ports per rule")
+        for j, port in enumerate(ports):
+            rules[i].ports[j] = port
+        rules[i].n_ports = len(ports)
+    n[0] = len(specs)
+
+
+cdef zlb_tls_opts *_tls_opts(dict d) except NULL:
+    """A heap zlb_tls_opts from the runtime's dict (free with PyMem_Free).
+
+    Keys: identity, mode (listeners), min_version ("1.2"/"1.3"), handshake_timeout_ms, alpn (list), sni,
+    peer (None or (kind, value)), allow/deny (lists of {"peer": ..., "ports": [...]}).
+    """
+    cdef zlb_tls_opts *o = <zlb_tls_opts *>PyMem_Malloc(sizeof(zlb_tls_opts))
+    if o == NULL:
+        raise MemoryError()
+    memset(o, 0, sizeof(zlb_tls_opts))
+    try:
+        zlb_strlcpy(o.identity, _b(d["identity"], 128), sizeof(o.identity))
+        o.mode = TLS_MODES[d.get("mode", "strict")]
+        o.min_version = {"1.2": 12, "1.3": 13}[d.get("min_version", "1.3")]
+        o.handshake_timeout_ms = d.get("handshake_timeout_ms", 10000)
+        zlb_strlcpy(o.alpn, _b(",".join(d.get("alpn", ())), 256), sizeof(o.alpn))
+        zlb_strlcpy(o.sni, _b(d.get("sni", ""), 256), sizeof(o.sni))
+        _fill_match(&o.peer, d.get("peer"))
+        _fill_rules(o.allow, &o.n_allow, list(d.get("allow", ())))
+        _fill_rules(o.deny, &o.n_deny, list(d.get("deny", ())))
+    except KeyError as exc:
+        PyMem_Free(o)
+        raise NativeError(f"bad TLS option value: {exc}") from None
+    except BaseException:
+        PyMem_Free(o)
+        raise
+    return o
 
 
 cdef class RouteTable:
@@ -280,11 +348,14 @@ cdef class NativeEngine:
         return zlb_engine_reclaim(self._live())
 
     def add_listener(self, str name, str cluster, str host, int port, *, int max_connections=10000,
-                     int idle_timeout_ms=3600000, int backlog=4096, dict http=None):
-        """http: None for a TCP listener, else the HTTP options (route table = name)."""
+                     int idle_timeout_ms=3600000, int backlog=4096, dict http=None, dict tls=None):
+        """http: None for a TCP listener, else the HTTP options (route table = name).
+        tls: None for plaintext, else the listener's TLS options (see _tls_opts)."""
         cdef zlb_listener_opts o
         cdef char err[512]
         memset(&o, 0, sizeof(o))
+        if tls is not None:
+            o.tls = _tls_opts(tls)
         if http is not None:
             o.protocol = 1
             zlb_strlcpy(o.http.route_table, _b(name, 128), sizeof(o.http.route_table))
@@ -304,7 +375,10 @@ cdef class NativeEngine:
         o.max_connections = max_connections
         o.idle_timeout_ms = idle_timeout_ms
         o.backlog = backlog
-        lid = zlb_engine_add_listener(self._live(), &o, err, sizeof(err))
+        try:
+            lid = zlb_engine_add_listener(self._live(), &o, err, sizeof(err))
+        finally:
+            PyMem_Free(<void *>o.tls)
         if lid < 0:
             raise NativeError(err.decode(errors="replace"))
         self.listener_names[lid] = (name, cluster)
@@ -421,6 +495,91 @@ cdef class NativeEngine:
             out[s.clusters[i].opts.name.decode()] = entry
         return out
 
+    # -- TLS -------------------------------------------------------------------
+
+    def set_identity(self, str name, cert_pem, key_pem, bundles):
+        """Installs (or rotates) identity `name`: PEM text of the SVID (leaf first, then intermediates), its key,
+        and trust bundles as {trust_domain: pem} ("" = the SVID's own trust domain). New handshakes use it at once;
+        established connections keep the identity they started with. The key never appears in errors."""
+        cdef char err[512]
+        cdef bytes cert_b = cert_pem.encode() if isinstance(cert_pem, str) else bytes(cert_pem)
+        cdef bytes key_b = key_pem.encode() if isinstance(key_pem, str) else bytes(key_pem)
+        items = [(_b(td, 256), pem.encode() if isinstance(pem, str) else bytes(pem)) for td, pem in bundles.items()]
+        cdef size_t n = len(items)
+        cdef const char **tds = <const char **>PyMem_Malloc((n + 1) * sizeof(char *))
+        cdef const char **pems = <const char **>PyMem_Malloc((n + 1) * sizeof(char *))
+        cdef int rc
+        if tds == NULL or pems == NULL:
+            PyMem_Free(tds)
+            PyMem_Free(pems)
+            raise MemoryError()
+        try:
+            for i in range(n):
+                tds[i] = <const char *>items[i][0]
+                pems[i] = <const char *>items[i][1]
+            rc = zlb_engine_set_identity(self._live(), _b(name, 128), cert_b, key_b, tds, pems, n, err, sizeof(err))
+        finally:
+            PyMem_Free(tds)
+            PyMem_Free(pems)
+        if rc != 0:
+            raise NativeError(err.decode(errors="replace"))
+
+    def identity_info(self, str name):
+        """{"spiffe_id", "serial" (hex), "rotations"} of an installed identity, or None."""
+        cdef char sid[256]
+        cdef char serial[80]
+        cdef uint64_t rotations = 0
+        if zlb_engine_identity_info(self._live(), _b(name, 128), sid, sizeof(sid), serial, sizeof(serial),
+                                    &rotations) != 0:
+            return None
+        return {"spiffe_id": sid.decode(), "serial": serial.decode(), "rotations": rotations}
+
+    def set_cluster_tls(self, str cluster, dict tls):
+        """Upstream TLS of a cluster (None: plaintext). Applies to new connections."""
+        cdef char err[512]
+        cdef zlb_tls_opts *o = NULL
+        cdef int rc
+        if tls is not None:
+            o = _tls_opts(tls)
+        try:
+            rc = zlb_engine_set_cluster_tls(self._live(), _b(cluster, 128), o, err, sizeof(err))
+        finally:
+            PyMem_Free(o)
+        if rc != 0:
+            raise NativeError(err.decode(errors="replace"))
+
+    def set_tls_log_peers(self, bint on):
+        """Also report every verified peer (not only failures) through drain_tls_events()."""
+        zlb_engine_set_tls_log_peers(self._live(), on)
+
+    def drain_tls_events(self, int max_events=1024):
+        """TLS failures, plaintext rejections, authorization denials (and verified peers while enabled)."""
+        cdef zlb_tls_event *evs = <zlb_tls_event *>PyMem_Malloc(max_events * sizeof(zlb_tls_event))
+        cdef size_t n
+        cdef char addr[64]
+        if evs == NULL:
+            raise MemoryError()
+        try:
+            n = zlb_engine_drain_tls_events(self._live(), evs, max_events)
+            out = []
+            for i in range(n):
+                name, _ = self.listener_names.get(evs[i].listener_id, ("", ""))
+                zlb_sockaddr_format(<sockaddr_t *>&evs[i].peer, addr, sizeof(addr))
+                out.append({
+                    "time": evs[i].unix_ns / 1e9,
+                    "event": TLS_EVENT_KINDS.get(evs[i].kind, "unknown"),
+                    "cause": TLS_FAIL_KINDS.get(evs[i].fail_kind, ""),
+                    "listener": name,
+                    "cluster": evs[i].cluster.decode(errors="replace"),
+                    "port": evs[i].port,
+                    "peer_address": addr.decode(),
+                    "peer_id": evs[i].peer_id.decode(errors="replace"),
+                    "reason": evs[i].reason.decode(errors="replace"),
+                })
+            return out
+        finally:
+            PyMem_Free(evs)
+
     def set_active_health(self, str cluster, str address, str health):
         """Active health-check verdict for one endpoint (kept across reloads)."""
         if health not in HEALTH:
@@ -451,6 +610,11 @@ def debug_counters():
         "pipes": zlb_debug_live_pipes(),
         "snapshots": zlb_debug_snapshots_alive(),
     }
+
+
+def debug_live_tls():
+    """Connections holding TLS state (process-wide); returns to zero when all are closed."""
+    return zlb_debug_live_tls()
 
 
 def policy_names():

@@ -7,13 +7,18 @@ Threading: an Engine is driven from one Python thread (the asyncio thread in
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
 
 from zlbfast import _native
 from zlbfast.config import validate
+from zlbfast.identity import IdentityFiles, IdentityWatcher
 from zlbfast.model import Cluster, Config, Listener, Route
+
+tls_log = logging.getLogger("zlbfast.tls")
 
 
 class ApplyError(Exception):
@@ -100,6 +105,70 @@ class Engine:
         self.native = _native.NativeEngine(workers or default_workers(), seed)
         self.config: Config | None = None
         self._listeners: dict[str, _InstalledListener] = {}
+        self._watchers: dict[str, IdentityWatcher] = {}
+        self._tls_stop: asyncio.Event | None = None
+        self._tls_task: asyncio.Task[None] | None = None
+        self.identity_poll_s = 1.0
+
+    # -- identities (TLS) ----------------------------------------------------
+
+    def set_identity(self, name: str, cert_pem: str | bytes, key_pem: str | bytes,
+                     bundles: dict[str, str | bytes] | dict[str, bytes]) -> None:
+        """Installs or rotates identity `name` (SVID chain PEM, key PEM, trust bundles {trust_domain: PEM},
+        "" = the SVID's own trust domain). New handshakes use it at once; established connections are untouched.
+        The file watcher and the SDS client both come through here. Raises NativeError (never quoting the key)."""
+        self.native.set_identity(name, cert_pem, key_pem, dict(bundles))
+
+    def identity_info(self, name: str) -> dict[str, object] | None:
+        """SPIFFE ID, leaf serial (hex) and rotation count of an installed identity."""
+        return self.native.identity_info(name)
+
+    def use_identity_files(self, files: IdentityFiles) -> str:
+        """Loads an identity from files (once per distinct set of paths) and keeps watching it while an asyncio
+        loop runs; returns the identity name that TLS options refer to."""
+        watcher = self._watchers.get(files.name)
+        if watcher is None:
+            watcher = IdentityWatcher(self, files, interval_s=self.identity_poll_s)
+            watcher.load()
+            self._watchers[files.name] = watcher
+        self._ensure_tls_task()
+        return files.name
+
+    def poll_identities(self) -> int:
+        """One synchronous poll of every watched identity; returns how many rotated."""
+        return sum(1 for w in list(self._watchers.values()) if w.poll())
+
+    def tls_events(self) -> list[dict[str, object]]:
+        """Drains TLS events from the workers and logs them (failures and denials at WARNING with the peer's
+        address and SPIFFE ID, verified peers at DEBUG)."""
+        events = self.native.drain_tls_events()
+        for ev in events:
+            level = logging.DEBUG if str(ev["event"]).endswith("verified") else logging.WARNING
+            tls_log.log(level, "tls %s listener=%s cluster=%s peer=%s peer_id=%s cause=%s: %s", ev["event"],
+                        ev["listener"], ev["cluster"], ev["peer_address"], ev["peer_id"] or "-", ev["cause"] or "-",
+                        ev["reason"])
+        return events
+
+    def _ensure_tls_task(self) -> None:
+        """Starts the identity watchers + TLS event logger on the running loop, if there is one (zlbfast run)."""
+        if self._tls_task is not None and not self._tls_task.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (tests, tools): callers poll themselves
+        self._tls_stop = asyncio.Event()
+        self._tls_task = loop.create_task(self._tls_loop(self._tls_stop))
+
+    async def _tls_loop(self, stop: asyncio.Event) -> None:
+        self.native.set_tls_log_peers(tls_log.isEnabledFor(logging.DEBUG))
+        while not stop.is_set():
+            self.poll_identities()
+            self.tls_events()
+            try:
+                await asyncio.wait_for(stop.wait(), self.identity_poll_s)
+            except asyncio.TimeoutError:
+                pass
 
     # -- configuration -------------------------------------------------------
 
@@ -190,6 +259,10 @@ class Engine:
 
     def close(self) -> None:
         """Stops workers; connections still open are reset."""
+        if self._tls_stop is not None:
+            self._tls_stop.set()
+        if self._tls_task is not None and not self._tls_task.done():
+            self._tls_task.cancel()
         self.native.close()
 
     def __enter__(self) -> Engine:
