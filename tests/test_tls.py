@@ -1,0 +1,382 @@
+"""TLS on the L4 path with SPIFFE identities: real OpenSSL handshakes between
+two zlbfast engines and Python ssl clients, real sockets, no mocks.
+
+Topology of most tests:
+    client (plaintext) -> engine A "out" listener -> cluster "mesh" (originates mTLS)
+        -> engine B "in" listener (terminates mTLS) -> cluster "backend" (plaintext) -> backend
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.netutil import DEADLINE_S, Backend, label_handler, wait_for
+from tests.tlsutil import CA, Svid, client_context, peer_serial, read_line, tls_connect, write_svid_files
+from zlbfast import _native
+from zlbfast.identity import IdentityFiles
+from zlbfast.model import Cluster, Config, Endpoint, Listener
+from zlbfast.runtime import Engine
+
+TD = "prod.example"
+SERVER_ID = f"spiffe://{TD}/ns/shop/sa/server"
+CLIENT_ID = f"spiffe://{TD}/ns/shop/sa/client"
+ROTATIONS, ROTATE_EVERY_S = 10, 1.0
+
+
+def echo_handler(conn: socket.socket) -> None:
+    conn.settimeout(DEADLINE_S)
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
+@dataclass
+class Mesh:
+    ca: CA
+    server_svid: Svid
+    client_svid: Svid
+    backend: Backend
+    server: Engine
+    client: Engine
+    server_port: int = 0
+    client_port: int = 0
+    extra: list[Engine] = field(default_factory=list)
+
+    def stat(self, eng: Engine, name: str) -> int:
+        return int(eng.stats()[name])
+
+    def events(self, eng: Engine, acc: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        acc.extend(eng.tls_events())
+        return acc
+
+
+@pytest.fixture
+def mesh_factory() -> Iterator[Callable[..., Mesh]]:
+    made: list[Mesh] = []
+
+    def make(*, listener_tls: dict[str, Any] | None = None, cluster_tls: dict[str, Any] | None = None,
+             handler: Callable[[socket.socket], None] | None = None) -> Mesh:
+        ca = CA(TD)
+        m = Mesh(ca, ca.issue("/ns/shop/sa/server"), ca.issue("/ns/shop/sa/client"),
+                 Backend(handler or label_handler("b0")), Engine(workers=1), Engine(workers=1))
+        made.append(m)
+        m.server.set_identity("server", m.server_svid.cert_pem, m.server_svid.key_pem, {"": ca.pem})
+        m.client.set_identity("client", m.client_svid.cert_pem, m.client_svid.key_pem, {"": ca.pem})
+        m.server.apply(Config((), (Cluster("backend", (Endpoint("127.0.0.1", m.backend.port),)),)))
+        ltls = {"identity": "server", "mode": "strict", "peer": ("trust_domain", TD)}
+        ltls.update(listener_tls or {})
+        lid = m.server.native.add_listener("in", "backend", "127.0.0.1", 0, tls=ltls)
+        m.server_port = m.server.native.listener_port(lid)
+        m.client.apply(Config((Listener("out", "127.0.0.1", 0, "mesh"),),
+                              (Cluster("mesh", (Endpoint("127.0.0.1", m.server_port),), connect_retries=0),)))
+        ctls = {"identity": "client", "peer": ("spiffe_id", SERVER_ID)}
+        ctls.update(cluster_tls or {})
+        m.client.native.set_cluster_tls("mesh", ctls)
+        m.client_port = m.client.listener_port("out")
+        return m
+
+    yield make
+    for m in made:
+        for eng in (m.client, m.server, *m.extra):
+            eng.close()
+        m.backend.stop()
+    if made:
+        assert _native.debug_counters() == {"conns": 0, "pipes": 0, "snapshots": 0}
+        assert _native.debug_live_tls() == 0
+
+
+def plain_label(port: int, first: bytes = b"") -> str:
+    """The backend's label over plaintext, '' when the proxy closed (or reset) the connection. `first` is sent
+    before reading: a permissive listener tells plaintext from TLS by the client's first bytes."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) as s:
+            if first:
+                s.sendall(first)
+            return read_line(s).decode().strip()
+    except ConnectionResetError:
+        return ""
+
+
+def tls_label(port: int, ctx: ssl.SSLContext) -> str:
+    """The backend's label through a TLS connection, '' when the proxy closed it (any TLS error included)."""
+    try:
+        with tls_connect(port, ctx) as s:
+            return read_line(s).decode().strip()
+    except (ssl.SSLError, ConnectionError):
+        return ""
+
+
+def wait_event(eng: Engine, acc: list[dict[str, Any]], pred: Callable[[dict[str, Any]], bool], what: str
+               ) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def check() -> bool:
+        acc.extend(eng.tls_events())
+        found[:] = [e for e in acc if pred(e)]
+        return bool(found)
+
+    wait_for(check, what=what)
+    return found[0]
+
+
+def test_two_engines_talk_mtls_and_resume(mesh_factory: Callable[..., Mesh]) -> None:
+    m = mesh_factory()
+    m.server.native.set_tls_log_peers(True)
+    for _ in range(5):
+        assert plain_label(m.client_port) == "b0"
+    wait_for(lambda: m.stat(m.server, "conns_active") == 0 and m.stat(m.client, "conns_active") == 0,
+             what="connections closed")
+    assert m.stat(m.client, "tls_handshakes_up") == 5
+    assert m.stat(m.server, "tls_handshakes_down") == 5
+    # Tickets from the first handshake let the later ones resume.
+    assert m.stat(m.client, "tls_resumed_up") >= 1
+    assert m.stat(m.client, "tls_bytes_up_down") == 5 * len("b0\n")
+    events: list[dict[str, Any]] = []
+    ev = wait_event(m.server, events, lambda e: e["event"] == "downstream_verified", "verified peer event")
+    assert ev["peer_id"] == CLIENT_ID and ev["listener"] == "in"
+
+
+def test_bulk_both_ways_through_two_tls_hops(mesh_factory: Callable[..., Mesh]) -> None:
+    m = mesh_factory(handler=echo_handler)
+    payload = bytes(range(256)) * 4096  # 1 MiB, several TLS records and back-pressure
+    with socket.create_connection(("127.0.0.1", m.client_port), timeout=DEADLINE_S) as s:
+        got = bytearray()
+
+        def reader() -> None:
+            while len(got) < len(payload):
+                chunk = s.recv(65536)
+                if not chunk:
+                    return
+                got.extend(chunk)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        s.sendall(payload)
+        t.join(DEADLINE_S * 3)
+        assert bytes(got) == payload
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(1) == b""
+
+
+def test_python_client_sees_server_svid_and_alpn(mesh_factory: Callable[..., Mesh]) -> None:
+    m = mesh_factory(listener_tls={"alpn": ["zlb/1", "h2"], "min_version": "1.2"})
+    ctx = client_context(m.client_svid, m.ca.pem)
+    ctx.set_alpn_protocols(["h2"])
+    with tls_connect(m.server_port, ctx) as s:
+        assert read_line(s) == b"b0\n"
+        assert s.selected_alpn_protocol() == "h2"
+        assert peer_serial(s) == m.server_svid.serial
+    ctx12 = client_context(m.client_svid, m.ca.pem)
+    ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+    with tls_connect(m.server_port, ctx12) as s:
+        assert s.version() == "TLSv1.2"
+        assert read_line(s) == b"b0\n"
+
+
+@pytest.mark.parametrize("case", ["untrusted_ca", "expired", "wrong_spiffe_id", "no_spiffe_id", "no_client_cert"])
+def test_listener_rejects_bad_clients(mesh_factory: Callable[..., Mesh], case: str) -> None:
+    m = mesh_factory(listener_tls={"peer": ("spiffe_prefix", f"spiffe://{TD}/ns/shop/")})
+    if case == "untrusted_ca":
+        svid: Svid | None = CA(TD).issue("/ns/shop/sa/client")  # same trust domain name, another CA
+        counter, cause, text = "tls_verify_untrusted", "untrusted", "unable to get local issuer certificate"
+    elif case == "expired":
+        svid = m.ca.issue("/ns/shop/sa/client", expired=True)
+        counter, cause, text = "tls_verify_expired", "expired", "certificate has expired"
+    elif case == "wrong_spiffe_id":
+        svid = m.ca.issue("/ns/other/sa/client")
+        counter, cause, text = "tls_verify_spiffe_id", "spiffe_id", "does not match spiffe_prefix"
+    elif case == "no_spiffe_id":
+        svid = m.ca.issue("", uri="https://client.example/")
+        counter, cause, text = "tls_verify_spiffe_id", "spiffe_id", "not a valid SPIFFE ID"
+    else:
+        svid = None
+        counter, cause, text = "tls_no_peer_cert", "no_certificate", "certificate"
+    assert tls_label(m.server_port, client_context(svid, m.ca.pem)) == ""
+    wait_for(lambda: m.stat(m.server, counter) == 1, what=counter)
+    assert m.stat(m.server, "tls_handshake_failures_down") == 1
+    assert m.stat(m.server, "tls_handshakes_down") == 0
+    assert m.backend.accepted == 0
+    ev = wait_event(m.server, [], lambda e: e["event"] == "downstream_handshake_failed", "failure event")
+    assert ev["cause"] == cause and text in ev["reason"], ev
+    if case == "wrong_spiffe_id":
+        assert "spiffe://prod.example/ns/other/sa/client" in ev["reason"]
+
+
+def test_strict_listener_rejects_plaintext(mesh_factory: Callable[..., Mesh]) -> None:
+    m = mesh_factory()
+    with socket.create_connection(("127.0.0.1", m.server_port), timeout=DEADLINE_S) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        try:
+            assert s.recv(16) == b""
+        except ConnectionResetError:
+            pass
+    wait_for(lambda: m.stat(m.server, "tls_plaintext_rejected") == 1, what="plaintext rejection")
+    ev = wait_event(m.server, [], lambda e: e["event"] == "plaintext_rejected", "plaintext event")
+    assert "plaintext connection on a strict mTLS listener" in ev["reason"]
+    assert m.backend.accepted == 0
+
+
+def test_upstream_with_wrong_spiffe_id_is_refused(mesh_factory: Callable[..., Mesh]) -> None:
+    m = mesh_factory(cluster_tls={"peer": ("spiffe_id", f"spiffe://{TD}/ns/shop/sa/somebody-else")})
+    assert plain_label(m.client_port) == ""
+    wait_for(lambda: m.stat(m.client, "tls_handshake_failures_up") == 1, what="upstream failure")
+    assert m.stat(m.client, "tls_verify_spiffe_id") == 1
+    assert m.stat(m.client, "upstream_exhausted") == 1
+    ev = wait_event(m.client, [], lambda e: e["event"] == "upstream_handshake_failed", "upstream event")
+    assert SERVER_ID in ev["reason"] and "somebody-else" in ev["reason"]
+    assert m.backend.accepted == 0
+
+
+def test_upstream_from_another_trust_domain_needs_its_bundle(mesh_factory: Callable[..., Mesh]) -> None:
+    m = mesh_factory(cluster_tls={"peer": ("trust_domain", TD)})
+    other = CA("partner.example")
+    # The client trusts only partner.example: the server's prod.example SVID has no bundle.
+    m.client.set_identity("client", m.client_svid.cert_pem, m.client_svid.key_pem, {"partner.example": other.pem})
+    assert plain_label(m.client_port) == ""
+    ev = wait_event(m.client, [], lambda e: e["event"] == "upstream_handshake_failed", "upstream event")
+    assert "no trust bundle for trust domain prod.example" in ev["reason"]
+    # Federation: both bundles, keyed by trust domain.
+    m.client.set_identity("client", m.client_svid.cert_pem, m.client_svid.key_pem,
+                          {"partner.example": other.pem, TD: m.ca.pem})
+    assert plain_label(m.client_port) == "b0"
+
+
+def test_permissive_accepts_plaintext_and_tls(mesh_factory: Callable[..., Mesh]) -> None:
+    m = mesh_factory(listener_tls={"mode": "permissive"})
+    assert plain_label(m.server_port, b"hello\n") == "b0"
+    assert tls_label(m.server_port, client_context(m.client_svid, m.ca.pem)) == "b0"
+    assert plain_label(m.client_port) == "b0"  # through engine A: TLS
+    wait_for(lambda: m.stat(m.server, "tls_handshakes_down") == 2, what="two TLS handshakes")
+    assert m.stat(m.server, "tls_permissive_plaintext") == 1
+    assert m.stat(m.server, "tls_plaintext_rejected") == 0
+    # TLS in permissive mode is still mutual.
+    assert tls_label(m.server_port, client_context(None, m.ca.pem)) == ""
+    wait_for(lambda: m.stat(m.server, "tls_no_peer_cert") == 1, what="no client cert")
+
+
+def test_authorization_allow_and_deny(mesh_factory: Callable[..., Mesh]) -> None:
+    m = mesh_factory(listener_tls={
+        "allow": [{"peer": ("spiffe_prefix", f"spiffe://{TD}/ns/shop/")}],
+        "deny": [{"peer": ("spiffe_id", f"spiffe://{TD}/ns/shop/sa/intruder")}],
+    })
+    ok = client_context(m.client_svid, m.ca.pem)
+    assert tls_label(m.server_port, ok) == "b0"
+    assert tls_label(m.server_port, client_context(m.ca.issue("/ns/shop/sa/intruder"), m.ca.pem)) == ""
+    assert tls_label(m.server_port, client_context(m.ca.issue("/ns/ops/sa/admin"), m.ca.pem)) == ""
+    wait_for(lambda: m.stat(m.server, "authz_denied") == 2, what="two denials")
+    assert m.backend.accepted == 1
+    acc: list[dict[str, Any]] = []
+    wait_event(m.server, acc, lambda e: e["event"] == "denied" and e["peer_id"].endswith("/sa/intruder"), "deny")
+    wait_event(m.server, acc, lambda e: e["event"] == "denied" and e["peer_id"].endswith("/sa/admin"), "deny")
+
+
+def test_authorization_by_port_and_plaintext_peers(mesh_factory: Callable[..., Mesh]) -> None:
+    # Only connections to port 1 are allowed: this listener's port is not, so everyone is denied.
+    m = mesh_factory(listener_tls={"mode": "permissive", "allow": [{"peer": ("trust_domain", TD), "ports": [1]}]})
+    assert tls_label(m.server_port, client_context(m.client_svid, m.ca.pem)) == ""
+    assert plain_label(m.server_port, b"hello\n") == ""  # plaintext has no identity: no allow rule matches
+    wait_for(lambda: m.stat(m.server, "authz_denied") == 2, what="denials")
+    ev = wait_event(m.server, [], lambda e: e["event"] == "denied" and e["peer_id"] == "", "plaintext denial")
+    assert "plaintext peer" in ev["reason"]
+    assert m.backend.accepted == 0
+
+
+def test_rotation_under_load(mesh_factory: Callable[..., Mesh], tmp_path: Path) -> None:
+    """The server's SVID files are replaced every second for ~10 s while a client loop runs through both
+    engines: no connection fails, and new connections present the new certificate."""
+    m = mesh_factory()
+    first = m.ca.issue("/ns/shop/sa/server")
+    files = IdentityFiles(*map(str, write_svid_files(tmp_path / "svid", first, m.ca.pem)))
+    name = m.server.use_identity_files(files)
+    lid = m.server.native.add_listener("in-files", "backend", "127.0.0.1", 0,
+                                       tls={"identity": name, "mode": "strict", "peer": ("trust_domain", TD)})
+    port = m.server.native.listener_port(lid)
+    m.client.apply(Config((Listener("out", "127.0.0.1", 0, "mesh"),),
+                          (Cluster("mesh", (Endpoint("127.0.0.1", port),), connect_retries=0),)))
+    m.client.native.set_cluster_tls("mesh", {"identity": "client", "peer": ("spiffe_id", SERVER_ID)})
+    client_port = m.client.listener_port("out")
+    ctx = client_context(m.client_svid, m.ca.pem)
+    with tls_connect(port, ctx) as s:
+        assert peer_serial(s) == first.serial
+
+    stop = threading.Event()
+    results = {"ok": 0, "failed": 0}
+
+    def load() -> None:
+        while not stop.is_set():
+            results["ok" if plain_label(client_port) == "b0" else "failed"] += 1
+
+    # A connection opened before the rotations keeps working across them.
+    long_lived = tls_connect(port, ctx)
+    assert read_line(long_lived) == b"b0\n"
+    loaders = [threading.Thread(target=load) for _ in range(2)]
+    for t in loaders:
+        t.start()
+    next_at = time.monotonic()
+    try:
+        for _ in range(ROTATIONS):
+            # Pacing, not synchronisation: one rotation per ROTATE_EVERY_S while the load runs.
+            next_at += ROTATE_EVERY_S
+            stop.wait(max(0.0, next_at - time.monotonic()))
+            svid = m.ca.issue("/ns/shop/sa/server")
+            write_svid_files(tmp_path / "svid", svid, m.ca.pem)
+            m.server.poll_identities()
+            info = m.server.identity_info(name)
+            assert info is not None and int(str(info["serial"]), 16) == svid.serial
+            with tls_connect(port, ctx) as s:
+                assert peer_serial(s) == svid.serial
+                assert read_line(s) == b"b0\n"
+            done = results["ok"]
+            # At least one loader round trip per rotation (a condition, not a sleep).
+            wait_for(lambda done=done: results["ok"] > done, what="load progress")
+    finally:
+        stop.set()
+        for t in loaders:
+            t.join(DEADLINE_S)
+    assert results["failed"] == 0 and results["ok"] >= 10, results
+    info = m.server.identity_info(name)
+    assert info is not None and info["rotations"] == ROTATIONS
+    # The connection opened before the rotations is still served (by its old SSL_CTX): its bytes reach the backend
+    # and the backend's end of stream arrives as a clean close_notify, not a reset.
+    long_lived.sendall(b"x")
+    assert long_lived.recv(16) == b""
+    long_lived.close()
+    assert m.stat(m.server, "tls_handshake_failures_down") == 0
+    assert m.stat(m.client, "tls_handshake_failures_up") == 0
+
+
+def test_half_written_identity_keeps_the_old_one(mesh_factory: Callable[..., Mesh], tmp_path: Path) -> None:
+    m = mesh_factory()
+    svid = m.ca.issue("/ns/shop/sa/server")
+    cert, key, bundle = write_svid_files(tmp_path, svid, m.ca.pem)
+    files = IdentityFiles(str(cert), str(key), str(bundle))
+    name = m.server.use_identity_files(files)
+    # A new certificate whose key has not been written yet: refused, old identity stays.
+    cert.write_text(m.ca.issue("/ns/shop/sa/server").cert_pem)
+    assert m.server.poll_identities() == 0
+    info = m.server.identity_info(name)
+    assert info is not None and int(str(info["serial"]), 16) == svid.serial
+    with pytest.raises(_native.NativeError) as exc:
+        m.server.set_identity("x", svid.cert_pem, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+                              {"": m.ca.pem})
+    assert "AAAA" not in str(exc.value) and "private key" in str(exc.value)
+
+
+def test_tls_on_http_listener_is_refused_for_now() -> None:
+    eng = Engine(workers=1)
+    try:
+        with pytest.raises(_native.NativeError, match="TCP listeners only"):
+            eng.native.add_listener("h", "c", "127.0.0.1", 0, tls={"identity": "x"}, http={
+                "max_request_line": 8192, "max_head": 65536, "max_headers": 100, "header_timeout_ms": 1000,
+                "request_timeout_ms": 1000, "upstream_idle_ms": 1000, "max_requests_per_conn": 0,
+                "max_idle_per_endpoint": 1, "retry_buffer": 1024})
+    finally:
+        eng.close()
