@@ -38,6 +38,11 @@ MATCH_KINDS: tuple[str, ...] = ("exact", "prefix", "regex", "present")
 HASH_ON: tuple[str, ...] = ("", "header", "cookie", "source_ip", "path")
 RETRY_ON: tuple[str, ...] = ("connect-failure", "reset", "gateway-error", "5xx", "retriable-status-codes")
 
+# TLS (L4): listener modes, minimum versions and how a peer's SPIFFE ID is matched.
+TLS_MODES: tuple[str, ...] = ("strict", "permissive")
+TLS_VERSIONS: tuple[str, ...] = ("1.2", "1.3")
+SPIFFE_MATCH_KINDS: tuple[str, ...] = ("spiffe_id", "spiffe_prefix", "trust_domain")
+
 # Active health check probes: "tcp" succeeds when the connect does, "http" when a GET answers with an
 # expected status.
 HEALTH_CHECK_TYPES: tuple[str, ...] = ("tcp", "http")
@@ -78,6 +83,52 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class PeerMatch:
+    """Which SPIFFE IDs are accepted: the exact ID, an ID prefix (spiffe://td/ns/prod/) or a whole trust domain."""
+
+    kind: str  # one of SPIFFE_MATCH_KINDS
+    value: str
+
+
+@dataclass(frozen=True)
+class AuthzRule:
+    """An allow or deny rule of a TLS listener (L4)."""
+
+    peer: PeerMatch | None = None  # None: every peer, plaintext ones of a permissive listener included
+    ports: tuple[int, ...] = ()  # destination ports; () = all
+
+
+@dataclass(frozen=True)
+class ListenerTls:
+    """TLS termination on a TCP listener. cert/key/bundle are files (spiffe-helper layout), watched for rotation;
+    listeners and clusters naming the same three files share one identity."""
+
+    cert: str
+    key: str
+    bundle: str
+    mode: str = "strict"  # one of TLS_MODES: strict = mTLS only; permissive = mTLS or plaintext
+    min_version: str = "1.3"  # one of TLS_VERSIONS
+    alpn: tuple[str, ...] = ()
+    peer: PeerMatch | None = None  # None: any SPIFFE ID that verifies against a bundle
+    allow: tuple[AuthzRule, ...] = ()  # any allow rule makes the default deny
+    deny: tuple[AuthzRule, ...] = ()  # deny rules win over allow rules
+    handshake_timeout_ms: int = 10000
+
+
+@dataclass(frozen=True)
+class ClusterTls:
+    """TLS origination to every endpoint of a cluster (mTLS with our SVID)."""
+
+    cert: str
+    key: str
+    bundle: str
+    peer: PeerMatch | None = None  # None: any SPIFFE ID that verifies against a bundle
+    min_version: str = "1.3"
+    alpn: tuple[str, ...] = ()
+    sni: str = ""
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...]
@@ -91,6 +142,7 @@ class Cluster:
     ewma_decay_ms: int = 10000  # peak_ewma only
     outlier: OutlierDetection = OutlierDetection()
     health_check: HealthCheck | None = None  # None: no active checks
+    tls: ClusterTls | None = None  # None: plaintext to the endpoints
 
 
 @dataclass(frozen=True)
@@ -192,6 +244,7 @@ class Listener:
     protocol: str = "tcp"  # one of PROTOCOLS
     virtual_hosts: tuple[VirtualHost, ...] = ()  # http listeners: routing (cluster unused)
     http: HttpOptions = HttpOptions()
+    tls: ListenerTls | None = None  # tcp listeners: None = plaintext
 
 
 @dataclass(frozen=True)
