@@ -19,6 +19,7 @@
 #define ZLB_AL_NR 0x08u   /* no route: the listener's cluster is not in the config */
 #define ZLB_AL_IT 0x10u   /* idle timeout closed the connection */
 #define ZLB_AL_RS 0x20u   /* reset: an I/O error on either side ended it */
+#define ZLB_AL_UC 0x40u   /* HTTP: upstream connection terminated before the response ended */
 
 typedef struct zlb_access_record {
     int64_t start_unix_ns;        /* wall clock at accept */
@@ -30,6 +31,13 @@ typedef struct zlb_access_record {
     int32_t listener_id;
     uint16_t attempts;            /* upstream connect attempts */
     uint16_t flags;               /* ZLB_AL_* */
+    /* HTTP requests only (status 0 for L4 connections); strings are
+     * truncated to fit and always NUL-terminated. */
+    uint16_t status;
+    char method[16];
+    char authority[96];
+    char path[192];
+    char cluster[64];             /* the route's cluster ("" for local answers) */
 } zlb_access_record;
 
 #define ZLB_AL_RING 4096          /* records per worker (power of two) */

@@ -26,6 +26,7 @@ enum zlb_cs_counter {
     ZLB_CS_OVERFLOW,           /* HTTP circuit-breaker rejections */
     ZLB_CS_BYTES_SENT,         /* to the upstream */
     ZLB_CS_BYTES_RECEIVED,     /* from the upstream */
+    ZLB_CS_RETRY_OVERFLOW,     /* retries refused by the retry budget / max_retries */
     ZLB_CS_COUNTERS
 };
 
@@ -41,6 +42,12 @@ typedef struct zlb_cs_slot {
 
 typedef struct zlb_cluster_stats {
     _Atomic int64_t refs;
+    /* Circuit-breaker gauges: shared by every worker (atomic read-modify-
+     * write), since the limits are per cluster, not per worker. */
+    _Atomic int64_t active_requests;
+    _Atomic int64_t active_retries;
+    _Atomic int64_t pending_requests;   /* waiting for an upstream connect */
+    _Atomic int64_t active_connections; /* upstream HTTP connections, pooled ones included */
     struct zlb_cluster_stats *next;   /* table chain (table lock) */
     uint32_t n_slots;
     char name[128];

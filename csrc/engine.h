@@ -35,7 +35,6 @@ typedef struct zlb_http_opts {
     uint32_t max_requests_per_conn; /* upstream connection reuse limit, 0 = unlimited */
     uint32_t max_idle_per_endpoint; /* pooled connections kept per endpoint and worker */
     uint32_t retry_buffer;          /* requests up to this size (head + body) can be retried */
-    uint32_t max_active_requests;   /* circuit breaker per listener and worker: 503 + x-zlbfast-overflow */
 } zlb_http_opts;
 
 typedef struct zlb_listener_opts {

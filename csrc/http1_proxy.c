@@ -31,13 +31,14 @@
 
 #define HWM (256 * 1024)        /* stop reading a side while its next buffer holds this much */
 #define READ_CHUNK (64 * 1024)
+#define LINGER_MS 2000          /* longest lingering close (see hc_linger) */
 #define EV_BASE (EPOLLIN | EPOLLRDHUP | EPOLLET)
 
 enum hstate {
     HS_HEAD,       /* reading a request head */
     HS_EXCHANGE,   /* request dispatched: forwarding body / waiting for and forwarding the response */
     HS_TUNNEL,     /* after 101 Switching Protocols: bytes both ways */
-    HS_CLOSING,    /* final bytes being flushed, then close */
+    HS_CLOSING,    /* final bytes being flushed, then a lingering close (see hc_linger) */
 };
 
 typedef struct zlb_hup zlb_hup;
@@ -51,6 +52,7 @@ typedef struct hsock {
     uint8_t eof;        /* read returned 0 */
     uint8_t want_out;   /* EPOLLOUT in the interest set */
     uint8_t blocked;    /* last write hit EAGAIN */
+    uint64_t rx, tx;    /* bytes read / written over the socket's life */
 } hsock;
 
 typedef struct zlb_hconn {
@@ -63,7 +65,8 @@ typedef struct zlb_hconn {
     struct sockaddr_in6 peer;
     char peer_ip[64];
     zlb_timer timer;
-    int64_t idle_deadline, head_deadline, req_deadline, try_deadline;
+    int64_t idle_deadline, head_deadline, req_deadline, try_deadline, backoff_deadline, linger_deadline;
+    uint8_t shut_wr;                 /* closing: our FIN sent, now discarding input */
 
     zlb_h1_parser rp;                /* request head */
     zlb_h1_head rq;
@@ -71,7 +74,16 @@ typedef struct zlb_hconn {
     zlb_h1_head rs;
 
     /* The request in flight, copied out of the snapshot (see the top). */
-    char cluster[ZLB_NAME_MAX];
+    char cluster[ZLB_NAME_MAX];      /* "" when no cluster was chosen (local answers) */
+    zlb_cluster_stats *cs;           /* the cluster's counters and breakers (reference held) */
+    uint8_t holds_request, holds_retry, holds_pending; /* breaker gauges this request counts in */
+    uint64_t up_rx0, up_tx0;         /* upstream socket totals when the try started */
+    zlb_breaker_opts breakers;
+    char al_method[16], al_authority[96], al_path[192]; /* for the access log */
+    uint16_t al_flags;
+    int64_t req_start_unix_ns;
+    uint64_t req_rx0, resp_tx0;      /* client socket totals (consumed / queued) when the request began */
+    struct sockaddr_in6 up_addr;     /* endpoint of the last try */
     zlb_retry_policy retry;
     uint32_t timeout_ms;
     uint64_t hash;
@@ -101,7 +113,7 @@ struct zlb_hup {
     hsock s;
     uint8_t connecting, closed, pooled;
     zlb_ep_state *st;                /* reference held */
-    char cluster[ZLB_NAME_MAX];      /* pool key with st */
+    zlb_cluster_stats *cs;           /* counts in active_connections (reference held) */
     zlb_hconn *owner;
     uint32_t served;
     int64_t connect_start_ns;
@@ -117,6 +129,7 @@ typedef struct graveyard {
 } graveyard;
 
 static void hc_run(zlb_hconn *c);
+static void hc_release_cluster(zlb_hconn *c);
 static void hc_fail_try(zlb_hconn *c, int connect_failure, int timed_out);
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -177,6 +190,7 @@ static int sock_read(hsock *s, uint32_t limit)
         return 1;
     }
     s->in.len += (uint32_t)n;
+    s->rx += (uint64_t)n;
     if (n < READ_CHUNK && !s->hup)
         s->readable = 0; /* short read: drained (edge triggering reports new bytes) */
     return 1;
@@ -196,6 +210,7 @@ static int sock_flush(zlb_worker *w, hsock *s, zlb_io *io)
         return errno == EINTR ? 0 : -1;
     }
     hbuf_consume(&s->out, (uint32_t)n);
+    s->tx += (uint64_t)n;
     if (hbuf_size(&s->out) == 0 && set_want_out(w, s, io, 0) != 0)
         return -1;
     return 1;
@@ -272,6 +287,10 @@ static void hup_close(zlb_hup *u, int reset)
         atomic_fetch_sub_explicit(&u->st->active, 1, memory_order_relaxed);
         zlb_ep_state_unref(u->st);
     }
+    if (u->cs) {
+        atomic_fetch_sub(&u->cs->active_connections, 1);
+        zlb_cs_unref(u->cs);
+    }
     if (u->prev)
         u->prev->next = u->next;
     else
@@ -314,7 +333,7 @@ static void pool_put(zlb_hup *u, const zlb_http_opts *o)
         zlb_timer_arm(&w->timers, &u->timer, w->now_ns + (int64_t)o->upstream_idle_ms * 1000000);
 }
 
-static zlb_hup *hup_connect(zlb_worker *w, zlb_endpoint *ep, const char *cluster, uint32_t timeout_ms)
+static zlb_hup *hup_connect(zlb_worker *w, zlb_endpoint *ep, zlb_cluster_stats *cs, uint32_t timeout_ms)
 {
     zlb_hup *u = calloc(1, sizeof(*u));
     if (!u)
@@ -338,7 +357,9 @@ static zlb_hup *hup_connect(zlb_worker *w, zlb_endpoint *ep, const char *cluster
     u->st = ep->state;
     zlb_ep_state_ref(u->st);
     atomic_fetch_add_explicit(&u->st->active, 1, memory_order_relaxed);
-    zlb_strlcpy(u->cluster, cluster, sizeof(u->cluster));
+    u->cs = cs;
+    atomic_fetch_add(&cs->refs, 1);
+    atomic_fetch_add(&cs->active_connections, 1);
     zlb_timer_init(&u->timer, hup_on_timer);
     u->next = w->hups;
     if (w->hups)
@@ -362,7 +383,6 @@ static void hup_on_timer(zlb_timer *t, int64_t now_ns)
     ZLB_UNUSED(now_ns);
     if (u->connecting && u->owner) {
         zlb_hconn *c = u->owner;
-        ZLB_STAT_ADD(u->w, connect_timeouts, 1);
         hc_fail_try(c, 1, 1);
         hc_run(c);
         return;
@@ -375,8 +395,9 @@ static void hup_on_timer(zlb_timer *t, int64_t now_ns)
 static void hc_arm_timer(zlb_hconn *c)
 {
     int64_t d = 0;
-    int64_t cand[4] = {c->idle_deadline, c->head_deadline, c->req_deadline, c->try_deadline};
-    for (int i = 0; i < 4; i++)
+    int64_t cand[6] = {c->idle_deadline, c->head_deadline, c->req_deadline, c->try_deadline, c->backoff_deadline,
+                       c->linger_deadline};
+    for (int i = 0; i < 6; i++)
         if (cand[i] && (!d || cand[i] < d))
             d = cand[i];
     if (d)
@@ -392,6 +413,14 @@ static void hc_release_up(zlb_hconn *c, int reusable)
         return;
     c->up = NULL;
     u->owner = NULL;
+    if (c->holds_pending) {
+        atomic_fetch_sub(&c->cs->pending_requests, 1);
+        c->holds_pending = 0;
+    }
+    if (c->cs) {
+        zlb_cs_add(c->cs, c->w->id, ZLB_CS_BYTES_SENT, u->s.tx + hbuf_size(&u->s.out) - c->up_tx0);
+        zlb_cs_add(c->cs, c->w->id, ZLB_CS_BYTES_RECEIVED, u->s.rx - c->up_rx0);
+    }
     if (reusable && !u->connecting)
         pool_put(u, &c->l->opts.http);
     else
@@ -406,6 +435,7 @@ static void hc_close(zlb_hconn *c, int reset)
     c->closed = 1;
     zlb_timer_cancel(&w->timers, &c->timer);
     hc_release_up(c, 0);
+    hc_release_cluster(c);
     if (reset)
         rst_close(c->s.fd);
     else
@@ -448,6 +478,13 @@ static void hc_next_request(zlb_hconn *c)
     c->attempts = 0;
     c->resp_started = 0;
     c->status = 0;
+    c->al_flags = 0;
+    c->al_method[0] = c->al_authority[0] = c->al_path[0] = '\0';
+    c->up_addr.sin6_family = 0;
+    c->req_rx0 = c->s.rx - hbuf_size(&c->s.in);
+    c->resp_tx0 = c->s.tx + hbuf_size(&c->s.out);
+    c->req_start_ns = c->w->now_ns;
+    c->req_start_unix_ns = 0;
     c->req_deadline = c->try_deadline = 0;
     c->head_deadline = 0;
     if (c->failed) {
@@ -459,6 +496,101 @@ static void hc_next_request(zlb_hconn *c)
     uint32_t idle = c->l->opts.idle_timeout_ms;
     c->idle_deadline = idle ? c->w->now_ns + (int64_t)idle * 1000000 : 0;
     hc_arm_timer(c);
+}
+
+/* Releases the circuit-breaker gauges and the cluster reference the
+ * request holds. */
+static void hc_release_cluster(zlb_hconn *c)
+{
+    zlb_cluster_stats *cs = c->cs;
+    if (!cs)
+        return;
+    if (c->holds_request)
+        atomic_fetch_sub(&cs->active_requests, 1);
+    if (c->holds_retry)
+        atomic_fetch_sub(&cs->active_retries, 1);
+    if (c->holds_pending)
+        atomic_fetch_sub(&cs->pending_requests, 1);
+    c->holds_request = c->holds_retry = c->holds_pending = 0;
+    zlb_cs_unref(cs);
+    c->cs = NULL;
+}
+
+static void copy_trunc(char *dst, size_t cap, const char *src, uint32_t len)
+{
+    size_t n = len < cap - 1 ? len : cap - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* Accounting at the end of every request, proxied or answered locally:
+ * global and per-cluster counters, latency, the access-log record. */
+static void hc_request_done(zlb_hconn *c, int status)
+{
+    zlb_worker *w = c->w;
+    ZLB_STAT_ADD(w, http_requests, 1);
+    count_status(w, status);
+    int64_t took = w->now_ns - c->req_start_ns;
+    if (c->cs) {
+        int cls = status / 100;
+        zlb_cs_add(c->cs, w->id, ZLB_CS_RQ_1XX + (cls < 1 ? 0 : cls > 5 ? 4 : cls - 1), 1);
+        zlb_cs_latency(c->cs, w->id, took);
+    }
+    if (atomic_load_explicit(&w->eng->access_log, memory_order_acquire)) {
+        zlb_access_record rec;
+        memset(&rec, 0, sizeof(rec));
+        rec.start_unix_ns = c->req_start_unix_ns;
+        rec.duration_ns = took;
+        memcpy(&rec.down, &c->peer, sizeof(rec.down));
+        rec.bytes_received = c->s.rx - hbuf_size(&c->s.in) - c->req_rx0;
+        rec.bytes_sent = c->s.tx + hbuf_size(&c->s.out) - c->resp_tx0;
+        rec.listener_id = c->l->id;
+        rec.attempts = (uint16_t)c->attempts;
+        rec.flags = c->al_flags;
+        rec.status = (uint16_t)status;
+        memcpy(rec.method, c->al_method, sizeof(rec.method));
+        memcpy(rec.authority, c->al_authority, sizeof(rec.authority));
+        memcpy(rec.path, c->al_path, sizeof(rec.path));
+        zlb_strlcpy(rec.cluster, c->cluster, sizeof(rec.cluster));
+        if (c->up_addr.sin6_family)
+            memcpy(&rec.up, &c->up_addr, sizeof(rec.up));
+        if (zlb_access_ring_push(&w->alog, &rec) != 0)
+            ZLB_STAT_ADD(w, access_log_dropped, 1);
+    }
+    hc_release_cluster(c);
+    c->cluster[0] = '\0';
+}
+
+/* Queues a complete response generated by the proxy itself. */
+static void hc_local_reply(zlb_hconn *c, int status, const char *extra_headers, const char *body, int close_conn);
+
+/* Answers a request whose head is complete without asking an upstream; the
+ * body, if any, is not read, so the connection closes after the answer. */
+static void hc_answer_locally(zlb_hconn *c, int status, const char *extra_headers, const char *body)
+{
+    hbuf_consume(&c->s.in, c->rq.head_len);
+    if (!c->req_done)
+        c->close_after = 1;
+    hc_local_reply(c, status, extra_headers, body, c->close_after);
+    if (!c->close_after && !c->closed)
+        hc_next_request(c);
+}
+
+/* A circuit breaker of the request's cluster is open: 503 at once, with the
+ * breaker named in x-zlbfast-overflow, and counted. */
+static void hc_overflow(zlb_hconn *c, const char *which)
+{
+    char hdr[64];
+    snprintf(hdr, sizeof(hdr), "x-zlbfast-overflow: %s\r\n", which);
+    ZLB_STAT_ADD(c->w, http_overflow, 1);
+    zlb_cs_add(c->cs, c->w->id, ZLB_CS_OVERFLOW, 1);
+    c->al_flags |= ZLB_AL_UO;
+    if (c->state == HS_EXCHANGE && c->rq.head_len && hbuf_size(&c->replay) == 0) {
+        hc_answer_locally(c, 503, hdr, "upstream overflow\n");
+        return;
+    }
+    c->close_after = 1;
+    hc_local_reply(c, 503, hdr, "upstream overflow\n", 1);
 }
 
 /* Queues a complete response generated by the proxy itself. */
@@ -474,8 +606,7 @@ static void hc_local_reply(zlb_hconn *c, int status, const char *extra_headers, 
         hc_close(c, 1);
         return;
     }
-    count_status(c->w, status);
-    ZLB_STAT_ADD(c->w, http_requests, 1);
+    hc_request_done(c, status);
     if (close_conn) {
         c->state = HS_CLOSING;
         c->close_after = 1;
@@ -713,25 +844,79 @@ static int status_retriable(const zlb_retry_policy *p, int status)
     return 0;
 }
 
-/* May this request be tried again after a failed try? */
+/* The request's cluster in the current snapshot, or NULL when a config
+ * change removed it. */
+static const zlb_cluster *hc_cluster(const zlb_hconn *c)
+{
+    const zlb_snapshot *snap = c->w->snap;
+    int ci = snap && c->cluster[0] ? zlb_snapshot_find_cluster(snap, c->cluster) : -1;
+    return ci >= 0 ? &snap->clusters[ci] : NULL;
+}
+
+/* Outcome of a try for outlier detection (and peak-EWMA latency). */
+static void hc_report(zlb_hconn *c, zlb_ep_state *st, int success, int64_t latency_ns)
+{
+    const zlb_cluster *cl = hc_cluster(c);
+    for (uint32_t i = 0; cl && i < cl->n_endpoints; i++)
+        if (cl->endpoints[i].state == st)
+            zlb_lb_report(c->w->snap, cl, &cl->endpoints[i], success, latency_ns, c->w->now_ns);
+}
+
+/* May this request be tried again after a failed try? Policy first, then
+ * the cluster's retry budget (Envoy's: retries in flight stay below
+ * budget% of active requests, but at least min_retry_concurrency), so that
+ * retries cannot storm an overloaded cluster. */
 static int may_retry(zlb_hconn *c, int connect_failure)
 {
-    if (!c->replayable || c->resp_started)
+    if (!c->replayable || c->resp_started || !c->cs)
         return 0;
-    int ci = c->w->snap ? zlb_snapshot_find_cluster(c->w->snap, c->cluster) : -1;
-    const zlb_cluster *cl = ci >= 0 ? &c->w->snap->clusters[ci] : NULL;
+    const zlb_cluster *cl = hc_cluster(c);
     if (connect_failure) {
         /* No byte reached an upstream: safe for any method. */
         uint32_t limit = (c->retry.retry_on & ZLB_RETRY_CONNECT_FAILURE) ? c->retry.num_retries
                                                                         : (cl ? cl->opts.connect_retries : 0);
-        return c->attempts <= limit;
-    }
-    if (!c->idempotent && !c->retry.retry_non_idempotent)
+        if (c->attempts > limit)
+            return 0;
+    } else if ((!c->idempotent && !c->retry.retry_non_idempotent) || c->attempts > c->retry.num_retries) {
         return 0;
-    return c->attempts <= c->retry.num_retries;
+    }
+    if (c->holds_retry)
+        return 1; /* already counted as one retry in flight */
+    const zlb_breaker_opts *b = &c->breakers;
+    int64_t active = atomic_load(&c->cs->active_requests);
+    int64_t limit = b->retry_budget_percent ? active * b->retry_budget_percent / 100 : b->max_retries;
+    if (b->retry_budget_percent && limit < b->min_retry_concurrency)
+        limit = b->min_retry_concurrency;
+    if (atomic_fetch_add(&c->cs->active_retries, 1) >= limit) {
+        atomic_fetch_sub(&c->cs->active_retries, 1);
+        zlb_cs_add(c->cs, c->w->id, ZLB_CS_RETRY_OVERFLOW, 1);
+        return 0;
+    }
+    c->holds_retry = 1;
+    return 1;
 }
 
 static void hc_dispatch(zlb_hconn *c);
+
+/* Sends the request again: at once after a connect failure (nothing reached
+ * an upstream), else after an exponential backoff with full jitter. */
+static void hc_retry(zlb_hconn *c, int connect_failure)
+{
+    zlb_worker *w = c->w;
+    ZLB_STAT_ADD(w, http_retries, 1);
+    zlb_cs_add(c->cs, w->id, ZLB_CS_RETRIES, 1);
+    uint32_t base = c->retry.backoff_base_ms, max = c->retry.backoff_max_ms;
+    if (connect_failure || !base) {
+        hc_dispatch(c);
+        return;
+    }
+    uint64_t cap = (uint64_t)base << (c->attempts > 10 ? 10 : c->attempts - 1);
+    if (max && cap > max)
+        cap = max;
+    uint64_t ms = zlb_rand64(&w->rng) % (cap + 1);
+    c->backoff_deadline = w->now_ns + (int64_t)ms * 1000000 + 1;
+    hc_arm_timer(c);
+}
 
 /* Ends the current try with a failure, then retries or answers 502/503/504. */
 static void hc_fail_try(zlb_hconn *c, int connect_failure, int timed_out)
@@ -743,28 +928,31 @@ static void hc_fail_try(zlb_hconn *c, int connect_failure, int timed_out)
             zlb_ep_state_unref(c->failed);
         c->failed = u->st;
         zlb_ep_state_ref(c->failed);
-        int ci = w->snap ? zlb_snapshot_find_cluster(w->snap, c->cluster) : -1;
-        if (ci >= 0) {
-            const zlb_cluster *cl = &w->snap->clusters[ci];
-            for (uint32_t i = 0; i < cl->n_endpoints; i++)
-                if (cl->endpoints[i].state == u->st)
-                    zlb_lb_report(w->snap, cl, &cl->endpoints[i], 0, 0, w->now_ns);
+        hc_report(c, u->st, 0, 0);
+        if (connect_failure) {
+            if (timed_out)
+                ZLB_STAT_ADD(w, connect_timeouts, 1);
+            else
+                ZLB_STAT_ADD(w, connect_failures, 1);
+            zlb_cs_add(c->cs, w->id, timed_out ? ZLB_CS_CONNECT_TIMEOUTS : ZLB_CS_CONNECT_FAILURES, 1);
+        } else if (timed_out) {
+            zlb_cs_add(c->cs, w->id, ZLB_CS_TIMEOUTS, 1);
         }
-        if (connect_failure && !timed_out)
-            ZLB_STAT_ADD(w, connect_failures, 1);
         hc_release_up(c, 0);
     }
     c->try_deadline = 0;
+    c->al_flags |= timed_out ? ZLB_AL_UT : connect_failure ? ZLB_AL_UF : ZLB_AL_UC;
     int reset_ok = connect_failure || (c->retry.retry_on & (ZLB_RETRY_RESET | ZLB_RETRY_5XX)) || timed_out;
     if (reset_ok && may_retry(c, connect_failure)) {
-        ZLB_STAT_ADD(w, http_retries, 1);
-        hc_dispatch(c);
+        hc_retry(c, connect_failure);
         return;
     }
     if (c->resp_started) {
         hc_close(c, 1);
         return;
     }
+    if (c->cs)
+        zlb_cs_add(c->cs, w->id, ZLB_CS_EXHAUSTED, 1);
     c->close_after = 1;
     hc_local_reply(c, timed_out ? 504 : connect_failure ? 503 : 502, NULL,
                    timed_out ? "upstream timeout\n" : "upstream unavailable\n", 1);
@@ -774,13 +962,14 @@ static void hc_fail_try(zlb_hconn *c, int connect_failure, int timed_out)
 static void hc_dispatch(zlb_hconn *c)
 {
     zlb_worker *w = c->w;
-    int ci = w->snap ? zlb_snapshot_find_cluster(w->snap, c->cluster) : -1;
-    if (ci < 0) {
+    c->backoff_deadline = 0;
+    const zlb_cluster *cl = hc_cluster(c);
+    if (!cl) {
+        c->al_flags |= ZLB_AL_NR;
         c->close_after = 1;
         hc_local_reply(c, 503, NULL, "no such cluster\n", 1);
         return;
     }
-    const zlb_cluster *cl = &w->snap->clusters[ci];
     const zlb_endpoint *exclude = NULL;
     for (uint32_t i = 0; c->failed && i < cl->n_endpoints; i++)
         if (cl->endpoints[i].state == c->failed)
@@ -788,31 +977,48 @@ static void hc_dispatch(zlb_hconn *c)
     zlb_pick_ctx ctx = {.rng = &w->rng, .has_hash = c->has_hash, .hash = c->hash, .now_ns = w->now_ns};
     zlb_endpoint *ep = zlb_lb_pick(w->lb, w->snap, cl, &ctx, exclude);
     if (!ep) {
+        c->al_flags |= ZLB_AL_UF;
         c->close_after = 1;
         hc_local_reply(c, 503, NULL, "no healthy upstream\n", 1);
         return;
     }
     c->attempts++;
-    ZLB_STAT_ADD(w, connect_attempts, 1);
+    memcpy(&c->up_addr, &ep->addr, ep->addrlen < sizeof(c->up_addr) ? ep->addrlen : sizeof(c->up_addr));
     zlb_hup *u = pool_take(w, ep->state);
     if (u) {
         ZLB_STAT_ADD(w, http_upstream_reused, 1);
     } else {
-        u = hup_connect(w, ep, c->cluster, cl->opts.connect_timeout_ms);
+        if ((uint64_t)atomic_load(&c->cs->active_connections) >= c->breakers.max_connections) {
+            hc_overflow(c, "connections");
+            return;
+        }
+        if ((uint64_t)atomic_load(&c->cs->pending_requests) >= c->breakers.max_pending) {
+            hc_overflow(c, "pending");
+            return;
+        }
+        ZLB_STAT_ADD(w, connect_attempts, 1);
+        zlb_cs_add(c->cs, w->id, ZLB_CS_CONNECT_ATTEMPTS, 1);
+        u = hup_connect(w, ep, c->cs, cl->opts.connect_timeout_ms);
         if (!u) {
             ZLB_STAT_ADD(w, connect_failures, 1);
+            zlb_cs_add(c->cs, w->id, ZLB_CS_CONNECT_FAILURES, 1);
             zlb_lb_report(w->snap, cl, ep, 0, 0, w->now_ns);
+            c->al_flags |= ZLB_AL_UF;
             if (may_retry(c, 1)) {
-                hc_dispatch(c);
+                hc_retry(c, 1);
                 return;
             }
             c->close_after = 1;
             hc_local_reply(c, 503, NULL, "upstream connect failed\n", 1);
             return;
         }
+        atomic_fetch_add(&c->cs->pending_requests, 1);
+        c->holds_pending = 1;
     }
     u->owner = c;
     c->up = u;
+    c->up_rx0 = u->s.rx;
+    c->up_tx0 = u->s.tx + hbuf_size(&u->s.out);
     zlb_h1_parser_init_response(&c->sp, NULL, c->is_head);
     memset(&c->rs, 0, offsetof(zlb_h1_head, headers));
     if (hbuf_append(&u->s.out, hbuf_data(&c->replay), hbuf_size(&c->replay)) != 0) {
@@ -956,6 +1162,12 @@ static void hc_start_request(zlb_hconn *c)
     const char *buf = hbuf_data(&c->s.in);
     c->head_deadline = c->idle_deadline = 0;
     c->req_start_ns = w->now_ns;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    c->req_start_unix_ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    copy_trunc(c->al_method, sizeof(c->al_method), buf + c->rq.method.off, c->rq.method.len);
+    copy_trunc(c->al_authority, sizeof(c->al_authority), buf + c->rq.host.off, c->rq.host.len);
+    copy_trunc(c->al_path, sizeof(c->al_path), buf + c->rq.target.off, c->rq.target.len);
     c->client_10 = c->rq.version_minor == 0;
     c->close_after = (c->rq.flags & ZLB_H1_F_CLOSE) || (c->client_10 && !(c->rq.flags & ZLB_H1_F_KEEP_ALIVE));
     c->upgrade = (c->rq.flags & ZLB_H1_F_UPGRADE) != 0;
@@ -974,28 +1186,33 @@ static void hc_start_request(zlb_hconn *c)
     c->req_done = c->rq.body == ZLB_H1_BODY_NONE || (c->rq.body == ZLB_H1_BODY_LENGTH && c->req_left == 0);
     zlb_h1_chunked_init(&c->req_chunks);
     c->state = HS_EXCHANGE;
-    if (!rt || rt->action != ZLB_ACTION_CLUSTER) {
-        /* Local answers skip the body; a connection with an unread body
-         * cannot be reused safely. */
-        hbuf_consume(&c->s.in, head_len);
-        if (!c->req_done)
-            c->close_after = 1;
-        if (!rt) {
-            hc_local_reply(c, 404, NULL, "no route\n", c->close_after);
-        } else if (rt->action == ZLB_ACTION_DIRECT) {
-            hc_local_reply(c, rt->status, NULL, rt->body.p, c->close_after);
-        } else {
-            char loc[1024];
-            snprintf(loc, sizeof(loc), "location: %s://%s%s\r\n", rt->redirect_scheme.len ? rt->redirect_scheme.p : "http",
-                     rt->redirect_host.len ? rt->redirect_host.p : "", rt->redirect_path.p);
-            hc_local_reply(c, rt->status, loc, NULL, c->close_after);
-        }
-        if (!c->close_after)
-            hc_next_request(c);
+    if (!rt) {
+        c->al_flags |= ZLB_AL_NR;
+        hc_answer_locally(c, 404, NULL, "no route\n");
         return;
     }
-    int ci = zlb_route_pick_cluster(rt, &w->rng);
-    zlb_strlcpy(c->cluster, w->snap->clusters[ci].opts.name, sizeof(c->cluster));
+    if (rt->action == ZLB_ACTION_DIRECT) {
+        hc_answer_locally(c, rt->status, NULL, rt->body.p);
+        return;
+    }
+    if (rt->action == ZLB_ACTION_REDIRECT) {
+        char loc[1024];
+        snprintf(loc, sizeof(loc), "location: %s://%s%s\r\n", rt->redirect_scheme.len ? rt->redirect_scheme.p : "http",
+                 rt->redirect_host.len ? rt->redirect_host.p : "", rt->redirect_path.p);
+        hc_answer_locally(c, rt->status, loc, NULL);
+        return;
+    }
+    const zlb_cluster *cl = &w->snap->clusters[zlb_route_pick_cluster(rt, &w->rng)];
+    zlb_strlcpy(c->cluster, cl->opts.name, sizeof(c->cluster));
+    c->cs = cl->stats;
+    atomic_fetch_add(&c->cs->refs, 1);
+    c->breakers = cl->opts.breakers;
+    if ((uint64_t)atomic_fetch_add(&c->cs->active_requests, 1) >= c->breakers.max_requests) {
+        atomic_fetch_sub(&c->cs->active_requests, 1);
+        hc_overflow(c, "requests");
+        return;
+    }
+    c->holds_request = 1;
     c->retry = rt->retry;
     c->timeout_ms = rt->timeout_ms ? rt->timeout_ms : o->request_timeout_ms;
     request_hash(c, rt, buf);
@@ -1025,22 +1242,15 @@ static void hc_start_request(zlb_hconn *c)
 static void hc_finish_exchange(zlb_hconn *c, int upstream_reusable)
 {
     zlb_worker *w = c->w;
-    ZLB_STAT_ADD(w, http_requests, 1);
-    count_status(w, c->status);
     if (c->up) {
-        int ci = w->snap ? zlb_snapshot_find_cluster(w->snap, c->cluster) : -1;
-        if (ci >= 0) {
-            const zlb_cluster *cl = &w->snap->clusters[ci];
-            for (uint32_t i = 0; i < cl->n_endpoints; i++)
-                if (cl->endpoints[i].state == c->up->st)
-                    zlb_lb_report(w->snap, cl, &cl->endpoints[i], c->status < 500, w->now_ns - c->req_start_ns,
-                                  w->now_ns);
-        }
+        /* 5xx counts as a failure for outlier detection (consecutive 5xx). */
+        hc_report(c, c->up->st, c->status < 500, w->now_ns - c->req_start_ns);
         c->up->served++;
         uint32_t max = c->l->opts.http.max_requests_per_conn;
         hc_release_up(c, upstream_reusable && !(c->rs.flags & ZLB_H1_F_CLOSE) && !c->client_10 &&
                              (!max || c->up->served < max));
     }
+    hc_request_done(c, c->status);
     c->req_deadline = c->try_deadline = 0;
     if (c->close_after) {
         c->state = HS_CLOSING;
@@ -1090,13 +1300,14 @@ static int hc_upstream_data(zlb_hconn *c)
             return 1;
         }
         if (status_retriable(&c->retry, c->status) && may_retry(c, 0)) {
-            ZLB_STAT_ADD(c->w, http_retries, 1);
+            /* The answer is dropped unread, so its connection cannot be reused. */
+            hc_report(c, u->st, c->status < 500, c->w->now_ns - c->req_start_ns);
             if (c->failed)
                 zlb_ep_state_unref(c->failed);
             c->failed = u->st;
             zlb_ep_state_ref(c->failed);
             hc_release_up(c, 0);
-            hc_dispatch(c);
+            hc_retry(c, 0);
             return 1;
         }
         if (c->status == 101 && !c->upgrade) {
@@ -1112,8 +1323,7 @@ static int hc_upstream_data(zlb_hconn *c)
         c->try_deadline = 0;
         if (c->status == 101) {
             ZLB_STAT_ADD(c->w, http_upgrades, 1);
-            ZLB_STAT_ADD(c->w, http_requests, 1);
-            count_status(c->w, 101);
+            hc_request_done(c, 101);
             c->state = HS_TUNNEL;
             c->req_deadline = c->idle_deadline = c->head_deadline = 0;
             hc_arm_timer(c);
@@ -1206,6 +1416,28 @@ static int hc_step_tunnel(zlb_hconn *c)
     return progress;
 }
 
+/* Lingering close: once the last response byte is out, send FIN and
+ * discard what the client still sends, for at most LINGER_MS. Closing with
+ * unread input would make the kernel send RST, which can destroy an error
+ * reply (400, 408, 413...) the client has not read yet. Returns 1 when c
+ * is closed. */
+static int hc_linger(zlb_hconn *c)
+{
+    if (!c->shut_wr) {
+        shutdown(c->s.fd, SHUT_WR);
+        c->shut_wr = 1;
+        c->idle_deadline = c->head_deadline = c->req_deadline = c->try_deadline = c->backoff_deadline = 0;
+        c->linger_deadline = c->w->now_ns + (int64_t)LINGER_MS * 1000000;
+        hc_arm_timer(c);
+    }
+    hbuf_clear(&c->s.in);
+    if (c->s.eof) {
+        hc_close(c, 0);
+        return 1;
+    }
+    return 0;
+}
+
 static void hc_run(zlb_hconn *c)
 {
     zlb_worker *w = c->w;
@@ -1255,8 +1487,8 @@ static void hc_run(zlb_hconn *c)
         if ((r = sock_flush(w, &c->s, &c->io)) < 0)
             return hc_close(c, 1);
         progress |= r;
-        if (c->state == HS_CLOSING && hbuf_size(&c->s.out) == 0)
-            return hc_close(c, 0);
+        if (c->state == HS_CLOSING && hbuf_size(&c->s.out) == 0 && hc_linger(c))
+            return;
         if (c->s.eof && c->state == HS_HEAD && hbuf_size(&c->s.in) == 0)
             return hc_close(c, 0); /* client closed between requests */
         if (c->s.eof && c->state == HS_EXCHANGE && !c->req_done)
@@ -1277,14 +1509,21 @@ static void hc_on_timer(zlb_timer *t, int64_t now)
     } else if (c->idle_deadline && now >= c->idle_deadline) {
         ZLB_STAT_ADD(w, idle_timeouts, 1);
         return hc_close(c, 0);
+    } else if (c->linger_deadline && now >= c->linger_deadline) {
+        return hc_close(c, 0);
     } else if (c->req_deadline && now >= c->req_deadline) {
         ZLB_STAT_ADD(w, http_request_timeouts, 1);
-        c->req_deadline = 0;
+        if (c->cs)
+            zlb_cs_add(c->cs, w->id, ZLB_CS_TIMEOUTS, 1);
+        c->al_flags |= ZLB_AL_UT;
+        c->req_deadline = c->backoff_deadline = 0;
         if (c->resp_started)
             return hc_close(c, 1);
         hc_release_up(c, 0);
         c->close_after = 1;
         hc_local_reply(c, 504, NULL, "upstream request timeout\n", 1);
+    } else if (c->backoff_deadline && now >= c->backoff_deadline) {
+        hc_dispatch(c);
     } else if (c->try_deadline && now >= c->try_deadline) {
         ZLB_STAT_ADD(w, http_request_timeouts, 1);
         hc_fail_try(c, 0, 1);
@@ -1377,6 +1616,11 @@ void zlb_http_on_event(zlb_worker *w, zlb_io *io, uint32_t events)
             u->connecting = 0;
             u->s.blocked = 0;
             zlb_timer_cancel(&u->w->timers, &u->timer);
+            zlb_hconn *c = u->owner;
+            if (c && c->holds_pending) { /* no longer waiting for a connection */
+                atomic_fetch_sub(&c->cs->pending_requests, 1);
+                c->holds_pending = 0;
+            }
         } else if (soerr != 0 || (events & (EPOLLERR | EPOLLHUP))) {
             if (u->owner) {
                 zlb_hconn *c = u->owner;

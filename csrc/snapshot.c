@@ -215,6 +215,12 @@ void zlb_cluster_opts_defaults(zlb_cluster_opts *o)
     o->outlier.base_ejection_ms = 30000;
     o->outlier.max_ejection_ms = 300000;
     o->outlier.max_ejection_percent = 10;
+    o->breakers.max_connections = 1024;
+    o->breakers.max_pending = 1024;
+    o->breakers.max_requests = 1024;
+    o->breakers.max_retries = 3;
+    o->breakers.retry_budget_percent = 20;
+    o->breakers.min_retry_concurrency = 3;
 }
 
 /* ---- builder -------------------------------------------------------- */

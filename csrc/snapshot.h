@@ -108,6 +108,17 @@ typedef struct zlb_outlier_opts {
     uint32_t max_ejection_percent;  /* default 10 */
 } zlb_outlier_opts;
 
+/* Circuit breakers (HTTP): over a limit, requests get 503 with an
+ * x-zlbfast-overflow header; retries beyond the budget are not attempted. */
+typedef struct zlb_breaker_opts {
+    uint32_t max_connections;       /* upstream connections, default 1024 */
+    uint32_t max_pending;           /* requests waiting for a connect, default 1024 */
+    uint32_t max_requests;          /* requests in flight, default 1024 */
+    uint32_t max_retries;           /* retries in flight when the budget is off, default 3 */
+    uint32_t retry_budget_percent;  /* retries <= this % of active requests, default 20; 0 = use max_retries */
+    uint32_t min_retry_concurrency; /* retries always allowed up to this many, default 3 */
+} zlb_breaker_opts;
+
 typedef struct zlb_cluster_opts {
     char name[ZLB_NAME_MAX];
     char policy[32];                /* "round_robin", "maglev", ... */
@@ -119,6 +130,7 @@ typedef struct zlb_cluster_opts {
     uint32_t overprovisioning;      /* percent, default 140 */
     uint32_t ewma_decay_ms;         /* peak_ewma decay, default 10000 */
     zlb_outlier_opts outlier;
+    zlb_breaker_opts breakers;
 } zlb_cluster_opts;
 
 /* Fills opts with the documented defaults (name and policy left empty). */

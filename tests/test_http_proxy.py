@@ -32,6 +32,7 @@ from tests.httputil import (
 from tests.netutil import DEADLINE_S, Backend, wait_for
 from zlbfast import _native
 from zlbfast.model import (
+    CircuitBreakers,
     HeaderOps,
     HttpOptions,
     OutlierDetection,
@@ -587,3 +588,121 @@ def test_bodiless_responses_and_http10_keep_connections_in_step(engine_factory):
             assert (r.header("connection"), r.body) == ("close", b"body-/last")
             assert cl.closed()
         assert [q.target for q in up.requests] == ["/h", "/204", "/g", "/ka", "/last"]
+
+
+# ---- circuit breakers, retry budget, accounting ----------------------------------------------------------------
+
+
+def test_circuit_breaker_max_requests_answers_503_overflow(engine_factory):
+    slow = _native.BuiltinBackend(label="slow", delay=1.0)
+    clients: list[Client] = []
+    try:
+        breakers = CircuitBreakers(max_requests=2)
+        eng, port = start(engine_factory, http_config(
+            [cluster("c", [(slow.host, slow.port)], circuit_breakers=breakers)], [Route(clusters=to("c"))]))
+        for _ in range(2):  # two requests in flight: the limit
+            cl = Client(port)
+            cl.send(build_request("GET", "/"))
+            clients.append(cl)
+        wait_for(lambda: slow.connections == 2, what="two requests at the backend")
+        with Client(port) as third:
+            r = third.request("GET", "/")
+            assert r.status == 503 and r.header("x-zlbfast-overflow") == "requests"
+        for cl in clients:
+            assert cl.response().status == 200
+        assert eng.stats()["http_overflow"] == 1
+        st = eng.native.cluster_stats()["c"]
+        assert st["overflow"] == 1 and st["rq_2xx"] == 2 and st["rq_5xx"] == 1
+        assert slow.requests == 2
+    finally:
+        for cl in clients:
+            cl.close()
+        slow.stop()
+
+
+def _retries_when_all_fail(engine_factory, breakers: CircuitBreakers, n: int) -> tuple[dict, dict]:
+    """n concurrent GETs to a cluster whose endpoints all answer 503 after 200 ms, with 2 retries each
+    allowed by the route: returns the engine stats and the cluster stats."""
+    failing = builtin(2, prefix="f", status=503, delay=0.2)
+    clients: list[Client] = []
+    try:
+        policy = RetryPolicy(retry_on=("5xx",), num_retries=2)
+        eng, port = start(engine_factory, http_config(
+            [cluster("c", addrs(failing), outlier=NO_EJECTION, circuit_breakers=breakers)],
+            [Route(clusters=to("c"), retry=policy)]))
+        clients = [Client(port) for _ in range(n)]
+        for cl in clients:
+            cl.send(build_request("GET", "/"))
+        for cl in clients:
+            assert cl.response().status == 503
+        return eng.stats(), eng.native.cluster_stats()["c"]
+    finally:
+        for cl in clients:
+            cl.close()
+        for b in failing:
+            b.stop()
+
+
+def test_retry_budget_caps_retries_when_all_endpoints_fail(engine_factory):
+    n = 10
+    # Budget effectively off (100 % of active requests, at least 100): every request is retried twice.
+    st, cs = _retries_when_all_fail(engine_factory, CircuitBreakers(retry_budget_percent=100,
+                                                                    min_retry_concurrency=100), n)
+    assert st["http_retries"] == 2 * n and cs["retry_overflow"] == 0
+    # One retry in flight at a time for the whole cluster: the concurrent failures cannot all retry.
+    st, cs = _retries_when_all_fail(engine_factory, CircuitBreakers(retry_budget_percent=1,
+                                                                    min_retry_concurrency=1), n)
+    assert cs["retry_overflow"] >= 1
+    assert st["http_retries"] < 2 * n
+    assert cs["retries"] == st["http_retries"]
+
+
+def test_requests_feed_cluster_counters_histogram_and_access_log(engine_factory):
+    backends = builtin(2)
+    try:
+        eng, port = start(engine_factory, http_config([cluster("c", addrs(backends))], [Route(clusters=to("c"))]))
+        eng.native.set_access_log(True)
+        with Client(port) as cl:
+            for i in range(5):
+                assert cl.request("GET", f"/item/{i}", host="shop.test").status == 200
+            assert cl.request("GET", "/missing", host="nowhere.test").status == 200
+        st = eng.native.cluster_stats()["c"]
+        assert st["rq_2xx"] == 6 and st["rq_5xx"] == 0
+        assert st["latency_buckets"][-1] == (float("inf"), 6)
+        counts = [count for _, count in st["latency_buckets"]]
+        assert counts == sorted(counts)  # cumulative
+        assert st["bytes_received"] > 0 and st["bytes_sent"] > 0
+        records = []
+        wait_for(lambda: records.extend(eng.native.drain_access_log()) or len(records) == 6, what="6 records")
+        paths = [r["path"] for r in records]
+        assert paths == [f"/item/{i}" for i in range(5)] + ["/missing"]
+        first = records[0]
+        assert (first["method"], first["authority"], first["status"], first["cluster"]) == ("GET", "shop.test",
+                                                                                              200, "c")
+        assert first["upstream"] in {f"{b.host}:{b.port}" for b in backends}
+        assert first["bytes_sent"] > 0 and first["bytes_received"] > 0 and first["flags"] == []
+    finally:
+        for b in backends:
+            b.stop()
+
+
+def test_error_reply_survives_unread_request_bytes(engine_factory):
+    """A head over the limit is answered 431 while the client is still sending: the lingering close keeps
+    the answer from being destroyed by a reset."""
+    b = builtin(1)
+    try:
+        _, port = start(engine_factory, http_config([cluster("c", addrs(b))], [Route(clusters=to("c"))],
+                                                    http=HttpOptions(max_head=4096, max_request_line=1024)))
+        s = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S)
+        with s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            big = b"x-filler: " + b"y" * 1000 + b"\r\n"
+            try:
+                for _ in range(200):  # ~200 KB: far past the limit, still being sent when the proxy answers
+                    s.sendall(big)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            head = parse_head(Reader(s).read_until(b"\r\n\r\n"))
+            assert head.start[1] == "431"
+    finally:
+        b[0].stop()

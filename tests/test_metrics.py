@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.netutil import Backend, connect, free_port, label_handler, read_label, wait_for
 from tests.test_admin import ZlbProcess, l4_yaml, running
 from zlbfast import _native
-from zlbfast.prometheus import _COUNTERS, _GAUGES
+from zlbfast.prometheus import _CLUSTER_COUNTERS, _COUNTERS, _GAUGES
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -33,6 +33,8 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def test_every_native_counter_is_exported() -> None:
     assert set(_native.STAT_FIELDS) <= set(_COUNTERS) | set(_GAUGES)
+    by_class = {f"rq_{c}xx" for c in range(1, 6)}  # exported as zlbfast_upstream_requests_total{code_class}
+    assert set(_native.CLUSTER_STAT_FIELDS) - by_class <= set(_CLUSTER_COUNTERS)
 
 
 def test_exact_counts_after_known_connections_failures_and_retries(tmp_path: Path) -> None:

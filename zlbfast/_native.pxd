@@ -38,6 +38,14 @@ cdef extern from "snapshot.h" nogil:
         uint32_t max_ejection_ms
         uint32_t max_ejection_percent
 
+    ctypedef struct zlb_breaker_opts:
+        uint32_t max_connections
+        uint32_t max_pending
+        uint32_t max_requests
+        uint32_t max_retries
+        uint32_t retry_budget_percent
+        uint32_t min_retry_concurrency
+
     ctypedef struct zlb_cluster_opts:
         char name[128]
         char policy[32]
@@ -49,6 +57,7 @@ cdef extern from "snapshot.h" nogil:
         uint32_t overprovisioning
         uint32_t ewma_decay_ms
         zlb_outlier_opts outlier
+        zlb_breaker_opts breakers
 
     ctypedef struct zlb_endpoint:
         uint32_t weight
@@ -148,6 +157,11 @@ cdef extern from "accesslog.h" nogil:
         int listener_id
         uint16_t attempts
         uint16_t flags
+        uint16_t status
+        char method[16]
+        char authority[96]
+        char path[192]
+        char cluster[64]
 
     enum:
         ZLB_AL_UF
@@ -156,6 +170,7 @@ cdef extern from "accesslog.h" nogil:
         ZLB_AL_NR
         ZLB_AL_IT
         ZLB_AL_RS
+        ZLB_AL_UC
 
 
 cdef extern from "tls.h" nogil:
@@ -205,7 +220,6 @@ cdef extern from "engine.h" nogil:
         uint32_t max_requests_per_conn
         uint32_t max_idle_per_endpoint
         uint32_t retry_buffer
-        uint32_t max_active_requests
 
     ctypedef struct zlb_listener_opts:
         char name[128]

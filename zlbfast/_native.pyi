@@ -35,6 +35,8 @@ class RouteTable:
         per_try_timeout_ms: int,
         codes: tuple[int, ...],
         retry_non_idempotent: bool,
+        backoff_base_ms: int = 25,
+        backoff_max_ms: int = 250,
     ) -> None: ...
 
 class SnapshotBuilder:
@@ -55,6 +57,12 @@ class SnapshotBuilder:
         base_ejection_ms: int = 30000,
         max_ejection_ms: int = 300000,
         max_ejection_percent: int = 10,
+        max_connections: int = 1024,
+        max_pending_requests: int = 1024,
+        max_requests: int = 1024,
+        max_retries: int = 3,
+        retry_budget_percent: int = 20,
+        min_retry_concurrency: int = 3,
     ) -> int: ...
     def add_endpoint(
         self,
@@ -101,7 +109,7 @@ class NativeEngine:
     def drain_access_log(self, max_records: int = 4096) -> list[dict[str, Any]]: ...
     def set_identity(
         self, name: str, cert_pem: str | bytes, key_pem: str | bytes, bundles: dict[str, str | bytes]
-    ) -> None: ...
+    ) -> None: ...  # bundles: {trust_domain: PEM}, "" = the SVID's own trust domain
     def identity_info(self, name: str) -> dict[str, Any] | None: ...
     def set_cluster_tls(self, cluster: str, tls: dict[str, Any] | None) -> None: ...
     def set_tls_log_peers(self, on: bool) -> None: ...

@@ -32,6 +32,7 @@ STAT_FIELDS = (
 CLUSTER_STAT_FIELDS = (
     "rq_1xx", "rq_2xx", "rq_3xx", "rq_4xx", "rq_5xx", "connections", "connect_attempts", "connect_failures",
     "connect_timeouts", "retries", "exhausted", "timeouts", "overflow", "bytes_sent", "bytes_received",
+    "retry_overflow",
 )
 # Vocabulary of csrc/router.h, by the names the model uses.
 MATCH_KINDS = {"exact": 0, "prefix": 1, "regex": 2, "present": 3}
@@ -41,7 +42,7 @@ HEADER_OPS = {"request_add": 0, "request_set": 1, "request_remove": 2, "response
 RETRY_ON = {"connect-failure": 1, "reset": 2, "gateway-error": 4, "5xx": 8, "retriable-status-codes": 16}
 # Envoy-style response flags of access-log records (csrc/accesslog.h).
 _AL_FLAGS = ((ZLB_AL_UF, "UF"), (ZLB_AL_UO, "UO"), (ZLB_AL_UT, "UT"), (ZLB_AL_NR, "NR"),
-             (ZLB_AL_IT, "IT"), (ZLB_AL_RS, "RS"))
+             (ZLB_AL_IT, "IT"), (ZLB_AL_RS, "RS"), (ZLB_AL_UC, "UC"))
 HEALTH = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 _HEALTH_NAMES = {v: k for k, v in HEALTH.items()}
 
@@ -201,7 +202,7 @@ cdef class RouteTable:
         _raise_if(zlb_route_set_hash(self._live(), vh, rt, HASH_KINDS[kind], _b(name, 4096), err, sizeof(err)), err)
 
     def set_policy(self, int vh, int rt, int timeout_ms, retry_on, int num_retries, int per_try_timeout_ms,
-                   codes, bint retry_non_idempotent):
+                   codes, bint retry_non_idempotent, int backoff_base_ms=25, int backoff_max_ms=250):
         cdef char err[512]
         cdef zlb_retry_policy p
         memset(&p, 0, sizeof(p))
@@ -210,6 +211,8 @@ cdef class RouteTable:
         p.num_retries = num_retries
         p.per_try_timeout_ms = per_try_timeout_ms
         p.retry_non_idempotent = retry_non_idempotent
+        p.backoff_base_ms = backoff_base_ms
+        p.backoff_max_ms = backoff_max_ms
         if len(codes) > 8:
             raise NativeError("at most 8 retriable status codes")
         for i, code in enumerate(codes):
@@ -240,7 +243,9 @@ cdef class SnapshotBuilder:
                     int connect_retries=2, int panic_threshold=50, int ring_size=1024,
                     int maglev_table_size=65537, int overprovisioning=140, int ewma_decay_ms=10000,
                     int consecutive_failures=5, int base_ejection_ms=30000, int max_ejection_ms=300000,
-                    int max_ejection_percent=10):
+                    int max_ejection_percent=10, int max_connections=1024, int max_pending_requests=1024,
+                    int max_requests=1024, int max_retries=3, int retry_budget_percent=20,
+                    int min_retry_concurrency=3):
         cdef zlb_cluster_opts o
         cdef char err[512]
         zlb_cluster_opts_defaults(&o)
@@ -257,6 +262,12 @@ cdef class SnapshotBuilder:
         o.outlier.base_ejection_ms = base_ejection_ms
         o.outlier.max_ejection_ms = max_ejection_ms
         o.outlier.max_ejection_percent = max_ejection_percent
+        o.breakers.max_connections = max_connections
+        o.breakers.max_pending = max_pending_requests
+        o.breakers.max_requests = max_requests
+        o.breakers.max_retries = max_retries
+        o.breakers.retry_budget_percent = retry_budget_percent
+        o.breakers.min_retry_concurrency = min_retry_concurrency
         idx = zlb_snap_add_cluster(self.b, &o, err, sizeof(err))
         if idx < 0:
             raise NativeError(err.decode(errors="replace"))
@@ -435,6 +446,12 @@ cdef class NativeEngine:
                     "attempts": recs[i].attempts,
                     "flags": [label for bit, label in _AL_FLAGS if recs[i].flags & bit],
                 })
+                if recs[i].status:
+                    # An HTTP request: its cluster is the route's, not the listener's.
+                    out[-1].update(status=recs[i].status, method=recs[i].method.decode(errors="replace"),
+                                   authority=recs[i].authority.decode(errors="replace"),
+                                   path=recs[i].path.decode(errors="replace"),
+                                   cluster=recs[i].cluster.decode(errors="replace"))
             return out
         finally:
             PyMem_Free(recs)

@@ -41,6 +41,7 @@ from .model import (
     POLICIES,
     PROTOCOLS,
     RETRY_ON,
+    CircuitBreakers,
     Cluster,
     Config,
     Endpoint,
@@ -82,6 +83,7 @@ MAX_DIRECT_BODY_BYTES = 65536
 MAX_REDIRECT_BYTES = 384
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 MAX_RETRIES = 10
+MAX_BREAKER_LIMIT = 1_000_000
 MAX_RETRIABLE_STATUS_CODES = 8  # zlb_retry_policy.codes in csrc/router.h
 MIN_REQUEST_LINE = 64
 MIN_HTTP_HEAD = 1024
@@ -317,6 +319,20 @@ def _outlier(value: object, path: str, source: str) -> OutlierDetection:
     return _build(OutlierDetection, _OUTLIER_KEYS, value, path, source, "a mapping")
 
 
+_BREAKER_KEYS = (
+    _Key("max_connections", ("max_connections",), _integer),
+    _Key("max_pending_requests", ("max_pending_requests",), _integer),
+    _Key("max_requests", ("max_requests",), _integer),
+    _Key("max_retries", ("max_retries",), _integer),
+    _Key("retry_budget_percent", ("retry_budget_percent",), _integer),
+    _Key("min_retry_concurrency", ("min_retry_concurrency",), _integer),
+)
+
+
+def _breakers(value: object, path: str, source: str) -> CircuitBreakers:
+    return _build(CircuitBreakers, _BREAKER_KEYS, value, path, source, "a mapping")
+
+
 _STATUS_RANGE_RE = re.compile(r"([0-9]{3})-([0-9]{3})")
 
 
@@ -360,6 +376,7 @@ _CLUSTER_KEYS = (
     _Key("ewma_decay", ("ewma_decay_ms",), parse_duration_ms),
     _Key("outlier_detection", ("outlier",), _outlier),
     _Key("health_check", ("health_check",), _health_check),
+    _Key("circuit_breakers", ("circuit_breakers",), _breakers),
 )
 
 
@@ -500,6 +517,8 @@ _RETRY_POLICY_KEYS = (
     _Key("per_try_timeout", ("per_try_timeout_ms",), parse_duration_ms),
     _Key("retriable_status_codes", ("retriable_status_codes",), _list_of(_integer)),
     _Key("retry_non_idempotent", ("retry_non_idempotent",), _boolean),
+    _Key("backoff_base_interval", ("backoff_base_ms",), parse_duration_ms),
+    _Key("backoff_max_interval", ("backoff_max_ms",), parse_duration_ms),
 )
 
 
@@ -802,6 +821,13 @@ def _validate_outlier(outlier: OutlierDetection, path: str, source: str) -> None
     _check_range(outlier.max_ejection_percent, 0, 100, f"{path}.max_ejection_percent", source)
 
 
+def _validate_breakers(b: CircuitBreakers, path: str, source: str) -> None:
+    for name in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
+        _check_range(getattr(b, name), 1, MAX_BREAKER_LIMIT, f"{path}.{name}", source)
+    _check_range(b.retry_budget_percent, 0, 100, f"{path}.retry_budget_percent", source)
+    _check_range(b.min_retry_concurrency, 0, MAX_BREAKER_LIMIT, f"{path}.min_retry_concurrency", source)
+
+
 def _validate_health_check(check: HealthCheck, path: str, source: str) -> None:
     _check_choice(check.type, HEALTH_CHECK_TYPES, "health check type", f"{path}.type", source)
     _check_target(check.path, f"{path}.path", source)
@@ -909,6 +935,7 @@ def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
         _fail(source, size_path, f"must be a prime number (e.g. 65537), got {cluster.maglev_table_size}")
     _check_duration(cluster.ewma_decay_ms, f"{path}.ewma_decay", source)
     _validate_outlier(cluster.outlier, f"{path}.outlier_detection", source)
+    _validate_breakers(cluster.circuit_breakers, f"{path}.circuit_breakers", source)
     if cluster.health_check is not None:
         _validate_health_check(cluster.health_check, f"{path}.health_check", source)
 
@@ -1130,6 +1157,8 @@ def _validate_retry(retry: RetryPolicy, path: str, source: str) -> None:
             _fail(source, f"{path}.retry_on[{i}]", f"{condition!r} is listed twice")
     _check_range(retry.num_retries, 0, MAX_RETRIES, f"{path}.num_retries", source)
     _check_duration(retry.per_try_timeout_ms, f"{path}.per_try_timeout", source, minimum_ms=0)
+    _check_duration(retry.backoff_base_ms, f"{path}.backoff_base_interval", source, minimum_ms=0)
+    _check_duration(retry.backoff_max_ms, f"{path}.backoff_max_interval", source, minimum_ms=0)
     codes, codes_path = retry.retriable_status_codes, f"{path}.retriable_status_codes"
     if len(codes) > MAX_RETRIABLE_STATUS_CODES:
         _fail(source, codes_path, f"at most {MAX_RETRIABLE_STATUS_CODES} status codes, got {len(codes)}")

@@ -83,6 +83,18 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class CircuitBreakers:
+    """Limits per cluster (HTTP): over one, requests get 503 with x-zlbfast-overflow naming it."""
+
+    max_connections: int = 1024  # upstream connections, pooled ones included
+    max_pending_requests: int = 1024  # requests waiting for an upstream connect
+    max_requests: int = 1024  # requests in flight
+    max_retries: int = 3  # retries in flight, used when retry_budget_percent is 0
+    retry_budget_percent: int = 20  # retries in flight <= this % of active requests ...
+    min_retry_concurrency: int = 3  # ... but always at least this many
+
+
+@dataclass(frozen=True)
 class PeerMatch:
     """Which SPIFFE IDs are accepted: the exact ID, an ID prefix (spiffe://td/ns/prod/) or a whole trust domain."""
 
@@ -143,6 +155,7 @@ class Cluster:
     outlier: OutlierDetection = OutlierDetection()
     health_check: HealthCheck | None = None  # None: no active checks
     tls: ClusterTls | None = None  # None: plaintext to the endpoints
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
 
 
 @dataclass(frozen=True)
@@ -168,6 +181,8 @@ class RetryPolicy:
     per_try_timeout_ms: int = 0  # 0 = only the route timeout
     retriable_status_codes: tuple[int, ...] = ()
     retry_non_idempotent: bool = False  # POST/PATCH too (their bodies may have had effects)
+    backoff_base_ms: int = 25  # retries after a response or reset wait rand(0, min(max, base * 2^n))
+    backoff_max_ms: int = 250
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ _CLUSTER_COUNTERS: dict[str, tuple[str, str]] = {
     "overflow": ("zlbfast_upstream_overflow_total", "HTTP requests rejected by the cluster's circuit breaker."),
     "bytes_sent": ("zlbfast_upstream_bytes_sent_total", "Bytes sent to the cluster's endpoints."),
     "bytes_received": ("zlbfast_upstream_bytes_received_total", "Bytes received from the cluster's endpoints."),
+    "retry_overflow": ("zlbfast_upstream_retry_overflow_total",
+                       "Retries not attempted because the cluster's retry budget was spent."),
 }
 
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from zlbfast import _native
@@ -66,7 +67,7 @@ def _add_route(table: _native.RouteTable, vh: int, route: Route, cluster_index: 
         table.set_hash(vh, rt, route.hash_on, route.hash_name)
     p = route.retry
     table.set_policy(vh, rt, route.timeout_ms, p.retry_on, p.num_retries, p.per_try_timeout_ms,
-                     p.retriable_status_codes, p.retry_non_idempotent)
+                     p.retriable_status_codes, p.retry_non_idempotent, p.backoff_base_ms, p.backoff_max_ms)
 
 
 def _route_table(listener: Listener, cluster_index: dict[str, int]) -> _native.RouteTable:
@@ -94,6 +95,12 @@ def _add_cluster(builder: _native.SnapshotBuilder, cluster: Cluster) -> None:
         base_ejection_ms=cluster.outlier.base_ejection_time_ms,
         max_ejection_ms=cluster.outlier.max_ejection_time_ms,
         max_ejection_percent=cluster.outlier.max_ejection_percent,
+        max_connections=cluster.circuit_breakers.max_connections,
+        max_pending_requests=cluster.circuit_breakers.max_pending_requests,
+        max_requests=cluster.circuit_breakers.max_requests,
+        max_retries=cluster.circuit_breakers.max_retries,
+        retry_budget_percent=cluster.circuit_breakers.retry_budget_percent,
+        min_retry_concurrency=cluster.circuit_breakers.min_retry_concurrency,
     )
     builder.add_endpoints(idx, cluster.endpoints)
 
@@ -113,7 +120,7 @@ class Engine:
     # -- identities (TLS) ----------------------------------------------------
 
     def set_identity(self, name: str, cert_pem: str | bytes, key_pem: str | bytes,
-                     bundles: dict[str, str | bytes] | dict[str, bytes]) -> None:
+                     bundles: Mapping[str, str | bytes]) -> None:
         """Installs or rotates identity `name` (SVID chain PEM, key PEM, trust bundles {trust_domain: PEM},
         "" = the SVID's own trust domain). New handshakes use it at once; established connections are untouched.
         The file watcher and the SDS client both come through here. Raises NativeError (never quoting the key)."""
