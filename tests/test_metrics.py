@@ -160,3 +160,50 @@ def _greet_after_hello(conn: socket.socket) -> None:
             return
         got += chunk
     conn.sendall(b"live\n")
+
+
+def test_http_request_counts_retries_and_histogram_per_cluster(tmp_path: Path) -> None:
+    from tests.httputil import Client
+
+    good = _native.BuiltinBackend(label="good")
+    bad = _native.BuiltinBackend(label="bad", status=503)
+    n_ok, n_fail = 10, 4
+    text = f"""
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    protocol: http
+    virtual_hosts:
+      - name: all
+        routes:
+          - match: {{prefix: /fail}}
+            cluster: bad
+            retry_policy: {{retry_on: 5xx, num_retries: 1, backoff_base_interval: 1ms}}
+          - match: {{prefix: /}}
+            cluster: ok
+clusters:
+  - {{name: ok, endpoints: ["{good.host}:{good.port}"]}}
+  - name: bad
+    outlier_detection: {{consecutive_failures: 0}}
+    endpoints: ["{bad.host}:{bad.port}"]
+"""
+    try:
+        with running(tmp_path, text) as p:
+            with Client(p.ports["web"]) as cl:
+                for _ in range(n_ok):
+                    assert cl.request("GET", "/").status == 200
+                for _ in range(n_fail):
+                    assert cl.request("GET", "/fail").status == 503
+            m = scrape(p)
+        assert value(m, "zlbfast_upstream_requests_total", cluster="ok", code_class="2xx") == n_ok
+        assert value(m, "zlbfast_upstream_requests_total", cluster="bad", code_class="5xx") == n_fail
+        assert value(m, "zlbfast_upstream_retries_total", cluster="bad") == n_fail  # one retry each
+        assert value(m, "zlbfast_upstream_retries_total", cluster="ok") == 0
+        assert bad.requests == 2 * n_fail
+        for cluster, n in (("ok", n_ok), ("bad", n_fail)):
+            assert value(m, "zlbfast_upstream_request_duration_seconds_count", cluster=cluster) == n
+            assert value(m, "zlbfast_upstream_request_duration_seconds_bucket", cluster=cluster, le="+Inf") == n
+        assert value(m, "zlbfast_http_requests_total") == n_ok + n_fail
+    finally:
+        good.stop()
+        bad.stop()
