@@ -41,15 +41,22 @@ from .model import (
     POLICIES,
     PROTOCOLS,
     RETRY_ON,
+    SPIFFE_MATCH_KINDS,
+    TLS_MODES,
+    TLS_VERSIONS,
+    AuthzRule,
     CircuitBreakers,
     Cluster,
+    ClusterTls,
     Config,
     Endpoint,
     HeaderOps,
     HealthCheck,
     HttpOptions,
     Listener,
+    ListenerTls,
     OutlierDetection,
+    PeerMatch,
     Redirect,
     RetryPolicy,
     Route,
@@ -363,6 +370,52 @@ def _health_check(value: object, path: str, source: str) -> HealthCheck:
     return _build(HealthCheck, _HEALTH_CHECK_KEYS, value, path, source, "a mapping")
 
 
+# TLS sections (L4). The SPIFFE match keys are alternatives: exactly one in `peer`, at most one per rule.
+_PEER_MATCH_KEYS = tuple(_Key(kind, (kind,), _string) for kind in SPIFFE_MATCH_KINDS)
+
+
+def _peer_match(value: object, path: str, source: str) -> PeerMatch:
+    fields: dict[str, Any] = _build(dict, _PEER_MATCH_KEYS, value, path, source,
+                                    f"a mapping with one of {', '.join(SPIFFE_MATCH_KINDS)}")  # fmt: skip
+    kind = _exactly_one(fields, SPIFFE_MATCH_KINDS, path, source)
+    return PeerMatch(kind, fields[kind])
+
+
+_AUTHZ_RULE_KEYS = (*_PEER_MATCH_KEYS, _Key("ports", ("ports",), _list_of(_integer)))
+
+
+def _authz_rule(value: object, path: str, source: str) -> AuthzRule:
+    fields: dict[str, Any] = _build(dict, _AUTHZ_RULE_KEYS, value, path, source, "a mapping")
+    kinds = [kind for kind in SPIFFE_MATCH_KINDS if kind in fields]
+    if len(kinds) > 1:
+        _fail(source, path, f"at most one of {', '.join(SPIFFE_MATCH_KINDS)} per rule, got {', '.join(kinds)}")
+    if not kinds and "ports" not in fields:
+        _fail(source, path, f"a rule needs one of {', '.join(SPIFFE_MATCH_KINDS)}, or ports, or both")
+    return AuthzRule(PeerMatch(kinds[0], fields[kinds[0]]) if kinds else None, fields.get("ports", ()))
+
+
+_TLS_FILE_KEYS = (
+    _Key("cert", ("cert",), _string, required=True),
+    _Key("key", ("key",), _string, required=True),
+    _Key("bundle", ("bundle",), _string, required=True),
+    _Key("peer", ("peer",), _peer_match),
+    _Key("min_version", ("min_version",), _string),
+    _Key("alpn", ("alpn",), _list_of(_string)),
+)
+_LISTENER_TLS_KEYS = (
+    *_TLS_FILE_KEYS,
+    _Key("mode", ("mode",), _string),
+    _Key("allow", ("allow",), _list_of(_authz_rule)),
+    _Key("deny", ("deny",), _list_of(_authz_rule)),
+    _Key("handshake_timeout", ("handshake_timeout_ms",), parse_duration_ms),
+)
+_CLUSTER_TLS_KEYS = (*_TLS_FILE_KEYS, _Key("sni", ("sni",), _string))
+
+
+def _tls(make: Callable[..., T], keys: tuple[_Key, ...], value: object, path: str, source: str) -> T:
+    return _build(make, keys, value, path, source, "a mapping with cert, key and bundle")
+
+
 _CLUSTER_KEYS = (
     _Key("name", ("name",), _string, required=True),
     _Key("endpoints", ("endpoints",), _list_of(_endpoint), required=True),
@@ -376,6 +429,7 @@ _CLUSTER_KEYS = (
     _Key("ewma_decay", ("ewma_decay_ms",), parse_duration_ms),
     _Key("outlier_detection", ("outlier",), _outlier),
     _Key("health_check", ("health_check",), _health_check),
+    _Key("tls", ("tls",), lambda v, p, s: _tls(ClusterTls, _CLUSTER_TLS_KEYS, v, p, s)),
     _Key("circuit_breakers", ("circuit_breakers",), _breakers),
 )
 
@@ -609,6 +663,7 @@ _LISTENER_KEYS = (
     _Key("protocol", ("protocol",), _string),
     _Key("virtual_hosts", ("virtual_hosts",), _list_of(_virtual_host)),
     _Key("http", ("http",), _http_options),
+    _Key("tls", ("tls",), lambda v, p, s: _tls(ListenerTls, _LISTENER_TLS_KEYS, v, p, s)),
 )
 
 
@@ -922,6 +977,8 @@ def _remember_valid(cluster: Cluster) -> None:
 
 def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
     _check_label(cluster.name, f"{path}.name", source, required=True)
+    if cluster.tls is not None:
+        _validate_tls(cluster.tls, f"{path}.tls", source)
     _check_choice(cluster.policy, POLICIES, "policy", f"{path}.policy", source)
     _check_duration(cluster.connect_timeout_ms, f"{path}.connect_timeout", source)
     _check_range(cluster.connect_retries, 0, MAX_CONNECT_RETRIES, f"{path}.connect_retries", source)
@@ -1304,6 +1361,43 @@ def _validate_virtual_hosts(listener: Listener, path: str, source: str, clusters
             _validate_route(route, f"{vpath}.routes[{r}]", source, clusters)
 
 
+def _validate_peer_match(match: PeerMatch, path: str, source: str) -> None:
+    _check_choice(match.kind, SPIFFE_MATCH_KINDS, "SPIFFE match", path, source)
+    if match.kind == "trust_domain":
+        td = match.value.removeprefix("spiffe://")
+        if not td or not re.fullmatch(r"[a-z0-9._-]+", td):
+            _fail(source, f"{path}.{match.kind}", f"{match.value!r} is not a trust domain (lower-case a-z 0-9 . - _)")
+    elif not match.value.startswith("spiffe://") or len(match.value) > 255:
+        _fail(source, f"{path}.{match.kind}", f"{match.value!r} is not a spiffe:// ID (at most 255 bytes)")
+
+
+def _validate_tls(tls: ListenerTls | ClusterTls, path: str, source: str) -> None:
+    for key in ("cert", "key", "bundle"):
+        if not getattr(tls, key):
+            _fail(source, f"{path}.{key}", "expected a file path")
+    _check_choice(tls.min_version, TLS_VERSIONS, "min_version", f"{path}.min_version", source)
+    if tls.peer is not None:
+        _validate_peer_match(tls.peer, f"{path}.peer", source)
+    if len(",".join(tls.alpn)) > 255 or any(not 0 < len(p.encode()) < 256 or "," in p for p in tls.alpn):
+        _fail(source, f"{path}.alpn", "protocol names of 1-255 bytes without commas, 255 bytes in all")
+    if isinstance(tls, ClusterTls):
+        if len(tls.sni.encode()) > 255:
+            _fail(source, f"{path}.sni", "at most 255 bytes")
+        return
+    _check_choice(tls.mode, TLS_MODES, "mode", f"{path}.mode", source)
+    _check_duration(tls.handshake_timeout_ms, f"{path}.handshake_timeout", source)
+    for key, rules in (("allow", tls.allow), ("deny", tls.deny)):
+        if len(rules) > 32:
+            _fail(source, f"{path}.{key}", "at most 32 rules")
+        for i, rule in enumerate(rules):
+            if rule.peer is not None:
+                _validate_peer_match(rule.peer, f"{path}.{key}[{i}]", source)
+            if len(rule.ports) > 16:
+                _fail(source, f"{path}.{key}[{i}].ports", "at most 16 ports per rule")
+            for j, port in enumerate(rule.ports):
+                _check_range(port, 1, 65535, f"{path}.{key}[{i}].ports[{j}]", source)
+
+
 def _validate_listener(listener: Listener, path: str, source: str, clusters: dict[str, None]) -> None:
     _check_label(listener.name, f"{path}.name", source, required=True)
     _check_address(listener.address, listener.port, f"{path}.address", source, listening=True)
@@ -1322,6 +1416,10 @@ def _validate_listener(listener: Listener, path: str, source: str, clusters: dic
             if is_set:
                 _fail(source, f"{path}.{key}", "only http listeners take this key; set protocol: http")
     _check_range(listener.max_connections, 1, MAX_CONNECTIONS, f"{path}.max_connections", source)
+    if listener.tls is not None:
+        if listener.protocol != "tcp":
+            _fail(source, f"{path}.tls", "TLS is supported on tcp listeners only for now")
+        _validate_tls(listener.tls, f"{path}.tls", source)
     # 0 = no idle timeout (the engine's convention, see zlb_listener_opts in csrc/engine.h).
     _check_duration(listener.idle_timeout_ms, f"{path}.idle_timeout", source, minimum_ms=0)
 
