@@ -335,8 +335,12 @@ def test_rotation_under_load(mesh_factory: Callable[..., Mesh], tmp_path: Path) 
                 assert peer_serial(s) == svid.serial
                 assert read_line(s) == b"b0\n"
             done = results["ok"]
+
+            def progressed(done: int = done) -> bool:
+                return results["ok"] > done
+
             # At least one loader round trip per rotation (a condition, not a sleep).
-            wait_for(lambda done=done: results["ok"] > done, what="load progress")
+            wait_for(progressed, what="load progress")
     finally:
         stop.set()
         for t in loaders:
@@ -380,3 +384,42 @@ def test_tls_on_http_listener_is_refused_for_now() -> None:
                 "max_idle_per_endpoint": 1, "retry_buffer": 1024})
     finally:
         eng.close()
+
+
+def test_yaml_config_wires_tls_end_to_end(tmp_path: Path) -> None:
+    """The documented tls sections, loaded from YAML: engine A originates mTLS, engine B terminates it and
+    authorizes by SPIFFE ID; the identities come from spiffe-helper style files."""
+    from zlbfast.config import parse_config
+
+    ca = CA(TD)
+    srv_files = write_svid_files(tmp_path / "srv", ca.issue("/ns/shop/sa/server"), ca.pem)
+    cli_files = write_svid_files(tmp_path / "cli", ca.issue("/ns/shop/sa/client"), ca.pem)
+    backend = Backend(label_handler("b0"))
+    server, client = Engine(workers=1), Engine(workers=1)
+    try:
+        files = dict(zip(("cert", "key", "bundle"), map(str, srv_files), strict=True))
+        server.apply(parse_config({
+            "listeners": [{"name": "in", "address": "127.0.0.1:0", "cluster": "backend", "tls": {
+                **files, "mode": "strict", "peer": {"trust_domain": TD},
+                "allow": [{"spiffe_id": CLIENT_ID}]}}],
+            "clusters": [{"name": "backend", "endpoints": [backend.address]}],
+        }, "server.yaml"))
+        cfiles = dict(zip(("cert", "key", "bundle"), map(str, cli_files), strict=True))
+        client.apply(parse_config({
+            "listeners": [{"name": "out", "address": "127.0.0.1:0", "cluster": "mesh"}],
+            "clusters": [{"name": "mesh", "endpoints": [f"127.0.0.1:{server.listener_port('in')}"],
+                          "tls": {**cfiles, "peer": {"spiffe_id": SERVER_ID}, "alpn": ["zlb"]}}],
+        }, "client.yaml"))
+        assert plain_label(client.listener_port("out")) == "b0"
+        assert server.stats()["tls_handshakes_down"] == 1
+        # Removing the cluster's tls section turns upstream TLS off: the strict listener refuses plaintext.
+        client.apply(parse_config({
+            "listeners": [{"name": "out", "address": "127.0.0.1:0", "cluster": "mesh"}],
+            "clusters": [{"name": "mesh", "endpoints": [f"127.0.0.1:{server.listener_port('in')}"]}],
+        }, "client.yaml"))
+        assert plain_label(client.listener_port("out"), b"hi\n") == ""
+        wait_for(lambda: server.stats()["tls_plaintext_rejected"] == 1, what="plaintext rejected")
+    finally:
+        client.close()
+        server.close()
+        backend.stop()

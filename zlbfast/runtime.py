@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from zlbfast import _native
 from zlbfast.config import validate
 from zlbfast.identity import IdentityFiles, IdentityWatcher
-from zlbfast.model import Cluster, Config, Listener, Route
+from zlbfast.model import AuthzRule, Cluster, ClusterTls, Config, Listener, ListenerTls, PeerMatch, Route
 
 tls_log = logging.getLogger("zlbfast.tls")
 
@@ -103,6 +103,26 @@ def _add_cluster(builder: _native.SnapshotBuilder, cluster: Cluster) -> None:
         min_retry_concurrency=cluster.circuit_breakers.min_retry_concurrency,
     )
     builder.add_endpoints(idx, cluster.endpoints)
+
+
+def _peer(match: PeerMatch | None) -> tuple[str, str] | None:
+    return None if match is None else (match.kind, match.value)
+
+
+def _rules(rules: tuple[AuthzRule, ...]) -> list[dict[str, object]]:
+    return [{"peer": _peer(r.peer), "ports": list(r.ports)} for r in rules]
+
+
+def _tls_options(tls: ListenerTls | ClusterTls, identity: str) -> dict[str, object]:
+    """The native TLS options (see _tls_opts in zlbfast/_native.pyx) of a listener or cluster tls section."""
+    opts: dict[str, object] = {"identity": identity, "min_version": tls.min_version, "alpn": list(tls.alpn),
+                               "peer": _peer(tls.peer)}
+    if isinstance(tls, ListenerTls):
+        opts.update(mode=tls.mode, allow=_rules(tls.allow), deny=_rules(tls.deny),
+                    handshake_timeout_ms=tls.handshake_timeout_ms)
+    else:
+        opts["sni"] = tls.sni
+    return opts
 
 
 class Engine:
@@ -197,7 +217,12 @@ class Engine:
         the previous configuration stays fully active and ApplyError is raised."""
         validate(cfg)
         previous = self.config
+        try:
+            listener_tls = self._apply_identities(cfg)
+        except (OSError, _native.NativeError) as exc:
+            raise ApplyError(f"{cfg.source}: {exc}") from exc
         self._publish(cfg)
+        self._apply_cluster_tls(cfg, previous)
         added: dict[str, _InstalledListener] = {}
         try:
             for spec in cfg.listeners:
@@ -214,6 +239,7 @@ class Engine:
                     max_connections=spec.max_connections,
                     idle_timeout_ms=spec.idle_timeout_ms,
                     http=asdict(spec.http) if spec.protocol == "http" else None,
+                    tls=listener_tls.get(spec.name),
                 )
                 added[spec.name] = _InstalledListener(spec, lid, self.native.listener_port(lid))
         except _native.NativeError as exc:
@@ -229,6 +255,32 @@ class Engine:
                 del self._listeners[name]
         self._listeners.update(added)
         self.config = cfg
+
+    def _apply_identities(self, cfg: Config) -> dict[str, dict[str, object]]:
+        """Loads every identity the config names (files read once per distinct path set) and returns the native
+        TLS options of each TLS listener. Raises OSError or NativeError before anything is changed."""
+        out: dict[str, dict[str, object]] = {}
+        for listener in cfg.listeners:
+            if listener.tls is not None:
+                t = listener.tls
+                out[listener.name] = _tls_options(t, self.use_identity_files(IdentityFiles(t.cert, t.key, t.bundle)))
+        for cluster in cfg.clusters:
+            if cluster.tls is not None:
+                t2 = cluster.tls
+                self.use_identity_files(IdentityFiles(t2.cert, t2.key, t2.bundle))
+        return out
+
+    def _apply_cluster_tls(self, cfg: Config, previous: Config | None) -> None:
+        """Upstream TLS per cluster name; clusters that lost their tls section go back to plaintext."""
+        for cluster in cfg.clusters:
+            t = cluster.tls
+            if t is not None:
+                name = IdentityFiles(t.cert, t.key, t.bundle).name
+                self.native.set_cluster_tls(cluster.name, _tls_options(t, name))
+        now_tls = {c.name for c in cfg.clusters if c.tls is not None}
+        for cluster in previous.clusters if previous is not None else ():
+            if cluster.tls is not None and cluster.name not in now_tls:
+                self.native.set_cluster_tls(cluster.name, None)
 
     # -- inspection ----------------------------------------------------------
 
