@@ -37,7 +37,8 @@ typedef struct zlb_access_record {
     char method[16];
     char authority[96];
     char path[192];
-    char cluster[64];             /* the route's cluster ("" for local answers) */
+    char cluster[64];             /* L4: the listener's cluster; HTTP: the route's ("" for local answers) */
+    char listener[64];
 } zlb_access_record;
 
 #define ZLB_AL_RING 4096          /* records per worker (power of two) */
@@ -54,5 +55,11 @@ typedef struct zlb_access_ring {
 int zlb_access_ring_push(zlb_access_ring *r, const zlb_access_record *rec);
 /* Consumer (one control thread at a time). Copies up to max records. */
 size_t zlb_access_ring_drain(zlb_access_ring *r, zlb_access_record *out, size_t max);
+
+/* Formats one record as a JSON object and a newline into out (any thread,
+ * no allocation). Returns the length, or 0 when cap is too small. Doing
+ * this in C keeps a busy access log from costing the control thread more
+ * than the data plane it describes. */
+size_t zlb_access_format_json(const zlb_access_record *r, char *out, size_t cap);
 
 #endif

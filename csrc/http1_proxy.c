@@ -552,6 +552,7 @@ static void hc_request_done(zlb_hconn *c, int status)
         memcpy(rec.authority, c->al_authority, sizeof(rec.authority));
         memcpy(rec.path, c->al_path, sizeof(rec.path));
         zlb_strlcpy(rec.cluster, c->cluster, sizeof(rec.cluster));
+        zlb_strlcpy(rec.listener, c->l->opts.name, sizeof(rec.listener));
         if (c->up_addr.sin6_family)
             memcpy(&rec.up, &c->up_addr, sizeof(rec.up));
         if (zlb_access_ring_push(&w->alog, &rec) != 0)

@@ -240,6 +240,8 @@ static void log_connection(zlb_conn *c)
         .attempts = (uint16_t)c->attempts,
         .flags = c->flags,
     };
+    zlb_strlcpy(rec.listener, c->l->opts.name, sizeof(rec.listener));
+    zlb_strlcpy(rec.cluster, c->l->opts.cluster, sizeof(rec.cluster));
     push_record(w, &rec);
 }
 
@@ -899,6 +901,8 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
                 zlb_access_record rec = {.start_unix_ns = unix_now_ns(), .listener_id = l->id,
                                          .flags = ZLB_AL_UO};
                 memcpy(&rec.down, &ss, len < sizeof(rec.down) ? len : sizeof(rec.down));
+                zlb_strlcpy(rec.listener, l->opts.name, sizeof(rec.listener));
+                zlb_strlcpy(rec.cluster, l->opts.cluster, sizeof(rec.cluster));
                 push_record(w, &rec);
             }
             set_rst_on_close(fd);

@@ -8,6 +8,7 @@ pipelining and 100-continue, forwarding headers, malformed requests."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import socket
 import threading
@@ -672,8 +673,14 @@ def test_requests_feed_cluster_counters_histogram_and_access_log(engine_factory)
         counts = [count for _, count in st["latency_buckets"]]
         assert counts == sorted(counts)  # cumulative
         assert st["bytes_received"] > 0 and st["bytes_sent"] > 0
-        records = []
-        wait_for(lambda: records.extend(eng.native.drain_access_log()) or len(records) == 6, what="6 records")
+        records: list[dict] = []
+
+        def drain() -> bool:
+            lines, _, _ = eng.native.drain_access_log()
+            records.extend(json.loads(line) for line in lines.splitlines())
+            return len(records) == 6
+
+        wait_for(drain, what="6 access-log records")
         paths = [r["path"] for r in records]
         assert paths == [f"/item/{i}" for i in range(5)] + ["/missing"]
         first = records[0]

@@ -4,6 +4,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "zlb_common.h" nogil:
     void zlb_strlcpy(char *dst, const char *src, size_t dst_size)
+    uint64_t zlb_rand64(uint64_t *state)
 
 
 cdef extern from "cluster_stats.h" nogil:
@@ -163,14 +164,7 @@ cdef extern from "accesslog.h" nogil:
         char path[192]
         char cluster[64]
 
-    enum:
-        ZLB_AL_UF
-        ZLB_AL_UO
-        ZLB_AL_UT
-        ZLB_AL_NR
-        ZLB_AL_IT
-        ZLB_AL_RS
-        ZLB_AL_UC
+    size_t zlb_access_format_json(const zlb_access_record *r, char *out, size_t cap)
 
 
 cdef extern from "tls.h" nogil:

@@ -40,9 +40,6 @@ HASH_KINDS = {"": 0, "header": 1, "cookie": 2, "source_ip": 3, "path": 4}
 HEADER_OPS = {"request_add": 0, "request_set": 1, "request_remove": 2, "response_add": 3, "response_set": 4,
               "response_remove": 5}
 RETRY_ON = {"connect-failure": 1, "reset": 2, "gateway-error": 4, "5xx": 8, "retriable-status-codes": 16}
-# Envoy-style response flags of access-log records (csrc/accesslog.h).
-_AL_FLAGS = ((ZLB_AL_UF, "UF"), (ZLB_AL_UO, "UO"), (ZLB_AL_UT, "UT"), (ZLB_AL_NR, "NR"),
-             (ZLB_AL_IT, "IT"), (ZLB_AL_RS, "RS"), (ZLB_AL_UC, "UC"))
 HEALTH = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 _HEALTH_NAMES = {v: k for k, v in HEALTH.items()}
 
@@ -307,7 +304,13 @@ cdef class NativeEngine:
     """Worker threads, listeners and the published snapshot (csrc/engine.h)."""
     cdef zlb_engine *e
     cdef uint64_t version
-    cdef dict listener_names    # native id -> (name, cluster), kept after removal for logs
+    cdef dict listener_names    # native id -> (name, cluster)
+    cdef uint64_t sample_rng    # access-log sampling (control thread only)
+    # Reused drain buffers: fresh multi-megabyte allocations every 100 ms
+    # would cost page faults on every drain of a busy log.
+    cdef zlb_access_record *al_recs
+    cdef char *al_out
+    cdef size_t al_cap
 
     def __cinit__(self, int workers, unsigned long long seed=0x5eed):
         cdef zlb_engine_opts o
@@ -316,6 +319,7 @@ cdef class NativeEngine:
         o.workers = workers
         o.rng_seed = seed
         self.listener_names = {}
+        self.sample_rng = (<uint64_t>seed) * (<uint64_t>0x9E3779B97F4A7C15) | 1
         self.e = zlb_engine_new(&o, err, sizeof(err))
         if self.e == NULL:
             raise NativeError(err.decode(errors="replace"))
@@ -326,6 +330,8 @@ cdef class NativeEngine:
 
     def __dealloc__(self):
         self.close()
+        PyMem_Free(self.al_recs)
+        PyMem_Free(self.al_out)
 
     cdef zlb_engine *_live(self) except NULL:
         if self.e == NULL:
@@ -419,42 +425,34 @@ cdef class NativeEngine:
         if zlb_engine_set_access_log(self._live(), on) != 0:
             raise MemoryError()
 
-    def drain_access_log(self, int max_records=4096):
-        """Finished connections since the last call, oldest first per worker."""
-        cdef zlb_access_record *recs = <zlb_access_record *>PyMem_Malloc(max_records * sizeof(zlb_access_record))
-        cdef size_t n
-        cdef char addr[64]
-        if recs == NULL:
-            raise MemoryError()
-        try:
-            n = zlb_engine_drain_access_log(self._live(), recs, max_records)
-            out = []
-            for i in range(n):
-                name, cluster = self.listener_names.get(recs[i].listener_id, ("", ""))
-                zlb_sockaddr_format(<sockaddr_t *>&recs[i].down, addr, sizeof(addr))
-                down = addr.decode()
-                zlb_sockaddr_format(<sockaddr_t *>&recs[i].up, addr, sizeof(addr))
-                out.append({
-                    "start_time": recs[i].start_unix_ns / 1e9,
-                    "duration_ms": recs[i].duration_ns / 1e6,
-                    "downstream": down,
-                    "upstream": addr.decode(),
-                    "listener": name,
-                    "cluster": cluster,
-                    "bytes_received": recs[i].bytes_received,
-                    "bytes_sent": recs[i].bytes_sent,
-                    "attempts": recs[i].attempts,
-                    "flags": [label for bit, label in _AL_FLAGS if recs[i].flags & bit],
-                })
-                if recs[i].status:
-                    # An HTTP request: its cluster is the route's, not the listener's.
-                    out[-1].update(status=recs[i].status, method=recs[i].method.decode(errors="replace"),
-                                   authority=recs[i].authority.decode(errors="replace"),
-                                   path=recs[i].path.decode(errors="replace"),
-                                   cluster=recs[i].cluster.decode(errors="replace"))
-            return out
-        finally:
-            PyMem_Free(recs)
+    def drain_access_log(self, int max_records=4096, double sample=1.0):
+        """Finished connections and requests since the last call, as JSON lines formatted in C
+        (see zlb_access_format_json), keeping a random `sample` share of them.
+        Returns (lines, records kept, records sampled out)."""
+        cdef size_t n, used = 0, k
+        cdef int kept = 0, skipped = 0
+        cdef uint64_t threshold = <uint64_t>(sample * 18446744073709551615.0) if sample < 1.0 else 0
+        if <size_t>max_records > self.al_cap:
+            PyMem_Free(self.al_recs)
+            PyMem_Free(self.al_out)
+            self.al_cap = 0
+            self.al_recs = <zlb_access_record *>PyMem_Malloc(max_records * sizeof(zlb_access_record))
+            self.al_out = <char *>PyMem_Malloc(max_records * 1024)
+            if self.al_recs == NULL or self.al_out == NULL:
+                raise MemoryError()
+            self.al_cap = max_records
+        n = zlb_engine_drain_access_log(self._live(), self.al_recs, max_records)
+        for i in range(n):
+            if sample < 1.0 and zlb_rand64(&self.sample_rng) >= threshold:
+                skipped += 1
+                continue
+            # A record is at most ~900 bytes of JSON: 1 KiB per record always fits.
+            k = zlb_access_format_json(&self.al_recs[i], self.al_out + used, max_records * 1024 - used)
+            if k == 0:
+                raise NativeError("access-log record does not fit its buffer")
+            used += k
+            kept += 1
+        return self.al_out[:used], kept, skipped
 
     def endpoints(self):
         """Live state of every endpoint of the current snapshot, per cluster."""

@@ -22,9 +22,8 @@ import queue
 import random
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable
-from typing import IO, Any
+from typing import IO, Any, cast
 
 log = logging.getLogger("zlbfast.logs")
 
@@ -85,48 +84,62 @@ _STOP = object()  # queue sentinel: the writer thread flushes and exits
 
 
 class AccessLogWriter:
-    """Samples access records and writes them as JSON lines from a thread of its own.
+    """Writes access records as JSON lines from a thread of its own.
 
-    `offer` never blocks: a record that does not fit in the queue (the writer is slower than the traffic)
-    is dropped and counted in `dropped`. `path` is a file (appended to) or "-" for stdout; the file is opened
-    in the writer thread, because opening a FIFO blocks until someone reads it.
+    The data plane's records arrive already formatted and sampled (NativeEngine.drain_access_log formats
+    them in C), one chunk per drain; `offer_lines` queues a chunk and never blocks: a chunk that would
+    take the queue past `queue_size` lines (the writer is slower than the traffic) is dropped and its
+    lines counted in `dropped`. `path` is a file (appended to) or "-" for stdout; the file is opened in the
+    writer thread, because opening a FIFO blocks until someone reads it.
     """
 
-    def __init__(self, path: str, *, sample: float = 1.0, queue_size: int = 65536, batch: int = 512,
+    def __init__(self, path: str, *, sample: float = 1.0, queue_size: int = 65536,
                  rng: random.Random | None = None) -> None:
         if not 0.0 <= sample <= 1.0:
             raise ValueError(f"access log sample rate must be between 0 and 1, got {sample}")
         self.path = path
         self.sample = sample
-        self.batch = batch
+        self.queue_size = queue_size
         self.offered = 0  # records the data plane produced
         self.sampled_out = 0  # left out on purpose (sampling)
         self.dropped = 0  # lost because the queue was full
         self.written = 0  # lines the writer thread has written (and flushed)
         self.write_errors = 0
         self._rng = rng or random.Random()
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()  # guards _queued (offer on the loop thread, writes on the writer)
+        self._queued = 0  # lines waiting
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="zlbfast-access-log", daemon=True)
         self._thread.start()
 
+    def offer_lines(self, data: bytes, kept: int, sampled_out: int = 0) -> None:
+        """Queues `kept` formatted lines (one chunk), or drops and counts them. Never blocks."""
+        self.offered += kept + sampled_out
+        self.sampled_out += sampled_out
+        if not kept:
+            return
+        with self._lock:
+            if self._queued + kept > self.queue_size:
+                self.dropped += kept
+                return
+            self._queued += kept
+        self._queue.put((data, kept))
+
     def offer(self, records: Iterable[dict[str, Any]]) -> None:
-        """Queues what the sampler keeps; drops and counts what does not fit. Never blocks."""
+        """Samples and queues records given as dicts (records that do not come from the data plane's rings),
+        one line per chunk so that a full queue drops exactly the records that do not fit."""
         for record in records:
-            self.offered += 1
             # Random, not every n-th: a systematic sample would keep seeing the same endpoint under round robin.
             if self.sample < 1.0 and self._rng.random() >= self.sample:
-                self.sampled_out += 1
-                continue
-            try:
-                self._queue.put_nowait(record)
-            except queue.Full:
-                self.dropped += 1
+                self.offer_lines(b"", 0, 1)
+            else:
+                self.offer_lines((json.dumps(record, separators=(",", ":")) + "\n").encode(), 1)
 
-    def _open(self) -> IO[str]:
+    def _open(self) -> IO[bytes]:
         if self.path == "-":
             # A duplicate, so that closing the access log never closes the process's stdout.
-            return os.fdopen(os.dup(sys.stdout.fileno()), "a", encoding="utf-8", buffering=1 << 16)
-        return open(self.path, "a", encoding="utf-8", buffering=1 << 16)
+            return os.fdopen(os.dup(sys.stdout.fileno()), "ab", buffering=1 << 16)
+        return open(self.path, "ab", buffering=1 << 16)
 
     def _run(self) -> None:
         try:
@@ -138,47 +151,31 @@ class AccessLogWriter:
         with out:
             while True:
                 item = self._queue.get()
-                lines: list[str] = []
-                stop = item is _STOP
-                if not stop:
-                    lines.append(json.dumps(item, separators=(",", ":")))
-                # Take what else is waiting, so that a busy log costs one write and one flush per batch.
-                while not stop and len(lines) < self.batch:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                    else:
-                        lines.append(json.dumps(item, separators=(",", ":")))
-                if lines:
-                    try:
-                        out.write("\n".join(lines) + "\n")
-                        out.flush()
-                        self.written += len(lines)
-                    except OSError as exc:
-                        self.write_errors += len(lines)
-                        log.error("access log %s: write failed, %d records lost: %s", self.path, len(lines), exc)
-                if stop:
+                if item is _STOP:
                     return
+                data, n = cast(tuple[bytes, int], item)
+                try:
+                    out.write(data)
+                    out.flush()
+                    self.written += n
+                except OSError as exc:
+                    self.write_errors += n
+                    log.error("access log %s: write failed, %d records lost: %s", self.path, n, exc)
+                with self._lock:
+                    self._queued -= n
 
     def _discard_until_stop(self) -> None:
-        while self._queue.get() is not _STOP:
-            self.write_errors += 1
+        while (item := self._queue.get()) is not _STOP:
+            n = cast(tuple[bytes, int], item)[1]
+            self.write_errors += n
+            with self._lock:
+                self._queued -= n
 
     def close(self, timeout_s: float = 5.0) -> bool:
         """Writes what is queued and stops the thread; False when the destination stayed blocked past
         timeout_s (the daemon thread is then abandoned with its records)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self._queue.put(_STOP, timeout=0.05)
-                break
-            except queue.Full:
-                if time.monotonic() >= deadline or not self._thread.is_alive():
-                    return False
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._queue.put(_STOP)
+        self._thread.join(timeout_s)
         return not self._thread.is_alive()
 
     def stats(self) -> dict[str, int]:
@@ -188,11 +185,11 @@ class AccessLogWriter:
             "dropped": self.dropped,
             "written": self.written,
             "write_errors": self.write_errors,
-            "queued": self._queue.qsize(),
+            "queued": self._queued,
         }
 
 
-DrainFn = Callable[[int], list[dict[str, Any]]]
+DrainFn = Callable[[int, float], tuple[bytes, int, int]]
 
 
 async def drain_access_log(drain: DrainFn, writer: AccessLogWriter, stop: asyncio.Event, *,
@@ -205,9 +202,9 @@ async def drain_access_log(drain: DrainFn, writer: AccessLogWriter, stop: asynci
     while True:
         stopping = stop.is_set()
         while True:
-            records = drain(max_records)
-            writer.offer(records)
-            if len(records) < max_records:
+            data, kept, skipped = drain(max_records, writer.sample)
+            writer.offer_lines(data, kept, skipped)
+            if kept + skipped < max_records:
                 break
             await asyncio.sleep(0)
         if stopping:
