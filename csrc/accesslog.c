@@ -3,8 +3,6 @@
  * store of tail; each side reads the other's index with acquire. */
 #include "accesslog.h"
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "sockaddr.h"
@@ -33,68 +31,121 @@ size_t zlb_access_ring_drain(zlb_access_ring *r, zlb_access_record *out, size_t 
     return n;
 }
 
-/* Appends to out at *len (bounded by cap); sets *len past cap on overflow. */
-static void put(char *out, size_t cap, size_t *len, const char *fmt, ...)
+/* JSON-lines formatting without printf: a busy access log formats tens of
+ * thousands of records a second on the control thread, and vsnprintf's
+ * format parsing (and %f) was most of that cost. Every writer appends to a
+ * bounded buffer; `w.len > w.cap` marks an overflow (the caller gets 0). */
+typedef struct jw {
+    char *out;
+    size_t len, cap;
+} jw;
+
+static void jw_raw(jw *w, const char *s, size_t n)
 {
-    if (*len >= cap)
+    if (w->len + n > w->cap) {
+        w->len = w->cap + 1;
         return;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(out + *len, cap - *len, fmt, ap);
-    va_end(ap);
-    *len += n < 0 ? cap : (size_t)n;
+    }
+    memcpy(w->out + w->len, s, n);
+    w->len += n;
 }
 
-/* A JSON string: quotes, backslashes and control bytes escaped. The HTTP
- * parser already refused control bytes in the fields logged, but the log
- * must stay valid JSON whatever reaches it. */
-static void put_string(char *out, size_t cap, size_t *len, const char *key, const char *s)
+#define JW_LIT(w, lit) jw_raw((w), (lit), sizeof(lit) - 1)
+
+static void jw_u64(jw *w, uint64_t v)
 {
-    put(out, cap, len, ",\"%s\":\"", key);
-    for (; *s && *len < cap; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            put(out, cap, len, "\\%c", ch);
-        else if (ch < 0x20 || ch == 0x7f)
-            put(out, cap, len, "\\u%04x", ch);
-        else
-            out[(*len)++] = (char)ch;
+    char tmp[20];
+    int i = 20;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    jw_raw(w, tmp + i, (size_t)(20 - i));
+}
+
+/* v / 10^digits with exactly `digits` decimals (v >= 0). */
+static void jw_fixed(jw *w, uint64_t v, int digits)
+{
+    uint64_t scale = 1;
+    for (int i = 0; i < digits; i++)
+        scale *= 10;
+    jw_u64(w, v / scale);
+    char frac[20];
+    uint64_t f = v % scale;
+    for (int i = digits - 1; i >= 0; i--) {
+        frac[i] = (char)('0' + f % 10);
+        f /= 10;
     }
-    put(out, cap, len, "\"");
+    JW_LIT(w, ".");
+    jw_raw(w, frac, (size_t)digits);
+}
+
+/* ,"key":"value" with quotes, backslashes and control bytes escaped. The
+ * HTTP parser already refused control bytes in the fields logged, but the
+ * log must stay valid JSON whatever reaches it. */
+static void jw_string(jw *w, const char *key, const char *s)
+{
+    JW_LIT(w, ",\"");
+    jw_raw(w, key, strlen(key));
+    JW_LIT(w, "\":\"");
+    static const char hex[] = "0123456789abcdef";
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            char esc[2] = {'\\', (char)ch};
+            jw_raw(w, esc, 2);
+        } else if (ch < 0x20 || ch == 0x7f) {
+            char esc[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+            jw_raw(w, esc, 6);
+        } else {
+            jw_raw(w, (const char *)&ch, 1);
+        }
+    }
+    JW_LIT(w, "\"");
 }
 
 size_t zlb_access_format_json(const zlb_access_record *r, char *out, size_t cap)
 {
     static const struct { uint16_t bit; const char *name; } flags[] = {
-        {ZLB_AL_UF, "UF"}, {ZLB_AL_UO, "UO"}, {ZLB_AL_UT, "UT"}, {ZLB_AL_NR, "NR"},
-        {ZLB_AL_IT, "IT"}, {ZLB_AL_RS, "RS"}, {ZLB_AL_UC, "UC"},
+        {ZLB_AL_UF, "\"UF\""}, {ZLB_AL_UO, "\"UO\""}, {ZLB_AL_UT, "\"UT\""}, {ZLB_AL_NR, "\"NR\""},
+        {ZLB_AL_IT, "\"IT\""}, {ZLB_AL_RS, "\"RS\""}, {ZLB_AL_UC, "\"UC\""},
     };
     char down[ZLB_SOCKADDR_STR_MAX], up[ZLB_SOCKADDR_STR_MAX];
     zlb_sockaddr_format((const struct sockaddr *)&r->down, down, sizeof(down));
     zlb_sockaddr_format((const struct sockaddr *)&r->up, up, sizeof(up));
-    size_t len = 0;
-    put(out, cap, &len, "{\"start_time\":%lld.%06lld,\"duration_ms\":%.3f", (long long)(r->start_unix_ns / 1000000000),
-        (long long)(r->start_unix_ns % 1000000000 / 1000), (double)r->duration_ns / 1e6);
-    put_string(out, cap, &len, "downstream", down);
-    put_string(out, cap, &len, "upstream", up);
-    put_string(out, cap, &len, "listener", r->listener);
-    put_string(out, cap, &len, "cluster", r->cluster);
-    put(out, cap, &len, ",\"bytes_received\":%llu,\"bytes_sent\":%llu,\"attempts\":%u,\"flags\":[",
-        (unsigned long long)r->bytes_received, (unsigned long long)r->bytes_sent, (unsigned)r->attempts);
+    jw w = {out, 0, cap};
+    JW_LIT(&w, "{\"start_time\":");
+    jw_fixed(&w, (uint64_t)(r->start_unix_ns > 0 ? r->start_unix_ns : 0) / 1000, 6);
+    JW_LIT(&w, ",\"duration_ms\":");
+    jw_fixed(&w, (uint64_t)(r->duration_ns > 0 ? r->duration_ns : 0) / 1000, 3);
+    jw_string(&w, "downstream", down);
+    jw_string(&w, "upstream", up);
+    jw_string(&w, "listener", r->listener);
+    jw_string(&w, "cluster", r->cluster);
+    JW_LIT(&w, ",\"bytes_received\":");
+    jw_u64(&w, r->bytes_received);
+    JW_LIT(&w, ",\"bytes_sent\":");
+    jw_u64(&w, r->bytes_sent);
+    JW_LIT(&w, ",\"attempts\":");
+    jw_u64(&w, r->attempts);
+    JW_LIT(&w, ",\"flags\":[");
     int first = 1;
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
         if (r->flags & flags[i].bit) {
-            put(out, cap, &len, "%s\"%s\"", first ? "" : ",", flags[i].name);
+            if (!first)
+                JW_LIT(&w, ",");
+            jw_raw(&w, flags[i].name, 4);
             first = 0;
         }
     }
-    put(out, cap, &len, "]");
+    JW_LIT(&w, "]");
     if (r->status) {
-        put(out, cap, &len, ",\"status\":%u", (unsigned)r->status);
-        put_string(out, cap, &len, "method", r->method);
-        put_string(out, cap, &len, "authority", r->authority);
-        put_string(out, cap, &len, "path", r->path);
+        JW_LIT(&w, ",\"status\":");
+        jw_u64(&w, r->status);
+        jw_string(&w, "method", r->method);
+        jw_string(&w, "authority", r->authority);
+        jw_string(&w, "path", r->path);
     }
-    put(out, cap, &len, "}\n");
-    return len < cap ? len : 0;
+    JW_LIT(&w, "}\n");
+    return w.len <= cap ? w.len : 0;
 }
