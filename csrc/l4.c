@@ -660,17 +660,27 @@ static int fail_reason(zlb_conn *c, int side, char *out, size_t outlen)
     return kind;
 }
 
-static void down_tls_failed(zlb_conn *c, const char *reason)
+/* Counts and reports a failed handshake on `side` (0 client, 1 upstream);
+ * `reason` NULL means: ask OpenSSL what went wrong. */
+static void note_tls_failure(zlb_conn *c, int side, const char *reason)
 {
     char why[ZLB_TLS_REASON_MAX];
     int kind = ZLB_TLS_FAIL_PROTOCOL;
     if (reason)
         zlb_strlcpy(why, reason, sizeof(why));
     else
-        kind = fail_reason(c, 0, why, sizeof(why));
-    ZLB_STAT_ADD(c->w, tls_handshake_failures_down, 1);
+        kind = fail_reason(c, side, why, sizeof(why));
+    if (side)
+        ZLB_STAT_ADD(c->w, tls_handshake_failures_up, 1);
+    else
+        ZLB_STAT_ADD(c->w, tls_handshake_failures_down, 1);
     count_fail_kind(c->w, kind);
-    tls_event(c, ZLB_TLS_EV_DOWN_FAILED, kind, 0, why);
+    tls_event(c, side ? ZLB_TLS_EV_UP_FAILED : ZLB_TLS_EV_DOWN_FAILED, kind, side, why);
+}
+
+static void down_tls_failed(zlb_conn *c, const char *reason)
+{
+    note_tls_failure(c, 0, reason);
     /* A FIN, not a RST: the alert OpenSSL queued must reach the client. */
     conn_close(c, 0);
 }
@@ -812,15 +822,7 @@ static void start_detect(zlb_conn *c)
 
 static void up_tls_failed(zlb_conn *c, const char *reason)
 {
-    char why[ZLB_TLS_REASON_MAX];
-    int kind = ZLB_TLS_FAIL_PROTOCOL;
-    if (reason)
-        zlb_strlcpy(why, reason, sizeof(why));
-    else
-        kind = fail_reason(c, 1, why, sizeof(why));
-    ZLB_STAT_ADD(c->w, tls_handshake_failures_up, 1);
-    count_fail_kind(c->w, kind);
-    tls_event(c, ZLB_TLS_EV_UP_FAILED, kind, 1, why);
+    note_tls_failure(c, 1, reason);
     /* Like a refused connect: outlier detection sees it, another endpoint is tried. */
     connect_failed(c, 0);
     try_connect(c);

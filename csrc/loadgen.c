@@ -14,6 +14,7 @@
 #define _GNU_SOURCE /* accept4, memmem, epoll_pwait2 */
 #endif
 #include "loadgen.h"
+#include "sockaddr.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -694,31 +695,11 @@ static int build_request(const zlb_lg_config *cfg, char **out, size_t *len)
     return 0;
 }
 
-int zlb_lg_sockaddr(const char *host, uint16_t port, struct sockaddr_storage *ss, unsigned *len)
-{
-    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
-    memset(ss, 0, sizeof *ss);
-    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons(port);
-        *len = sizeof *a4;
-        return 0;
-    }
-    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons(port);
-        *len = sizeof *a6;
-        return 0;
-    }
-    return -1;
-}
-
 static int check_config(const zlb_lg_config *cfg, lg_shared *sh, char *err, size_t errlen)
 {
     const char *why = NULL;
-    unsigned alen = 0;
-    if (zlb_lg_sockaddr(cfg->host, cfg->port, &sh->addr, &alen) < 0)
+    socklen_t alen = 0;
+    if (zlb_sockaddr_parse(cfg->host, cfg->port, &sh->addr, &alen) < 0)
         why = "host must be a numeric IPv4 or IPv6 address";
     else if (cfg->port == 0)
         why = "port must be set";

@@ -79,13 +79,6 @@ typedef struct zlb_lg_result {
     zlb_lg_label labels[ZLB_LG_LABELS];
 } zlb_lg_result;
 
-struct sockaddr_storage;
-
-/* Parse a numeric IPv4/IPv6 address and port into *ss, setting *len.
- * Returns 0, or -1 when host is not numeric. Pure; shared with the test
- * backends (testbackend.c). */
-int zlb_lg_sockaddr(const char *host, uint16_t port, struct sockaddr_storage *ss, unsigned *len);
-
 /* Fill cfg with defaults: 127.0.0.1, HTTP, 1 thread, 64 connections,
  * closed loop, 10 s, timeout 5 s, path "/", tcp_size 64. */
 void zlb_lg_config_defaults(zlb_lg_config *cfg);

@@ -32,7 +32,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "loadgen.h" /* zlb_lg_sockaddr */
+#include "sockaddr.h"
 #include "zlb_common.h"
 
 #define IN_MAX 16384      /* per-connection input: a request head must fit */
@@ -397,8 +397,8 @@ static int build_response(struct zlb_tb *tb)
 static int open_listener(struct zlb_tb *tb, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
-    unsigned alen;
-    if (zlb_lg_sockaddr(tb->cfg.host, tb->cfg.port, &ss, &alen) < 0) {
+    socklen_t alen;
+    if (zlb_sockaddr_parse(tb->cfg.host, tb->cfg.port, &ss, &alen) < 0) {
         snprintf(err, errlen, "host must be a numeric IPv4 or IPv6 address: %s", tb->cfg.host);
         return -1;
     }
