@@ -25,15 +25,16 @@ from typing import Any
 
 from google.protobuf import any_pb2
 
-from zlbfast import model
+from zlbfast import _native, model
 from zlbfast.runtime import ApplyError, Engine
 from zlbfast.xds import resources as r
 
 log = logging.getLogger("zlbfast.xds")
 
 # Order in which a cached state is replayed: endpoints before the clusters that wait for them, clusters
-# before the listeners that name them.
-REPLAY_ORDER = (r.ENDPOINT, r.CLUSTER, r.LISTENER, r.ROUTE, r.SECRET)
+# before the listeners that name them. Secrets are never cached (no private key is written to disk): after a
+# restart they come from the control plane again.
+REPLAY_ORDER = (r.ENDPOINT, r.CLUSTER, r.LISTENER, r.ROUTE)
 # Types whose state-of-the-world responses list every resource (absence means removal); for the others a
 # response only carries the named resources it updates.
 FULL_STATE_TYPES = (r.LISTENER, r.CLUSTER)
@@ -57,6 +58,28 @@ class Static:
     listeners: dict[str, r.ListenerSpec]
     local_zone: str = ""
     workers: int = 0
+
+
+Material = tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]  # cert chain, key, sorted (trust domain, bundle)
+
+
+def identity_bundles(secrets: dict[str, r.SecretSpec]) -> dict[str, bytes]:
+    """Trust bundles by trust domain ("" = the SVID's own) from the validation_context secrets."""
+    out: dict[str, bytes] = {}
+    for name in sorted(secrets):
+        s = secrets[name]
+        if s.certificate_chain:
+            continue
+        td = name[len("spiffe://"):] if name.startswith("spiffe://") else ""
+        out[td] = out.get(td, b"") + s.trusted_ca
+    return out
+
+
+def identity_material(s: r.SecretSpec, bundles: dict[str, bytes]) -> Material | None:
+    """What Engine.set_identity gets for a tls_certificate secret; None without any bundle."""
+    if not bundles:
+        return None
+    return s.certificate_chain, s.private_key, tuple(sorted(bundles.items()))
 
 
 class Cache:
@@ -128,6 +151,8 @@ class Pipeline:
         self.listeners: dict[str, r.ListenerSpec] = {}
         self.routes: dict[str, r.RouteTable] = {}
         self.secrets: dict[str, r.SecretSpec] = {}
+        # Identities installed from secrets: name -> (cert, key, ((trust domain, bundle), ...)).
+        self._identities: dict[str, Material] = {}
         # Installed (composed) clusters by name, reused while neither spec nor assignment changes so that
         # unchanged clusters keep their identity (validation and memory, see resources.py).
         self._composed: dict[str, tuple[r.ClusterSpec, r.Assignment | None, model.Cluster]] = {}
@@ -240,9 +265,13 @@ class Pipeline:
                 if name in self.static.listeners:
                     raise r.ResourceError(kind, name, "name", "a static listener of the bootstrap cannot be replaced")
 
-        staged = {type_url: new}
-        cfg = self._compose(staged)
-        self.engine.apply(cfg)  # raises ApplyError; the engine keeps the previous config
+        if type_url == r.SECRET:
+            # SDS: secrets change identities of the data plane, not the model; nothing else to apply.
+            self._install_identities(new)
+        else:
+            staged = {type_url: new}
+            cfg = self._compose(staged)
+            self.engine.apply(cfg)  # raises ApplyError; the engine keeps the previous config
 
         # Commit.
         table.clear()
@@ -272,6 +301,40 @@ class Pipeline:
         if type_url == r.ROUTE:
             return r.translate_route(msg)
         return r.translate_secret(msg)
+
+    # -- SDS: secrets -> identities of the TLS data plane -------------------------
+
+    def _install_identities(self, secrets: dict[str, r.SecretSpec]) -> None:
+        """Installs or rotates one engine identity per tls_certificate secret, named after the secret, through
+        Engine.set_identity (the same call as the file watcher). Its trust bundles are the validation_context
+        secrets: one named `spiffe://<trust domain>` is that trust domain's bundle (SPIRE's federated bundles),
+        any other (SPIRE's "ROOTCA") is the SVID's own trust domain. A tls_certificate secret waits while no
+        validation context is known. All or nothing: when one identity is refused (key does not match the
+        certificate, no SPIFFE ID, a bundle does not parse) those already rotated by this update get their
+        previous material back, and ResourceError (the NACK) names the secret."""
+        bundles = identity_bundles(secrets)
+        wanted = {name: identity_material(s, bundles) for name, s in secrets.items() if s.certificate_chain}
+        changed = [name for name, m in wanted.items() if m is not None and self._identities.get(name) != m]
+        done: list[str] = []
+        for name in changed:
+            material = wanted[name]
+            assert material is not None
+            try:
+                self.engine.set_identity(name, material[0], material[1], dict(material[2]))
+            except _native.NativeError as exc:
+                for prev_name in done:
+                    prev = self._identities[prev_name]
+                    self.engine.set_identity(prev_name, prev[0], prev[1], dict(prev[2]))
+                raise r.ResourceError("Secret", name, "tls_certificate", str(exc)) from exc
+            done.append(name)
+        for name in done:
+            material = wanted[name]
+            assert material is not None
+            self._identities[name] = material
+            info = self.engine.identity_info(name) or {}
+            log.info("SDS identity %s installed: %s serial %s", name, info.get("spiffe_id"), info.get("serial"))
+        for name in sorted(n for n, m in wanted.items() if m is None):
+            log.warning("SDS secret %s waits for a validation_context secret (trust bundle)", name)
 
     # -- composing the model ---------------------------------------------------
 
@@ -398,7 +461,7 @@ class Pipeline:
         while True:
             self._save_again = False
             snapshot = {t: _TypeState(s.version, dict(s.raw), dict(s.resource_versions))
-                        for t, s in self.types.items() if s.version or s.raw}
+                        for t, s in self.types.items() if (s.version or s.raw) and t != r.SECRET}
             try:
                 await asyncio.to_thread(self.cache.save, snapshot)
             except OSError as exc:
