@@ -135,3 +135,31 @@ def settled_rss_kib(child: Child, timeout_s: float = 5.0, period_s: float = 0.2)
             return current
         previous = current
     return previous
+
+
+def nginx_backend_argv(root: Path, servers: str) -> list[str]:
+    """nginx as a benchmark backend: one process (no daemon, no master: the pid we start is the server and
+    SIGTERM stops it), access log off, every path under `root`, and `servers` (server blocks) in its http block.
+    keepalive_requests is raised so that load generators' connections really stay open for a whole run."""
+    cfg = root / "nginx.conf"
+    cfg.write_text(
+        f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+{servers}
+}}
+"""
+    )
+    return ["nginx", "-p", str(root), "-e", str(root / "error.log"), "-c", str(cfg)]

@@ -29,7 +29,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import bulk
-from _procs import HOST, Child, ChildError, free_port, pinned, require_tool, settled_rss_kib, start_listening
+from _procs import (
+    HOST,
+    Child,
+    ChildError,
+    free_port,
+    nginx_backend_argv,
+    pinned,
+    require_tool,
+    settled_rss_kib,
+    start_listening,
+)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -124,32 +134,7 @@ RATIOS = [
 def nginx_argv(port: int, scratch: Path) -> list[str]:
     root = scratch / "nginx"
     root.mkdir()
-    cfg = root / "nginx.conf"
-    # One process, no daemon: the pid we start is the server, and SIGTERM stops it.
-    # keepalive_requests is raised so that wrk's connections really stay open for the whole run.
-    cfg.write_text(
-        f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    keepalive_requests 100000000;
-    server {{
-        listen {HOST}:{port};
-        location / {{ return 200 "ok"; }}
-    }}
-}}
-"""
-    )
-    return ["nginx", "-p", str(root), "-e", str(root / "error.log"), "-c", str(cfg)]
+    return nginx_backend_argv(root, f'    server {{ listen {HOST}:{port}; location / {{ return 200 "ok"; }} }}')
 
 
 _PERCENTILE = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from _procs import HOST, Child, ChildError, free_port, pinned, require_tool, start_listening
+from _procs import HOST, Child, ChildError, free_port, nginx_backend_argv, pinned, require_tool, start_listening
 from l4_compare import run_wrk
 
 BENCH = Path(__file__).resolve().parent
@@ -82,29 +82,9 @@ def backend_argv(ports: Sequence[int], status_port: int, root: Path) -> list[str
     servers = "\n".join(
         f'    server {{ listen {HOST}:{p}; location / {{ return 200 "ok"; }} }}' for p in ports
     )
-    cfg = root / "nginx.conf"
-    cfg.write_text(
-        f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 120s;
-{servers}
-    server {{ listen {HOST}:{status_port}; location / {{ stub_status; }} }}
-}}
-"""
+    return nginx_backend_argv(
+        root, f"{servers}\n    server {{ listen {HOST}:{status_port}; location / {{ stub_status; }} }}"
     )
-    return ["nginx", "-p", str(root), "-e", str(root / "error.log"), "-c", str(cfg)]
 
 
 def backend_accepts(status_port: int) -> int | None:
