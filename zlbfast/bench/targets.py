@@ -202,7 +202,9 @@ stream {{
     return [exe, "-e", f"{workdir}/error.log", "-p", workdir, "-c", _write(workdir, "nginx.conf", cfg)]
 
 
-def _envoy_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+def _envoy(listen: Addr, backends: Sequence[Addr], workdir: str, network_filter: str) -> list[str]:
+    """Envoy, one worker, listening on `listen` with `network_filter` (YAML at the filter list's indentation)
+    in front of a round-robin STATIC cluster "pool" of the backends."""
     exe = _need("envoy")
     endpoints = "\n".join(
         f"""        - endpoint:
@@ -215,11 +217,7 @@ def _envoy_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[st
       socket_address: {{address: "{listen[0]}", port_value: {listen[1]}}}
     filter_chains:
     - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: bench
-          cluster: pool
+{network_filter}
   clusters:
   - name: pool
     type: STATIC
@@ -232,6 +230,14 @@ def _envoy_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[st
 """
     return [exe, "-c", _write(workdir, "envoy.yaml", cfg), "--concurrency", "1", "--log-level", "warn",
             "--base-id", str(os.getpid() % 60000)]
+
+
+def _envoy_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+    return _envoy(listen, backends, workdir, """      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: bench
+          cluster: pool""")
 
 
 def _haproxy_http_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
@@ -301,20 +307,8 @@ http {{
 
 
 def _envoy_http_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
-    exe = _need("envoy")
-    endpoints = "\n".join(
-        f"""        - endpoint:
-            address:
-              socket_address: {{address: "{b[0]}", port_value: {b[1]}}}""" for b in backends)
     # Upstream HTTP/1.1 connections are pooled and reused by default.
-    cfg = f"""static_resources:
-  listeners:
-  - name: bench
-    address:
-      socket_address: {{address: "{listen[0]}", port_value: {listen[1]}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
+    return _envoy(listen, backends, workdir, """      - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
@@ -325,24 +319,12 @@ def _envoy_http_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> li
             - name: all
               domains: ["*"]
               routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: pool}}
+              - match: {prefix: "/"}
+                route: {cluster: pool}
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: pool
-    type: STATIC
-    lb_policy: ROUND_ROBIN
-    load_assignment:
-      cluster_name: pool
-      endpoints:
-      - lb_endpoints:
-{endpoints}
-"""
-    return [exe, "-c", _write(workdir, "envoy.yaml", cfg), "--concurrency", "1", "--log-level", "warn",
-            "--base-id", str(os.getpid() % 60000)]
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router""")
 
 
 HINTS = {
