@@ -6,6 +6,7 @@ benchmark driver, which then stops the children itself, in order, by pid.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -163,3 +164,17 @@ http {{
 """
     )
     return ["nginx", "-p", str(root), "-e", str(root / "error.log"), "-c", str(cfg)]
+
+
+def choose_cpus(pin: bool | None, on_load_cpu: str) -> tuple[int | None, int | None, str]:
+    """(load CPU, proxy CPU, description) for pinning the proxy under test alone on one CPU and `on_load_cpu`
+    (what the description calls the load side) on another; the driver moves to the load CPU too."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin is False or (pin is None and len(cpus) < 2):
+        return None, None, "off (all processes float over all CPUs)"
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    require_tool("taskset", "util-linux")
+    load, proxy = cpus[0], cpus[1]
+    os.sched_setaffinity(0, {load})
+    return load, proxy, f"{on_load_cpu} on CPU {load}; the proxy under test alone on CPU {proxy}"

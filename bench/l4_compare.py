@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import shlex
 import statistics
@@ -33,6 +32,7 @@ from _procs import (
     HOST,
     Child,
     ChildError,
+    choose_cpus,
     free_port,
     nginx_backend_argv,
     pinned,
@@ -332,19 +332,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def choose_cpus(pin: bool | None) -> tuple[int | None, int | None, str]:
-    """(load CPU, proxy CPU, description); the driver itself moves to the load CPU (it is the bulk sink)."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if pin is False or (pin is None and len(cpus) < 2):
-        return None, None, "off (all processes float over all CPUs)"
-    if len(cpus) < 2:
-        raise SystemExit("--pin needs at least 2 CPUs")
-    require_tool("taskset", "util-linux")
-    load, proxy = cpus[0], cpus[1]
-    os.sched_setaffinity(0, {load})
-    return load, proxy, f"wrk, nginx, bulk source and sink on CPU {load}; the proxy under test on CPU {proxy}"
-
-
 def main() -> None:
     args = parse_args()
     zlbfast_cmd = shlex.split(args.zlbfast_cmd)
@@ -355,7 +342,7 @@ def main() -> None:
     try:
         require_tool("wrk", "wrk")
         require_tool("nginx", "nginx")
-        load_cpu, proxy_cpu, pinning = choose_cpus(args.pin)
+        load_cpu, proxy_cpu, pinning = choose_cpus(args.pin, "wrk, nginx, bulk source and sink")
     except ChildError as exc:
         raise SystemExit(str(exc)) from None
 

@@ -27,7 +27,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from _procs import HOST, Child, ChildError, free_port, nginx_backend_argv, pinned, require_tool, start_listening
+from _procs import (
+    HOST,
+    Child,
+    ChildError,
+    choose_cpus,
+    free_port,
+    nginx_backend_argv,
+    pinned,
+    require_tool,
+    start_listening,
+)
 from l4_compare import run_wrk
 
 BENCH = Path(__file__).resolve().parent
@@ -231,19 +241,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def choose_cpus(pin: bool | None) -> tuple[int | None, int | None, str]:
-    """(load CPU, proxy CPU, description); the driver moves to the load CPU too."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if pin is False or (pin is None and len(cpus) < 2):
-        return None, None, "off (all processes float over all CPUs)"
-    if len(cpus) < 2:
-        raise SystemExit("--pin needs at least 2 CPUs")
-    require_tool("taskset", "util-linux")
-    load, proxy = cpus[0], cpus[1]
-    os.sched_setaffinity(0, {load})
-    return load, proxy, f"wrk and the nginx backends on CPU {load}; the proxy under test alone on CPU {proxy}"
-
-
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -257,7 +254,7 @@ def main() -> None:
     try:
         require_tool("wrk", "wrk")
         require_tool("nginx", "nginx")
-        load_cpu, proxy_cpu, pinning = choose_cpus(args.pin)
+        load_cpu, proxy_cpu, pinning = choose_cpus(args.pin, "wrk and the nginx backends")
     except ChildError as exc:
         raise SystemExit(str(exc)) from None
 
