@@ -120,6 +120,7 @@ struct zlb_hup {
     int64_t idle_deadline;
     zlb_timer timer;                 /* connect timeout or pool idle timeout */
     struct zlb_hup *prev, *next;     /* w->hups */
+    struct zlb_hup *idle_prev, *idle_next; /* w->idle_hups while pooled */
 };
 
 /* Objects closed during a batch wait here until zlb_http_reap (see worker.c). */
@@ -269,6 +270,7 @@ static void count_status(zlb_worker *w, int status)
 /* ---- upstream connections and the pool ---------------------------------- */
 
 static void hup_on_timer(zlb_timer *t, int64_t now_ns);
+static void pool_unlink(zlb_hup *u);
 
 static void hup_close(zlb_hup *u, int reset)
 {
@@ -276,6 +278,8 @@ static void hup_close(zlb_hup *u, int reset)
     if (u->closed)
         return;
     u->closed = 1;
+    if (u->pooled)
+        pool_unlink(u);
     zlb_timer_cancel(&w->timers, &u->timer);
     if (reset)
         rst_close(u->s.fd);
@@ -301,15 +305,28 @@ static void hup_close(zlb_hup *u, int reset)
 }
 
 /* An idle pooled connection to the same endpoint, taken out of the pool. */
+/* The pool is its own list, so taking and returning connections costs time
+ * in the number of idle connections, not of all upstream connections. */
+static void pool_unlink(zlb_hup *u)
+{
+    zlb_worker *w = u->w;
+    if (u->idle_prev)
+        u->idle_prev->idle_next = u->idle_next;
+    else
+        w->idle_hups = u->idle_next;
+    if (u->idle_next)
+        u->idle_next->idle_prev = u->idle_prev;
+    u->idle_prev = u->idle_next = NULL;
+    u->pooled = 0;
+    w->n_idle_hups--;
+}
+
 static zlb_hup *pool_take(zlb_worker *w, zlb_ep_state *st)
 {
-    for (zlb_hup *u = w->hups; u; u = u->next) {
-        if (!u->pooled || u->st != st)
-            continue;
-        if (u->s.eof || u->s.hup) {
-            continue; /* the upstream closed it; its own event closes it */
-        }
-        u->pooled = 0;
+    for (zlb_hup *u = w->idle_hups; u; u = u->idle_next) {
+        if (u->st != st || u->s.eof || u->s.hup)
+            continue; /* another endpoint, or closed by the upstream (its own event closes it) */
+        pool_unlink(u);
         zlb_timer_cancel(&w->timers, &u->timer);
         return u;
     }
@@ -320,15 +337,22 @@ static void pool_put(zlb_hup *u, const zlb_http_opts *o)
 {
     zlb_worker *w = u->w;
     uint32_t idle = 0;
-    for (zlb_hup *v = w->hups; v; v = v->next)
-        if (v->pooled && v->st == u->st)
-            idle++;
+    /* Counting per endpoint is only needed once the whole pool could be at
+     * the limit. */
+    for (zlb_hup *v = w->n_idle_hups >= o->max_idle_per_endpoint ? w->idle_hups : NULL; v; v = v->idle_next)
+        idle += v->st == u->st;
     if (idle >= o->max_idle_per_endpoint || u->s.eof || u->s.hup || hbuf_size(&u->s.in) > 0) {
         hup_close(u, 0);
         return;
     }
     u->owner = NULL;
     u->pooled = 1;
+    u->idle_prev = NULL;
+    u->idle_next = w->idle_hups;
+    if (w->idle_hups)
+        w->idle_hups->idle_prev = u;
+    w->idle_hups = u;
+    w->n_idle_hups++;
     if (o->upstream_idle_ms)
         zlb_timer_arm(&w->timers, &u->timer, w->now_ns + (int64_t)o->upstream_idle_ms * 1000000);
 }
@@ -802,9 +826,11 @@ static int forward_response_head(zlb_hconn *c, const char *buf)
     const zlb_h1_head *h = &c->rs;
     hbuf *b = &c->s.out;
     int rc = 0;
-    char line[64];
-    int n = snprintf(line, sizeof(line), "HTTP/1.%d %d ", c->client_10 ? 0 : 1, h->status);
-    rc |= hbuf_append(b, line, (uint32_t)n);
+    /* The parser guarantees a 3-digit status; no printf on the hot path. */
+    char line[13] = {'H', 'T', 'T', 'P', '/', '1', '.', c->client_10 ? '0' : '1', ' ',
+                     (char)('0' + h->status / 100), (char)('0' + h->status / 10 % 10), (char)('0' + h->status % 10),
+                     ' '};
+    rc |= hbuf_append(b, line, sizeof(line));
     rc |= hbuf_append(b, buf + h->reason.off, h->reason.len);
     rc |= hbuf_append(b, "\r\n", 2);
     int upgrade = h->status == 101;

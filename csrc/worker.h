@@ -93,6 +93,8 @@ typedef struct zlb_worker {
     struct zlb_conn *closed;     /* closed in this batch, freed by zlb_l4_reap */
     struct zlb_hconn *hconns;    /* HTTP client connections (http1_proxy.c) */
     struct zlb_hup *hups;        /* HTTP upstream connections, busy or pooled */
+    struct zlb_hup *idle_hups;   /* the pooled ones (most recently used first) */
+    uint32_t n_idle_hups;
     void *hclosed;               /* HTTP objects closed in this batch */
 
     char *scratch;               /* ZLB_SCRATCH bytes for read/write copying */
