@@ -758,11 +758,13 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
         rc |= append_header(b, "x-request-id", 12, id, 32);
     }
     if (!have_tp) {
-        char tp[64], span[20];
-        hex_random(&c->w->rng, id, 16);
-        hex_random(&c->w->rng, span, 8);
-        int n = snprintf(tp, sizeof(tp), "00-%s-%s-01", id, span);
-        rc |= append_header(b, "traceparent", 11, tp, (uint32_t)n);
+        /* W3C trace context: version 00, 16-byte trace id, 8-byte parent id, sampled. */
+        char tp[56] = "00-";
+        hex_random(&c->w->rng, tp + 3, 16);
+        tp[35] = '-';
+        hex_random(&c->w->rng, tp + 36, 8);
+        memcpy(tp + 52, "-01", 3);
+        rc |= append_header(b, "traceparent", 11, tp, 55);
     }
     for (int k = ZLB_REQ_ADD; k <= ZLB_REQ_SET; k++)
         for (uint32_t i = 0; i < rt->n_ops[k]; i++)
