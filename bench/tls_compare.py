@@ -32,7 +32,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _procs import HOST, Child, ChildError, free_port, pinned, require_tool, start_listening
+from _procs import HOST, Child, ChildError, free_port, nginx_backend_argv, pinned, require_tool, start_listening
 
 REPO = Path(__file__).resolve().parent.parent
 TD = "bench.example"
@@ -222,7 +222,9 @@ def measure(client: str, mode: str, port: int, proxy: Child, args: argparse.Name
 
 
 def start_targets(d: Path, certs: dict[str, str], backend_port: int, zlbfast_cmd: list[str],
-                  cpu: int | None) -> dict[str, tuple[Child, int]]:
+                  cpu: int | None, children: list[Child]) -> dict[str, tuple[Child, int]]:
+    """Starts both proxies; each child joins `children` as soon as it runs, so a failure to start the
+    second one still stops the first."""
     out: dict[str, tuple[Child, int]] = {}
     zport = free_port()
     cfg = d / "zlbfast.yaml"
@@ -233,8 +235,9 @@ def start_targets(d: Path, certs: dict[str, str], backend_port: int, zlbfast_cmd
             "peer": {"trust_domain": TD}}}],
         "clusters": [{"name": "backend", "endpoints": [f"{HOST}:{backend_port}"]}],
     }))
-    out["zlbfast"] = (start_listening("zlbfast", pinned([*zlbfast_cmd, "run", "-c", str(cfg)], cpu), zport,
-                                      d / "zlbfast.log", cwd=REPO), zport)
+    out["zlbfast"] = (start_listening("zlbfast", pinned([*zlbfast_cmd, "run", "-c", str(cfg), "--admin", "off"],
+                                                        cpu), zport, d / "zlbfast.log", cwd=REPO), zport)
+    children.append(out["zlbfast"][0])
     hport = free_port()
     hcfg = d / "haproxy.cfg"
     hcfg.write_text(f"""global
@@ -253,32 +256,15 @@ backend b
 """)
     out["haproxy"] = (start_listening("haproxy", pinned([require_tool("haproxy", "haproxy"), "-db", "-f", str(hcfg)],
                                                         cpu), hport, d / "haproxy.log"), hport)
+    children.append(out["haproxy"][0])
     return out
 
 
 def nginx(d: Path, port: int, cpu: int | None) -> Child:
     root = d / "nginx"
     root.mkdir()
-    (root / "nginx.conf").write_text(f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 120s;
-    server {{ listen {HOST}:{port}; location / {{ return 200 "ok"; }} }}
-}}
-""")
-    argv = [require_tool("nginx", "nginx"), "-p", str(root), "-e", str(root / "error.log"),
-            "-c", str(root / "nginx.conf")]
+    require_tool("nginx", "nginx")
+    argv = nginx_backend_argv(root, f'    server {{ listen {HOST}:{port}; location / {{ return 200 "ok"; }} }}')
     return start_listening("nginx", pinned(argv, cpu), port, d / "nginx.log")
 
 
@@ -306,8 +292,7 @@ def main() -> int:
             client = build_client(d)
             backend_port = free_port()
             children.append(nginx(d, backend_port, load_cpu))
-            targets = start_targets(d, certs, backend_port, shlex.split(args.zlbfast_cmd), proxy_cpu)
-            children.extend(child for child, _ in targets.values())
+            targets = start_targets(d, certs, backend_port, shlex.split(args.zlbfast_cmd), proxy_cpu, children)
             for run in range(args.runs):
                 order = ["zlbfast", "haproxy"] if run % 2 == 0 else ["haproxy", "zlbfast"]
                 for mode in ("hs", "ka"):
