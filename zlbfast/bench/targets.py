@@ -160,13 +160,14 @@ def _write(workdir: str, name: str, text: str) -> str:
     return path
 
 
-def _haproxy_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+def _haproxy(listen: Addr, backends: Sequence[Addr], workdir: str, defaults: str) -> list[str]:
+    """HAProxy, one thread, `defaults` (the mode and its options) in front of a round-robin backend."""
     servers = "\n".join(f"    server s{i} {fmt(b)}" for i, b in enumerate(backends))
     cfg = f"""global
     nbthread 1
     maxconn 4096
 defaults
-    mode tcp
+{defaults}
     timeout connect 5s
     timeout client 60s
     timeout server 60s
@@ -178,6 +179,10 @@ backend pool
 {servers}
 """
     return [_need("haproxy"), "-db", "-f", _write(workdir, "haproxy.cfg", cfg)]
+
+
+def _haproxy_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+    return _haproxy(listen, backends, workdir, "    mode tcp")
 
 
 def _nginx_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
@@ -241,29 +246,13 @@ def _envoy_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[st
 
 
 def _haproxy_http_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
-    servers = "\n".join(f"    server s{i} {fmt(b)}" for i, b in enumerate(backends))
     # http-reuse always: any idle upstream connection may carry any client's next request (zlbfast's pools
     # and nginx's keepalive do the same); the default, safe, keeps a connection to the client that opened it
     # until that client's second request.
-    cfg = f"""global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode http
+    return _haproxy(listen, backends, workdir, """    mode http
     option http-keep-alive
     http-reuse always
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
-frontend bench
-    bind {fmt(listen)}
-    default_backend pool
-backend pool
-    balance roundrobin
-{servers}
-"""
-    return [_need("haproxy"), "-db", "-f", _write(workdir, "haproxy.cfg", cfg)]
+    timeout http-keep-alive 60s""")
 
 
 def _nginx_http_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
