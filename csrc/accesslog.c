@@ -7,28 +7,40 @@
 
 #include "sockaddr.h"
 
-int zlb_access_ring_push(zlb_access_ring *r, const zlb_access_record *rec)
+zlb_access_record *zlb_access_ring_reserve(zlb_access_ring *r)
 {
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
     if (!r->slots || head - tail >= ZLB_AL_RING)
-        return -1;
-    r->slots[head & (ZLB_AL_RING - 1)] = *rec;
-    atomic_store_explicit(&r->head, head + 1, memory_order_release);
-    return 0;
+        return NULL;
+    return &r->slots[head & (ZLB_AL_RING - 1)];
 }
 
-size_t zlb_access_ring_drain(zlb_access_ring *r, zlb_access_record *out, size_t max)
+void zlb_access_ring_commit(zlb_access_ring *r)
+{
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    atomic_store_explicit(&r->head, head + 1, memory_order_release);
+}
+
+size_t zlb_access_ring_format(zlb_access_ring *r, char *out, size_t cap, size_t max, uint64_t *rng,
+                              uint64_t threshold, size_t *kept, size_t *skipped)
 {
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
-    size_t n = 0;
-    while (tail != head && n < max) {
-        out[n++] = r->slots[tail & (ZLB_AL_RING - 1)];
-        tail++;
+    size_t used = 0, n = 0;
+    for (; tail != head && n < max; tail++, n++) {
+        if (threshold && zlb_rand64(rng) >= threshold) {
+            (*skipped)++;
+            continue;
+        }
+        size_t k = zlb_access_format_json(&r->slots[tail & (ZLB_AL_RING - 1)], out + used, cap - used);
+        if (k == 0)
+            break; /* out of room: the rest stays for the next call */
+        used += k;
+        (*kept)++;
     }
     atomic_store_explicit(&r->tail, tail, memory_order_release);
-    return n;
+    return used;
 }
 
 /* JSON-lines formatting without printf: a busy access log formats tens of

@@ -51,10 +51,20 @@ typedef struct zlb_access_ring {
     zlb_access_record *slots;     /* ZLB_AL_RING records, allocated on first enable */
 } zlb_access_ring;
 
-/* Producer (owning worker). Returns 0, or -1 when full (caller counts). */
-int zlb_access_ring_push(zlb_access_ring *r, const zlb_access_record *rec);
-/* Consumer (one control thread at a time). Copies up to max records. */
-size_t zlb_access_ring_drain(zlb_access_ring *r, zlb_access_record *out, size_t max);
+/* Producer (owning worker): the next free slot, to be filled in place and
+ * published with zlb_access_ring_commit, or NULL when the ring is full (the
+ * caller counts a drop). Filling in place saves copying a record per
+ * request. */
+zlb_access_record *zlb_access_ring_reserve(zlb_access_ring *r);
+void zlb_access_ring_commit(zlb_access_ring *r);
+
+/* Consumer (one control thread at a time): formats up to `max` records as
+ * JSON lines into out (cap bytes; 1 KiB per record always suffices) and
+ * frees their slots. With threshold != 0, a record is kept only when
+ * zlb_rand64(rng) < threshold (sampling). Returns bytes written; *kept and
+ * *skipped count the records. */
+size_t zlb_access_ring_format(zlb_access_ring *r, char *out, size_t cap, size_t max, uint64_t *rng,
+                              uint64_t threshold, size_t *kept, size_t *skipped);
 
 /* Formats one record as a JSON object and a newline into out (any thread,
  * no allocation). Returns the length, or 0 when cap is too small. Doing

@@ -427,13 +427,16 @@ int zlb_engine_set_access_log(zlb_engine *e, int on)
     return 0;
 }
 
-size_t zlb_engine_drain_access_log(zlb_engine *e, zlb_access_record *out, size_t max)
+size_t zlb_engine_format_access_log(zlb_engine *e, char *out, size_t cap, size_t max, uint64_t *rng,
+                                    uint64_t threshold, size_t *kept, size_t *skipped)
 {
-    size_t n = 0;
-    for (uint32_t i = 0; i < e->opts.workers && n < max; i++)
+    size_t used = 0;
+    *kept = *skipped = 0;
+    for (uint32_t i = 0; i < e->opts.workers && *kept + *skipped < max; i++)
         if (e->workers[i].alog.slots)
-            n += zlb_access_ring_drain(&e->workers[i].alog, out + n, max - n);
-    return n;
+            used += zlb_access_ring_format(&e->workers[i].alog, out + used, cap - used, max - *kept - *skipped,
+                                           rng, threshold, kept, skipped);
+    return used;
 }
 
 void zlb_engine_stats(zlb_engine *e, zlb_stats *out)

@@ -136,8 +136,11 @@ void zlb_engine_stats(zlb_engine *e, zlb_stats *out);
 /* Turns access-log records on or off (rings are allocated on first use).
  * 0, or -1 on allocation failure. */
 int zlb_engine_set_access_log(zlb_engine *e, int on);
-/* Moves up to max finished-connection records into out; returns how many. */
-size_t zlb_engine_drain_access_log(zlb_engine *e, zlb_access_record *out, size_t max);
+/* Formats up to max finished records of every worker as JSON lines into
+ * out (cap bytes; 1 KiB per record suffices) and frees their slots; see
+ * zlb_access_ring_format for the sampling arguments. Returns bytes written. */
+size_t zlb_engine_format_access_log(zlb_engine *e, char *out, size_t cap, size_t max, uint64_t *rng,
+                                    uint64_t threshold, size_t *kept, size_t *skipped);
 
 /* ---- TLS (csrc/tls.h) ---------------------------------------------------
  * Identities are named slots; listeners and clusters refer to them by name.

@@ -66,6 +66,8 @@ typedef struct zlb_hconn {
     char peer_ip[64];
     zlb_timer timer;
     int64_t idle_deadline, head_deadline, req_deadline, try_deadline, backoff_deadline, linger_deadline;
+    uint8_t ready;                   /* on the worker's ready list (see hc_run) */
+    struct zlb_hconn *ready_next;
     uint8_t shut_wr;                 /* closing: our FIN sent, now discarding input */
 
     zlb_h1_parser rp;                /* request head */
@@ -145,6 +147,24 @@ static void bury(zlb_worker *w, void *obj)
     g->obj = obj;
     g->next = w->hclosed;
     w->hclosed = g;
+}
+
+int zlb_http_run_ready(zlb_worker *w)
+{
+    /* Take the whole list: connections that use up their rounds again go
+     * on a fresh list for the next pass. Closed ones are only skipped; their
+     * memory lives until zlb_http_reap, which runs after this. */
+    zlb_hconn *c = w->hready;
+    w->hready = NULL;
+    while (c) {
+        zlb_hconn *next = c->ready_next;
+        c->ready = 0;
+        c->ready_next = NULL;
+        if (!c->closed)
+            hc_run(c);
+        c = next;
+    }
+    return w->hready != NULL;
 }
 
 void zlb_http_reap(zlb_worker *w)
@@ -560,27 +580,29 @@ static void hc_request_done(zlb_hconn *c, int status)
         zlb_cs_add(c->cs, w->id, ZLB_CS_RQ_1XX + (cls < 1 ? 0 : cls > 5 ? 4 : cls - 1), 1);
         zlb_cs_latency(c->cs, w->id, took);
     }
-    if (atomic_load_explicit(&w->eng->access_log, memory_order_acquire)) {
-        zlb_access_record rec;
-        memset(&rec, 0, sizeof(rec));
-        rec.start_unix_ns = c->req_start_unix_ns;
-        rec.duration_ns = took;
-        memcpy(&rec.down, &c->peer, sizeof(rec.down));
-        rec.bytes_received = c->s.rx - hbuf_size(&c->s.in) - c->req_rx0;
-        rec.bytes_sent = c->s.tx + hbuf_size(&c->s.out) - c->resp_tx0;
-        rec.listener_id = c->l->id;
-        rec.attempts = (uint16_t)c->attempts;
-        rec.flags = c->al_flags;
-        rec.status = (uint16_t)status;
-        memcpy(rec.method, c->al_method, sizeof(rec.method));
-        memcpy(rec.authority, c->al_authority, sizeof(rec.authority));
-        memcpy(rec.path, c->al_path, sizeof(rec.path));
-        zlb_strlcpy(rec.cluster, c->cluster, sizeof(rec.cluster));
-        zlb_strlcpy(rec.listener, c->l->opts.name, sizeof(rec.listener));
-        if (c->up_addr.sin6_family)
-            memcpy(&rec.up, &c->up_addr, sizeof(rec.up));
-        if (zlb_access_ring_push(&w->alog, &rec) != 0)
-            ZLB_STAT_ADD(w, access_log_dropped, 1);
+    zlb_access_record *rec = atomic_load_explicit(&w->eng->access_log, memory_order_acquire)
+        ? zlb_access_ring_reserve(&w->alog) : NULL;
+    if (rec) {
+        /* Filled in place, field by field: no stack copy, no memset of the
+         * string buffers (each is NUL-terminated by its copy). */
+        rec->start_unix_ns = c->req_start_unix_ns;
+        rec->duration_ns = took;
+        rec->down = c->peer;
+        rec->up = c->up_addr; /* family 0 when no upstream was tried */
+        rec->bytes_received = c->s.rx - hbuf_size(&c->s.in) - c->req_rx0;
+        rec->bytes_sent = c->s.tx + hbuf_size(&c->s.out) - c->resp_tx0;
+        rec->listener_id = c->l->id;
+        rec->attempts = (uint16_t)c->attempts;
+        rec->flags = c->al_flags;
+        rec->status = (uint16_t)status;
+        zlb_strlcpy(rec->method, c->al_method, sizeof(rec->method));
+        zlb_strlcpy(rec->authority, c->al_authority, sizeof(rec->authority));
+        zlb_strlcpy(rec->path, c->al_path, sizeof(rec->path));
+        zlb_strlcpy(rec->cluster, c->cluster, sizeof(rec->cluster));
+        zlb_strlcpy(rec->listener, c->l->opts.name, sizeof(rec->listener));
+        zlb_access_ring_commit(&w->alog);
+    } else if (atomic_load_explicit(&w->eng->access_log, memory_order_relaxed)) {
+        ZLB_STAT_ADD(w, access_log_dropped, 1);
     }
     hc_release_cluster(c);
     c->cluster[0] = '\0';
@@ -1467,10 +1489,26 @@ static int hc_linger(zlb_hconn *c)
     return 0;
 }
 
+/* Moves everything that can move now. At most HC_RUN_ROUNDS rounds per
+ * call, so one bulk transfer cannot starve the worker's other connections;
+ * when that budget runs out with bytes still moving, the connection goes on
+ * the worker's ready list and runs again after the current event batch:
+ * with edge triggering no event would come for bytes already buffered or
+ * sockets already known to be ready. */
+#define HC_RUN_ROUNDS 64
+
 static void hc_run(zlb_hconn *c)
 {
     zlb_worker *w = c->w;
-    for (int guard = 0; guard < 64 && !c->closed; guard++) {
+    for (int round = 0; !c->closed; round++) {
+        if (round == HC_RUN_ROUNDS) {
+            if (!c->ready) {
+                c->ready = 1;
+                c->ready_next = w->hready;
+                w->hready = c;
+            }
+            return;
+        }
         int progress = 0;
         uint32_t in_limit = c->state == HS_HEAD ? c->l->opts.http.max_head + 1 : HWM;
         int r = sock_read(&c->s, in_limit);

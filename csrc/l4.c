@@ -220,8 +220,13 @@ static int64_t unix_now_ns(void)
  * drops it (counted) rather than making the worker wait. */
 static void push_record(zlb_worker *w, const zlb_access_record *rec)
 {
-    if (zlb_access_ring_push(&w->alog, rec) != 0)
+    zlb_access_record *slot = zlb_access_ring_reserve(&w->alog);
+    if (!slot) {
         ZLB_STAT_ADD(w, access_log_dropped, 1);
+        return;
+    }
+    *slot = *rec;
+    zlb_access_ring_commit(&w->alog);
 }
 
 static void log_connection(zlb_conn *c)

@@ -101,7 +101,7 @@ void *zlb_worker_main(void *arg)
          * snapshot pointers across iterations). */
         w->now_ns = zlb_now_ns();
         zlb_timer_run(&w->timers, w->now_ns);
-        int timeout = zlb_timer_next_ms(&w->timers, w->now_ns, ZLB_MAX_WAIT_MS);
+        int timeout = w->busy ? 0 : zlb_timer_next_ms(&w->timers, w->now_ns, ZLB_MAX_WAIT_MS);
 
         /* Blocking: announce an extended quiescent state so publishers never
          * wait for an idle worker. */
@@ -146,6 +146,7 @@ void *zlb_worker_main(void *arg)
         }
         /* Connections closed during the batch are freed only now, since a
          * later event of the same batch may still point at them. */
+        w->busy = zlb_http_run_ready(w);
         zlb_l4_reap(w);
         zlb_http_reap(w);
     }

@@ -92,6 +92,8 @@ typedef struct zlb_worker {
     struct zlb_conn *conns;      /* every open connection of this worker */
     struct zlb_conn *closed;     /* closed in this batch, freed by zlb_l4_reap */
     struct zlb_hconn *hconns;    /* HTTP client connections (http1_proxy.c) */
+    struct zlb_hconn *hready;    /* HTTP connections with work left over (zlb_http_run_ready) */
+    int busy;                    /* work is waiting: poll without blocking */
     struct zlb_hup *hups;        /* HTTP upstream connections, busy or pooled */
     struct zlb_hup *idle_hups;   /* the pooled ones (most recently used first) */
     uint32_t n_idle_hups;
@@ -149,6 +151,9 @@ void zlb_l4_reap(zlb_worker *w);
 void zlb_http_accept(zlb_worker *w, zlb_wlistener *wl);
 void zlb_http_on_event(zlb_worker *w, zlb_io *io, uint32_t events);
 void zlb_http_reap(zlb_worker *w);
+/* Runs the connections that used up their round budget; returns 1 when
+ * some still have work (the next epoll_wait must not block). */
+int zlb_http_run_ready(zlb_worker *w);
 void zlb_http_close_all(zlb_worker *w);
 /* Closes every connection of the worker (engine shutdown). */
 void zlb_l4_close_all(zlb_worker *w);

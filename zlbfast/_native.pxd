@@ -141,30 +141,10 @@ cdef extern from "sockaddr.h" nogil:
     ctypedef struct sockaddr_t "struct sockaddr":
         pass
 
-    void zlb_sockaddr_format(const sockaddr_t *sa, char *out, size_t outlen)
-
-
-cdef extern from "accesslog.h" nogil:
     ctypedef struct sockaddr_in6_t "struct sockaddr_in6":
         pass
 
-    ctypedef struct zlb_access_record:
-        int64_t start_unix_ns
-        int64_t duration_ns
-        sockaddr_in6_t down
-        sockaddr_in6_t up
-        uint64_t bytes_received
-        uint64_t bytes_sent
-        int listener_id
-        uint16_t attempts
-        uint16_t flags
-        uint16_t status
-        char method[16]
-        char authority[96]
-        char path[192]
-        char cluster[64]
-
-    size_t zlb_access_format_json(const zlb_access_record *r, char *out, size_t cap)
+    void zlb_sockaddr_format(const sockaddr_t *sa, char *out, size_t outlen)
 
 
 cdef extern from "tls.h" nogil:
@@ -245,7 +225,8 @@ cdef extern from "engine.h" nogil:
     int zlb_engine_set_active_health(zlb_engine *e, const char *cluster, const char *address, int health)
     void zlb_engine_stats(zlb_engine *e, zlb_stats *out)
     int zlb_engine_set_access_log(zlb_engine *e, int on)
-    size_t zlb_engine_drain_access_log(zlb_engine *e, zlb_access_record *out, size_t max)
+    size_t zlb_engine_format_access_log(zlb_engine *e, char *out, size_t cap, size_t max, uint64_t *rng,
+                                        uint64_t threshold, size_t *kept, size_t *skipped)
     int64_t zlb_debug_live_conns()
     int64_t zlb_debug_live_pipes()
     # TLS (csrc/engine.h, csrc/tls.h)

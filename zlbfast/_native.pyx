@@ -306,9 +306,8 @@ cdef class NativeEngine:
     cdef uint64_t version
     cdef dict listener_names    # native id -> (name, cluster)
     cdef uint64_t sample_rng    # access-log sampling (control thread only)
-    # Reused drain buffers: fresh multi-megabyte allocations every 100 ms
+    # Reused drain buffer: a fresh multi-megabyte allocation every 100 ms
     # would cost page faults on every drain of a busy log.
-    cdef zlb_access_record *al_recs
     cdef char *al_out
     cdef size_t al_cap
 
@@ -330,7 +329,6 @@ cdef class NativeEngine:
 
     def __dealloc__(self):
         self.close()
-        PyMem_Free(self.al_recs)
         PyMem_Free(self.al_out)
 
     cdef zlb_engine *_live(self) except NULL:
@@ -429,29 +427,19 @@ cdef class NativeEngine:
         """Finished connections and requests since the last call, as JSON lines formatted in C
         (see zlb_access_format_json), keeping a random `sample` share of them.
         Returns (lines, records kept, records sampled out)."""
-        cdef size_t n, used = 0, k
-        cdef int kept = 0, skipped = 0
+        cdef size_t used, kept = 0, skipped = 0
         cdef uint64_t threshold = <uint64_t>(sample * 18446744073709551615.0) if sample < 1.0 else 0
+        if sample <= 0.0:
+            threshold = 1  # keep (almost) nothing: zlb_rand64 is below 1 with probability 2^-64
         if <size_t>max_records > self.al_cap:
-            PyMem_Free(self.al_recs)
             PyMem_Free(self.al_out)
             self.al_cap = 0
-            self.al_recs = <zlb_access_record *>PyMem_Malloc(max_records * sizeof(zlb_access_record))
             self.al_out = <char *>PyMem_Malloc(max_records * 1024)
-            if self.al_recs == NULL or self.al_out == NULL:
+            if self.al_out == NULL:
                 raise MemoryError()
             self.al_cap = max_records
-        n = zlb_engine_drain_access_log(self._live(), self.al_recs, max_records)
-        for i in range(n):
-            if sample < 1.0 and zlb_rand64(&self.sample_rng) >= threshold:
-                skipped += 1
-                continue
-            # A record is at most ~900 bytes of JSON: 1 KiB per record always fits.
-            k = zlb_access_format_json(&self.al_recs[i], self.al_out + used, max_records * 1024 - used)
-            if k == 0:
-                raise NativeError("access-log record does not fit its buffer")
-            used += k
-            kept += 1
+        used = zlb_engine_format_access_log(self._live(), self.al_out, max_records * 1024, max_records,
+                                            &self.sample_rng, threshold, &kept, &skipped)
         return self.al_out[:used], kept, skipped
 
     def endpoints(self):
