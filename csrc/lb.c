@@ -525,3 +525,20 @@ int32_t zlb_lb_p2c(const zlb_prio *p, const zlb_subset *s, zlb_pick_ctx *ctx,
     double ca = cost(p->eps[s->idx[a]]), cb = cost(p->eps[s->idx[b]]);
     return (int32_t)s->idx[cb < ca ? b : a];
 }
+
+uint64_t zlb_lb_pick_many(const zlb_snapshot *s, int ci, uint64_t n, uint64_t seed)
+{
+    if (ci < 0 || (uint32_t)ci >= s->n_clusters)
+        return 0;
+    zlb_lb_cache *cache = zlb_lb_cache_new();
+    if (!cache)
+        return 0;
+    uint64_t rng = seed | 1, found = 0;
+    int64_t now = zlb_now_ns();
+    for (uint64_t i = 0; i < n; i++) {
+        zlb_pick_ctx ctx = {.rng = &rng, .has_hash = 1, .hash = (i + 1) * 0x9E3779B97F4A7C15ULL, .now_ns = now};
+        found += zlb_lb_pick(cache, s, &s->clusters[ci], &ctx, NULL) != NULL;
+    }
+    zlb_lb_cache_free(cache);
+    return found;
+}

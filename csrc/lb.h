@@ -93,6 +93,12 @@ void zlb_lb_report(const zlb_snapshot *s, const zlb_cluster *c, zlb_endpoint *ep
 /* True when the endpoint may take traffic now (not ejected, not unhealthy). */
 int zlb_lb_endpoint_available(const zlb_endpoint *ep, int64_t now_ns);
 
+/* Micro-benchmark hook (one thread, no worker involved): n picks from
+ * cluster ci of s with a private cache and generator and a different hash
+ * key each time, as a worker balancing n connections would. Returns how
+ * many picks found an endpoint. s must stay alive for the call. */
+uint64_t zlb_lb_pick_many(const zlb_snapshot *s, int ci, uint64_t n, uint64_t seed);
+
 /* Test hook: counts ejections performed since start (all clusters). */
 uint64_t zlb_lb_total_ejections(void);
 

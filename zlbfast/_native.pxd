@@ -134,6 +134,7 @@ cdef extern from "router.h" nogil:
 
 cdef extern from "lb.h" nogil:
     const char *zlb_lb_names()
+    uint64_t zlb_lb_pick_many(const zlb_snapshot *s, int ci, uint64_t n, uint64_t seed)
     uint64_t zlb_lb_total_ejections()
 
 

@@ -471,6 +471,22 @@ cdef class NativeEngine:
             out[c.opts.name.decode()] = eps
         return out
 
+    def pick_many(self, str cluster, unsigned long long n):
+        """Micro-benchmark hook: n picks from `cluster` of the current snapshot in C, without the GIL
+        (zlb_lb_pick_many); returns how many found an endpoint. Time the call."""
+        cdef const zlb_snapshot *s = zlb_engine_current(self._live())
+        cdef int ci = -1
+        cdef uint64_t found
+        if s != NULL:
+            for i in range(s.n_clusters):
+                if s.clusters[i].opts.name.decode() == cluster:
+                    ci = i
+        if ci < 0:
+            raise NativeError(f"no cluster {cluster!r}")
+        with nogil:
+            found = zlb_lb_pick_many(s, ci, n, 0x5EED)
+        return found
+
     def cluster_stats(self):
         """Per-cluster counters and request-latency histogram of the current
         configuration's clusters (kept across reloads), summed over workers.

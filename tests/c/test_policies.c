@@ -3,6 +3,7 @@
  * zlb_lb_pick on one healthy priority level (so the subset is every
  * endpoint) with a seeded generator.
  */
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -71,6 +72,41 @@ static void test_weighted_smooth(void)
     zlb_snapshot_free(s);
     ZT_CHECKF(chi < CHI2_DF3_P001, "chi2 %.2f counts %u %u %u %u", chi, counts[0], counts[1], counts[2], counts[3]);
     ZT_CHECKF(max_run <= 2, "heaviest endpoint picked %d times in a row", max_run);
+}
+
+/* Above 64 members the weighted policy schedules by earliest deadline
+ * (O(log n) per pick): the same proportions, every member served. */
+static void test_weighted_large_edf(void)
+{
+    enum { N = 100, PICKS = 100000 };
+    static char hosts[N][16];
+    tep eps[N];
+    uint32_t weights[N], counts[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(hosts[i], sizeof(hosts[i]), "10.0.1.%d", i + 1);
+        weights[i] = (uint32_t)(i % 4) + 1;
+        eps[i] = (tep){hosts[i], 80, weights[i], 0, NULL, 0};
+    }
+    zlb_snapshot *s = mk_snap(reg, NULL, "weighted", NULL, eps, N, 1);
+    ZT_CHECK(s);
+    zlb_lb_cache *cache = zlb_lb_cache_new();
+    uint64_t rng = 7;
+    zlb_pick_ctx ctx = ctx_with(&rng);
+    count_picks(cache, s, &ctx, PICKS, counts);
+    const zlb_cluster *c = &s->clusters[0];
+    /* counts are by endpoint position; weights by the order given. */
+    uint32_t by_pos[N];
+    for (uint32_t i = 0; i < c->n_endpoints; i++)
+        by_pos[i] = c->endpoints[i].weight;
+    double chi = chi_square(counts, by_pos, N, PICKS);
+    uint32_t least = counts[0];
+    for (int i = 1; i < N; i++)
+        least = counts[i] < least ? counts[i] : least;
+    zlb_lb_cache_free(cache);
+    zlb_snapshot_free(s);
+    /* Chi-square critical value, 99 degrees of freedom, p = 0.001. */
+    ZT_CHECKF(chi < 148.23, "chi2 %.2f", chi);
+    ZT_CHECKF(least > 0, "an endpoint was never picked");
 }
 
 static void test_random_weighted(void)
@@ -273,6 +309,7 @@ int main(void)
 {
     RUN(test_round_robin_exact);
     RUN(test_weighted_smooth);
+    RUN(test_weighted_large_edf);
     RUN(test_random_weighted);
     RUN(test_random_uniform);
     RUN(test_least_request);
