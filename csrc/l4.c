@@ -721,26 +721,48 @@ static int hs_step(zlb_conn *c, int side)
     return -1;
 }
 
-static void hs_down_step(zlb_conn *c)
+static void up_tls_failed(zlb_conn *c, const char *reason);
+
+/* Advances the handshake of `side` (0 client, 1 upstream). Returns 1 once
+ * it completed with the peer verified (counted, logged, handshake timer
+ * cancelled); 0 while it waits for I/O, or after a failure (whose path,
+ * close or retry, has already run). */
+static int hs_advance(zlb_conn *c, int side)
 {
     zlb_worker *w = c->w;
     zlb_conn_tls *t = c->tls;
-    int r = hs_step(c, 0);
+    int r = hs_step(c, side);
     if (r == 0)
-        return;
-    if (r < 0 || zlb_tls_check_peer(t->ssl[0], &t->peer[0]) != 0) {
-        down_tls_failed(c, NULL);
-        return;
+        return 0;
+    if (r < 0 || zlb_tls_check_peer(t->ssl[side], &t->peer[side]) != 0) {
+        if (side)
+            up_tls_failed(c, NULL);
+        else
+            down_tls_failed(c, NULL);
+        return 0;
     }
-    ZLB_STAT_ADD(w, tls_handshakes_down, 1);
+    if (side) {
+        ZLB_STAT_ADD(w, tls_handshakes_up, 1);
+        if (SSL_session_reused(t->ssl[1]))
+            ZLB_STAT_ADD(w, tls_resumed_up, 1);
+    } else {
+        ZLB_STAT_ADD(w, tls_handshakes_down, 1);
+    }
     if (atomic_load_explicit(&w->eng->tls_log_peers, memory_order_relaxed))
-        tls_event(c, ZLB_TLS_EV_DOWN_OK, ZLB_TLS_FAIL_NONE, 0, "");
+        tls_event(c, side ? ZLB_TLS_EV_UP_OK : ZLB_TLS_EV_DOWN_OK, ZLB_TLS_FAIL_NONE, side, "");
     zlb_timer_cancel(&w->timers, &c->timer);
+    return 1;
+}
+
+static void hs_down_step(zlb_conn *c)
+{
+    if (!hs_advance(c, 0))
+        return;
     if (want_write(c, 0, 0) != 0) {
         conn_close(c, 1);
         return;
     }
-    if (!authorize_conn(c, t->peer[0].id))
+    if (!authorize_conn(c, c->tls->peer[0].id))
         return;
     c->state = CONN_CONNECTING;
     try_connect(c);
@@ -836,20 +858,8 @@ static void up_tls_failed(zlb_conn *c, const char *reason)
 static void hs_up_step(zlb_conn *c)
 {
     zlb_worker *w = c->w;
-    zlb_conn_tls *t = c->tls;
-    int r = hs_step(c, 1);
-    if (r == 0)
+    if (!hs_advance(c, 1))
         return;
-    if (r < 0 || zlb_tls_check_peer(t->ssl[1], &t->peer[1]) != 0) {
-        up_tls_failed(c, NULL);
-        return;
-    }
-    ZLB_STAT_ADD(w, tls_handshakes_up, 1);
-    if (SSL_session_reused(t->ssl[1]))
-        ZLB_STAT_ADD(w, tls_resumed_up, 1);
-    if (atomic_load_explicit(&w->eng->tls_log_peers, memory_order_relaxed))
-        tls_event(c, ZLB_TLS_EV_UP_OK, ZLB_TLS_FAIL_NONE, 1, "");
-    zlb_timer_cancel(&w->timers, &c->timer);
     report(w, c, 1, 0, w->now_ns - c->connect_start_ns);
     conn_open(c);
 }
