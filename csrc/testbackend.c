@@ -72,8 +72,12 @@ struct zlb_tb {
     int lfd, stopfd;
     uint16_t port;
     _Atomic int64_t stall_until_ns;
-    char *response;              /* HTTP: the one prebuilt response */
-    size_t response_len;
+    /* HTTP: the two prebuilt responses, indexed by close_after: a response
+     * after which the connection closes says "Connection: close", so a
+     * keep-alive client (wrk) reconnects instead of reading an EOF as an
+     * error. */
+    char *response[2];
+    size_t response_len[2];
     int nthreads;                /* allocated thread slots */
     int running;                 /* of which started (and to be joined) */
     tb_thread *threads;
@@ -213,6 +217,14 @@ static int parse_request(tb_conn *c)
     return 1;
 }
 
+/* Count a response and start writing the prebuilt one that matches the
+ * connection's fate. */
+static void respond(tb_thread *th, tb_conn *c)
+{
+    bump(&th->requests, 1);
+    start_response(c, th->tb->response[c->close_after], th->tb->response_len[c->close_after]);
+}
+
 /* Drive an HTTP connection as far as it can go without blocking: finish the
  * response being written, skip request bodies, parse the next request and
  * answer it (or park c in the delay FIFO). Returns false if c was dropped. */
@@ -268,8 +280,7 @@ static bool http_progress(tb_thread *th, tb_conn *c, int64_t now)
             set_events(th, c, 0);
             return true;
         }
-        bump(&th->requests, 1);
-        start_response(c, tb->response, tb->response_len);
+        respond(th, c);
     }
 }
 
@@ -282,8 +293,7 @@ static void run_deferred(tb_thread *th, int64_t now)
         if (!th->defer_head)
             th->defer_tail = NULL;
         c->deferred = false;
-        bump(&th->requests, 1);
-        start_response(c, th->tb->response, th->tb->response_len);
+        respond(th, c);
         http_progress(th, c, now);
     }
 }
@@ -381,16 +391,19 @@ static const char *reason(int status)
 static int build_response(struct zlb_tb *tb)
 {
     const zlb_tb_config *cfg = &tb->cfg;
-    char head[256];
-    int hl = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nContent-Length: %u\r\n%s%s%s\r\n",
-                      cfg->status, reason(cfg->status), cfg->body_size,
-                      cfg->label[0] ? "x-backend: " : "", cfg->label, cfg->label[0] ? "\r\n" : "");
-    tb->response_len = (size_t)hl + cfg->body_size;
-    tb->response = malloc(tb->response_len);
-    if (!tb->response)
-        return -1;
-    memcpy(tb->response, head, (size_t)hl);
-    memset(tb->response + hl, 'x', cfg->body_size);
+    for (int close = 0; close < 2; close++) {
+        char head[256];
+        int hl = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nContent-Length: %u\r\n%s%s%s%s\r\n",
+                          cfg->status, reason(cfg->status), cfg->body_size,
+                          close ? "Connection: close\r\n" : "",
+                          cfg->label[0] ? "x-backend: " : "", cfg->label, cfg->label[0] ? "\r\n" : "");
+        tb->response_len[close] = (size_t)hl + cfg->body_size;
+        tb->response[close] = malloc(tb->response_len[close]);
+        if (!tb->response[close])
+            return -1;
+        memcpy(tb->response[close], head, (size_t)hl);
+        memset(tb->response[close] + hl, 'x', cfg->body_size);
+    }
     return 0;
 }
 
@@ -432,7 +445,8 @@ static void destroy(struct zlb_tb *tb)
         close(tb->lfd);
     if (tb->stopfd >= 0)
         close(tb->stopfd);
-    free(tb->response);
+    free(tb->response[0]);
+    free(tb->response[1]);
     free(tb);
 }
 
