@@ -40,10 +40,14 @@ from _procs import (
     settled_rss_kib,
     start_listening,
 )
+from _report import RatioSpec, cpu_ms_per_1k, fmt, ratios
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 GIB = 1 << 30
+sys.path.insert(0, str(REPO))  # this checkout's zlbfast, not another one installed in the environment
+
+from zlbfast.bench import procstat  # noqa: E402
 
 # (listen port, upstream port, scratch dir) -> argv of a proxy listening on HOST:listen.
 ProxyArgv = Callable[[int, int, Path], list[str]]
@@ -62,6 +66,8 @@ class Sample:
     latency_ms: dict[str, float] = field(default_factory=dict)
     wrk_errors: int = 0
     bulk_gbps: float | None = None
+    proxy_cpu_s: float | None = None  # the HTTP proxy's user+system CPU during the wrk run
+    duration_s: int = 0
     error: str | None = None
 
 
@@ -123,11 +129,13 @@ def all_targets(zlbfast_cmd: list[str]) -> list[Target]:
 
 
 # zlbfast's ratio to each other target, on each metric: (label, other target, metric key).
-RATIOS = [
-    ("zlbfast/haproxy req/s", "haproxy", "rps"),
-    ("zlbfast/direct bulk", "direct", "bulk_gbps"),
-    ("zlbfast/asyncio req/s", "asyncio", "rps"),
-    ("zlbfast/asyncio bulk", "asyncio", "bulk_gbps"),
+RATIOS: list[RatioSpec] = [
+    ("zlbfast/haproxy req/s", "haproxy", "rps", False),
+    ("haproxy/zlbfast CPU/req", "haproxy", "cpu_ms_per_1k", True),
+    ("zlbfast/direct bulk", "direct", "bulk_gbps", False),
+    ("zlbfast/asyncio req/s", "asyncio", "rps", False),
+    ("asyncio/zlbfast CPU/req", "asyncio", "cpu_ms_per_1k", True),
+    ("zlbfast/asyncio bulk", "asyncio", "bulk_gbps", False),
 ]
 
 
@@ -166,8 +174,13 @@ def run_wrk(port: int, duration: int, connections: int, cpu: int | None) -> Samp
     )
 
 
-def measure(http_port: int, bulk_port: int, args: argparse.Namespace, load_cpu: int | None) -> Sample:
+def measure(http_port: int, bulk_port: int, proxy: Child | None, args: argparse.Namespace,
+            load_cpu: int | None) -> Sample:
+    cpu0 = procstat.cpu_seconds(proxy.pid) if proxy else None
     sample = run_wrk(http_port, args.duration, args.connections, load_cpu)
+    sample.duration_s = args.duration
+    if proxy is not None and cpu0 is not None:
+        sample.proxy_cpu_s = procstat.cpu_seconds(proxy.pid) - cpu0
     if sample.error is None:
         try:
             sample.bulk_gbps = (
@@ -189,15 +202,9 @@ def summarize(result: Result) -> None:
         values = [s.latency_ms[p] for s in ok if p in s.latency_ms]
         if values:
             result.median[f"{p}_ms"] = statistics.median(values)
-
-
-def ratios(results: dict[str, Result]) -> dict[str, float | None]:
-    def ratio(other: str, metric: str) -> float | None:
-        num = results.get("zlbfast", Result()).median.get(metric)
-        den = results.get(other, Result()).median.get(metric)
-        return num / den if num is not None and den else None
-
-    return {label: ratio(other, metric) for label, other, metric in RATIOS}
+    cpu = cpu_ms_per_1k((s.proxy_cpu_s, s.rps, s.duration_s) for s in ok)
+    if cpu:
+        result.median["cpu_ms_per_1k"] = statistics.median(cpu)
 
 
 def spawn(
@@ -264,10 +271,6 @@ workers: 1
         child.stop()  # not needed for the rest of the run; the stack's later stop() is then a no-op
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def render(report: dict[str, object], results: dict[str, Result]) -> str:
     lines = [
         f"L4 comparison: wrk -t1 -c{report['connections']} -d{report['duration_s']}s (req/s), "
@@ -275,7 +278,7 @@ def render(report: dict[str, object], results: dict[str, Result]) -> str:
         f"pinning: {report['pinning']}",
         "",
         f"{'target':<9} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'wrk err':>8} {'bulk GB/s':>10} "
-        f"{'idle RSS MiB':>13}",
+        f"{'CPU ms/1k req':>13} {'idle RSS MiB':>13}",
     ]
     for name, r in results.items():
         if not r.median:
@@ -284,16 +287,16 @@ def render(report: dict[str, object], results: dict[str, Result]) -> str:
         m = r.median
         rss = None if r.idle_rss_kib is None else r.idle_rss_kib / 1024
         lines.append(
-            f"{name:<9} {_fmt(m.get('rps'), ',.0f'):>10} {_fmt(m.get('p50_ms'), '.3f'):>8} "
-            f"{_fmt(m.get('p99_ms'), '.3f'):>8} {_fmt(m.get('wrk_errors'), '.0f'):>8} "
-            f"{_fmt(m.get('bulk_gbps'), '.2f'):>10} {_fmt(rss, '.1f'):>13}"
+            f"{name:<9} {fmt(m.get('rps'), ',.0f'):>10} {fmt(m.get('p50_ms'), '.3f'):>8} "
+            f"{fmt(m.get('p99_ms'), '.3f'):>8} {fmt(m.get('wrk_errors'), '.0f'):>8} "
+            f"{fmt(m.get('bulk_gbps'), '.2f'):>10} {fmt(m.get('cpu_ms_per_1k'), '.1f'):>13} {fmt(rss, '.1f'):>13}"
         )
         failed = [s.error for s in r.samples if s.error]
         if failed:
             lines.append(f"{'':<9} {len(failed)} failed sample(s), first: {failed[0]}")
     lines += ["", "ratios of medians:"]
     for label, value in report["ratios"].items():  # type: ignore[attr-defined]
-        lines.append(f"  {label:<24} {_fmt(value, '.2f')}")
+        lines.append(f"  {label:<24} {fmt(value, '.2f')}")
     idle = report["zlbfast_run_idle_rss"]
     lines += ["", f"zlbfast run -c <1 listener, 1 cluster, 1 worker> idle VmRSS: {idle}"]
     return "\n".join(lines)
@@ -399,14 +402,15 @@ def main() -> None:
                         f"{dead[0].log_tail(300)}"
                     )
                 else:
-                    sample = measure(*ports[name], args, load_cpu)
+                    http_proxy = children[name][0] if name in children else None
+                    sample = measure(*ports[name], http_proxy, args, load_cpu)
                 results[name].samples.append(sample)
                 status = sample.error or f"{sample.rps:,.0f} req/s, {sample.bulk_gbps:.2f} GB/s"
                 print(f"[run {rep + 1}/{args.runs}] {name}: {status}", file=sys.stderr)
 
     for r in results.values():
         summarize(r)
-    report["ratios"] = ratios(results)
+    report["ratios"] = ratios({name: r.median for name, r in results.items()}, RATIOS)
     print(render(report, results))
     if args.json:
         report["targets"] = {name: asdict(r) for name, r in results.items()}

@@ -38,6 +38,7 @@ from _procs import (
     require_tool,
     start_listening,
 )
+from _report import RatioSpec, cpu_ms_per_1k, fmt, ratios
 from l4_compare import run_wrk
 
 BENCH = Path(__file__).resolve().parent
@@ -76,12 +77,13 @@ class Result:
 
 
 # zlbfast's ratio to each other target: (label, other target, metric key). For p99, below 1 = zlbfast is lower.
-RATIOS = [
-    ("zlbfast/haproxy req/s", "haproxy", "rps"),
-    ("zlbfast/haproxy p99", "haproxy", "p99_ms"),
-    ("zlbfast/nginx req/s", "nginx", "rps"),
-    ("zlbfast/envoy req/s", "envoy", "rps"),
-    ("zlbfast/direct req/s", "direct", "rps"),
+RATIOS: list[RatioSpec] = [
+    ("zlbfast/haproxy req/s", "haproxy", "rps", False),
+    ("zlbfast/haproxy p99", "haproxy", "p99_ms", False),
+    ("haproxy/zlbfast CPU/req", "haproxy", "cpu_ms_per_1k", True),
+    ("zlbfast/nginx req/s", "nginx", "rps", False),
+    ("zlbfast/envoy req/s", "envoy", "rps", False),
+    ("zlbfast/direct req/s", "direct", "rps", False),
 ]
 
 
@@ -160,23 +162,9 @@ def summarize(result: Result) -> None:
     conns = [s.upstream_conns for s in ok if s.upstream_conns is not None]
     if conns:
         m["upstream_conns"] = statistics.median(conns)
-    # CPU ms per 1,000 requests: CPU s / (req/s x s) x 10^6.
-    cpu = [s.proxy_cpu_s / (s.rps * s.duration_s) * 1e6 for s in ok if s.proxy_cpu_s is not None and s.rps]
+    cpu = cpu_ms_per_1k((s.proxy_cpu_s, s.rps, s.duration_s) for s in ok)
     if cpu:
         m["cpu_ms_per_1k"] = statistics.median(cpu)
-
-
-def ratios(results: dict[str, Result]) -> dict[str, float | None]:
-    def ratio(other: str, metric: str) -> float | None:
-        num = results.get("zlbfast", Result()).median.get(metric)
-        den = results.get(other, Result()).median.get(metric)
-        return num / den if num is not None and den else None
-
-    return {label: ratio(other, metric) for label, other, metric in RATIOS}
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def render(report: dict[str, object], results: dict[str, Result]) -> str:
@@ -196,17 +184,17 @@ def render(report: dict[str, object], results: dict[str, Result]) -> str:
         m = r.median
         rss = None if r.peak_rss_kib is None else r.peak_rss_kib / 1024
         lines.append(
-            f"{name:<8} {_fmt(m.get('rps'), ',.0f'):>9} {_fmt(m.get('p50_ms'), '.3f'):>7} "
-            f"{_fmt(m.get('p99_ms'), '.3f'):>7} {_fmt(m.get('wrk_errors'), '.0f'):>7} "
-            f"{_fmt(m.get('upstream_conns'), '.0f'):>14} {_fmt(m.get('cpu_ms_per_1k'), '.1f'):>13} "
-            f"{_fmt(rss, '.1f'):>12}"
+            f"{name:<8} {fmt(m.get('rps'), ',.0f'):>9} {fmt(m.get('p50_ms'), '.3f'):>7} "
+            f"{fmt(m.get('p99_ms'), '.3f'):>7} {fmt(m.get('wrk_errors'), '.0f'):>7} "
+            f"{fmt(m.get('upstream_conns'), '.0f'):>14} {fmt(m.get('cpu_ms_per_1k'), '.1f'):>13} "
+            f"{fmt(rss, '.1f'):>12}"
         )
         failed = [s.error for s in r.samples if s.error]
         if failed:
             lines.append(f"{'':<8} {len(failed)} failed sample(s), first: {failed[0]}")
     lines += ["", "ratios of medians:"]
     for label, value in report["ratios"].items():  # type: ignore[attr-defined]
-        lines.append(f"  {label:<22} {_fmt(value, '.2f')}")
+        lines.append(f"  {label:<22} {fmt(value, '.2f')}")
     versions = [f"{n}: {r.version}" for n, r in results.items() if r.version]
     if versions:
         lines += ["", "versions: " + "; ".join(versions)]
@@ -334,7 +322,7 @@ def main() -> None:
             r.status = "failed"
             r.reason = next((s.error for s in r.samples if s.error), "no successful sample")
     report["loadavg_after"] = loadavg()
-    report["ratios"] = ratios(results)
+    report["ratios"] = ratios({name: r.median for name, r in results.items()}, RATIOS)
     print(render(report, results))
     if args.json:
         report["targets"] = {name: asdict(r) for name, r in results.items()}
