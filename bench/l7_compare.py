@@ -194,7 +194,7 @@ def render(report: dict[str, object], results: dict[str, Result]) -> str:
             lines.append(f"{'':<8} {len(failed)} failed sample(s), first: {failed[0]}")
     lines += ["", "ratios of medians:"]
     for label, value in report["ratios"].items():  # type: ignore[attr-defined]
-        lines.append(f"  {label:<22} {fmt(value, '.2f')}")
+        lines.append(f"  {label:<24} {fmt(value, '.2f')}")
     versions = [f"{n}: {r.version}" for n, r in results.items() if r.version]
     if versions:
         lines += ["", "versions: " + "; ".join(versions)]
