@@ -67,6 +67,7 @@ class Sample:
     wrk_errors: int = 0
     bulk_gbps: float | None = None
     proxy_cpu_s: float | None = None  # the HTTP proxy's user+system CPU during the wrk run
+    proxy_sys_s: float | None = None  # of which system (kernel) time
     duration_s: int = 0
     error: str | None = None
 
@@ -176,11 +177,13 @@ def run_wrk(port: int, duration: int, connections: int, cpu: int | None) -> Samp
 
 def measure(http_port: int, bulk_port: int, proxy: Child | None, args: argparse.Namespace,
             load_cpu: int | None) -> Sample:
-    cpu0 = procstat.cpu_seconds(proxy.pid) if proxy else None
+    cpu0 = procstat.cpu_times(proxy.pid) if proxy else None
     sample = run_wrk(http_port, args.duration, args.connections, load_cpu)
     sample.duration_s = args.duration
     if proxy is not None and cpu0 is not None:
-        sample.proxy_cpu_s = procstat.cpu_seconds(proxy.pid) - cpu0
+        user, system = procstat.cpu_times(proxy.pid)
+        sample.proxy_cpu_s = user + system - sum(cpu0)
+        sample.proxy_sys_s = system - cpu0[1]
     if sample.error is None:
         try:
             sample.bulk_gbps = (
@@ -203,6 +206,9 @@ def summarize(result: Result) -> None:
         if values:
             result.median[f"{p}_ms"] = statistics.median(values)
     cpu = cpu_ms_per_1k((s.proxy_cpu_s, s.rps, s.duration_s) for s in ok)
+    kernel = cpu_ms_per_1k((s.proxy_sys_s, s.rps, s.duration_s) for s in ok)
+    if kernel:
+        result.median["sys_ms_per_1k"] = statistics.median(kernel)
     if cpu:
         result.median["cpu_ms_per_1k"] = statistics.median(cpu)
 
@@ -278,7 +284,7 @@ def render(report: dict[str, object], results: dict[str, Result]) -> str:
         f"pinning: {report['pinning']}",
         "",
         f"{'target':<9} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'wrk err':>8} {'bulk GB/s':>10} "
-        f"{'CPU ms/1k req':>13} {'idle RSS MiB':>13}",
+        f"{'CPU ms/1k req':>13} {'of which sys':>12} {'idle RSS MiB':>13}",
     ]
     for name, r in results.items():
         if not r.median:
@@ -289,7 +295,8 @@ def render(report: dict[str, object], results: dict[str, Result]) -> str:
         lines.append(
             f"{name:<9} {fmt(m.get('rps'), ',.0f'):>10} {fmt(m.get('p50_ms'), '.3f'):>8} "
             f"{fmt(m.get('p99_ms'), '.3f'):>8} {fmt(m.get('wrk_errors'), '.0f'):>8} "
-            f"{fmt(m.get('bulk_gbps'), '.2f'):>10} {fmt(m.get('cpu_ms_per_1k'), '.1f'):>13} {fmt(rss, '.1f'):>13}"
+            f"{fmt(m.get('bulk_gbps'), '.2f'):>10} {fmt(m.get('cpu_ms_per_1k'), '.1f'):>13} "
+            f"{fmt(m.get('sys_ms_per_1k'), '.1f'):>12} {fmt(rss, '.1f'):>13}"
         )
         failed = [s.error for s in r.samples if s.error]
         if failed:

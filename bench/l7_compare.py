@@ -61,6 +61,7 @@ class Sample:
     wrk_errors: int = 0
     upstream_conns: int | None = None  # connections the backends accepted during the run
     proxy_cpu_s: float | None = None  # the proxy's user+system CPU during the run
+    proxy_sys_s: float | None = None  # of which system (kernel) time
     duration_s: int = 0
     error: str | None = None
 
@@ -135,7 +136,7 @@ def version_of(name: str, zlbfast_cmd: list[str]) -> str | None:
 
 def measure(port: int, proxy: Child | None, status_port: int, args: argparse.Namespace,
             load_cpu: int | None, duration: int) -> Sample:
-    cpu0 = procstat.cpu_seconds(proxy.pid) if proxy else None
+    cpu0 = procstat.cpu_times(proxy.pid) if proxy else None
     accepts0 = backend_accepts(status_port)
     got = run_wrk(port, duration, args.connections, load_cpu)
     sample = Sample(rps=got.rps, latency_ms=got.latency_ms, wrk_errors=got.wrk_errors, error=got.error,
@@ -144,7 +145,9 @@ def measure(port: int, proxy: Child | None, status_port: int, args: argparse.Nam
     if accepts0 is not None and accepts1 is not None:
         sample.upstream_conns = accepts1 - accepts0 - 1  # less the second status request's own connection
     if proxy is not None and cpu0 is not None:
-        sample.proxy_cpu_s = procstat.cpu_seconds(proxy.pid) - cpu0
+        user, system = procstat.cpu_times(proxy.pid)
+        sample.proxy_cpu_s = user + system - sum(cpu0)
+        sample.proxy_sys_s = system - cpu0[1]
     return sample
 
 
@@ -163,6 +166,9 @@ def summarize(result: Result) -> None:
     if conns:
         m["upstream_conns"] = statistics.median(conns)
     cpu = cpu_ms_per_1k((s.proxy_cpu_s, s.rps, s.duration_s) for s in ok)
+    kernel = cpu_ms_per_1k((s.proxy_sys_s, s.rps, s.duration_s) for s in ok)
+    if kernel:
+        m["sys_ms_per_1k"] = statistics.median(kernel)
     if cpu:
         m["cpu_ms_per_1k"] = statistics.median(cpu)
 
@@ -175,7 +181,7 @@ def render(report: dict[str, object], results: dict[str, Result]) -> str:
         f"load average (1/5/15 min): before {report['loadavg_before']}, after {report['loadavg_after']}",
         "",
         f"{'target':<8} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'wrk err':>7} {'upstream conns':>14} "
-        f"{'CPU ms/1k req':>13} {'peak RSS MiB':>12}",
+        f"{'CPU ms/1k req':>13} {'of which sys':>12} {'peak RSS MiB':>12}",
     ]
     for name, r in results.items():
         if r.status != "ok" or not r.median:
@@ -187,6 +193,7 @@ def render(report: dict[str, object], results: dict[str, Result]) -> str:
             f"{name:<8} {fmt(m.get('rps'), ',.0f'):>9} {fmt(m.get('p50_ms'), '.3f'):>7} "
             f"{fmt(m.get('p99_ms'), '.3f'):>7} {fmt(m.get('wrk_errors'), '.0f'):>7} "
             f"{fmt(m.get('upstream_conns'), '.0f'):>14} {fmt(m.get('cpu_ms_per_1k'), '.1f'):>13} "
+            f"{fmt(m.get('sys_ms_per_1k'), '.1f'):>12} "
             f"{fmt(rss, '.1f'):>12}"
         )
         failed = [s.error for s in r.samples if s.error]
