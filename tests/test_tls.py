@@ -8,6 +8,7 @@ Topology of most tests:
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import ssl
 import threading
@@ -19,11 +20,12 @@ from typing import Any
 
 import pytest
 
+from tests.httputil import Client, RecordingUpstream, cluster, http_config
 from tests.netutil import DEADLINE_S, Backend, label_handler, wait_for
-from tests.tlsutil import CA, Svid, client_context, peer_serial, read_line, tls_connect, write_svid_files
+from tests.tlsutil import CA, Svid, client_context, peer_serial, read_line, tls_connect, wait_event, write_svid_files
 from zlbfast import _native
 from zlbfast.identity import IdentityFiles
-from zlbfast.model import Cluster, Config, Endpoint, Listener
+from zlbfast.model import Cluster, Config, Endpoint, Listener, ListenerTls, PeerMatch, Route, WeightedCluster
 from zlbfast.runtime import Engine
 
 TD = "prod.example"
@@ -112,19 +114,6 @@ def tls_label(port: int, ctx: ssl.SSLContext) -> str:
             return read_line(s).decode().strip()
     except (ssl.SSLError, ConnectionError):
         return ""
-
-
-def wait_event(eng: Engine, acc: list[dict[str, Any]], pred: Callable[[dict[str, Any]], bool], what: str
-               ) -> dict[str, Any]:
-    found: list[dict[str, Any]] = []
-
-    def check() -> bool:
-        acc.extend(eng.tls_events())
-        found[:] = [e for e in acc if pred(e)]
-        return bool(found)
-
-    wait_for(check, what=what)
-    return found[0]
 
 
 def test_two_engines_talk_mtls_and_resume(mesh_factory: Callable[..., Mesh]) -> None:
@@ -374,14 +363,34 @@ def test_half_written_identity_keeps_the_old_one(mesh_factory: Callable[..., Mes
     assert "AAAA" not in str(exc.value) and "private key" in str(exc.value)
 
 
-def test_tls_on_http_listener_is_refused_for_now() -> None:
+def test_tls_on_http_listener_serves_https(tmp_path: Path) -> None:
+    """An http listener takes a tls section: mTLS terminated in the worker, then HTTP/1.1 with ALPN http/1.1
+    (tests/test_tls_http.py covers the rest of TLS on HTTP)."""
+    ca = CA(TD)
+    cert, key, bundle = write_svid_files(tmp_path, ca.issue("/ns/shop/sa/server"), ca.pem)
+    up = RecordingUpstream("b0")
     eng = Engine(workers=1)
     try:
-        with pytest.raises(_native.NativeError, match="TCP listeners only"):
-            eng.native.add_listener("h", "c", "127.0.0.1", 0, tls={"identity": "x"}, http={
-                "max_request_line": 8192, "max_head": 65536, "max_headers": 100, "header_timeout_ms": 1000,
-                "request_timeout_ms": 1000, "upstream_idle_ms": 1000, "max_requests_per_conn": 0,
-                "max_idle_per_endpoint": 1, "retry_buffer": 1024})
+        cfg = http_config([cluster("c", [up.addr])], [Route(clusters=(WeightedCluster("c"),))])
+        tls = ListenerTls(str(cert), str(key), str(bundle), peer=PeerMatch("trust_domain", TD))
+        eng.apply(dataclasses.replace(cfg, listeners=(dataclasses.replace(cfg.listeners[0], tls=tls),)))
+        ctx = client_context(ca.issue("/ns/shop/sa/client"), ca.pem)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with Client(eng.listener_port("web"), ctx=ctx) as cl:
+            assert cl.request("GET", "/x").body == b"b0:GET:/x"
+            assert isinstance(cl.sock, ssl.SSLSocket) and cl.sock.selected_alpn_protocol() == "http/1.1"
+        assert eng.stats()["tls_handshakes_down"] == 1
+    finally:
+        eng.close()
+        up.stop()
+
+
+def test_http_authorization_keys_are_refused_on_tcp_listeners() -> None:
+    eng = Engine(workers=1)
+    try:
+        for rule in ({"methods": ["GET"]}, {"paths": [("prefix", "/api/")]}):
+            with pytest.raises(_native.NativeError, match="needs an http listener"):
+                eng.native.add_listener("t", "c", "127.0.0.1", 0, tls={"identity": "x", "allow": [rule]})
     finally:
         eng.close()
 
