@@ -448,12 +448,16 @@ static htls *htls_new(void)
     return t;
 }
 
-/* Ends the TLS of a socket that is about to close: close_notify unless the
- * close is a reset or the session died, then the SSL, the material and (an
- * upstream's) policy reference. The socket stays the caller's. */
+/* Ends the TLS of a socket that is about to close: close_notify on a clean
+ * close; on our own reset no alert, but the session stays resumable (a
+ * connection dropped after max_requests_per_conn must not cost the next one
+ * a full handshake); after a fatal TLS error, neither. Then the SSL, the
+ * material and (an upstream's) policy reference. The socket stays the
+ * caller's. */
 static void htls_free(hsock *s, htls *t, int reset)
 {
-    zlb_tls_end(&s->ssl, &t->peer, !reset && !s->tls_dead);
+    zlb_tls_end(&s->ssl, &t->peer,
+                s->tls_dead ? ZLB_TLS_END_ABORT : reset ? ZLB_TLS_END_QUIET : ZLB_TLS_END_NOTIFY);
     if (!t->peer.policy->is_server)
         zlb_tls_policy_unref((zlb_tls_policy *)t->peer.policy);
     free(t);

@@ -243,8 +243,12 @@ static void log_connection(zlb_conn *c)
 }
 
 /* Drops one side's SSL and material (the socket is the caller's). Closing
- * sends no close_notify here: tls_pump forwards half-closes itself. */
-static void tls_side_free(zlb_conn_tls *t, int side) { zlb_tls_end(&t->ssl[side], &t->peer[side], 0); }
+ * sends no close_notify here: tls_pump forwards half-closes itself, and a
+ * side that did not get one ended abnormally. */
+static void tls_side_free(zlb_conn_tls *t, int side)
+{
+    zlb_tls_end(&t->ssl[side], &t->peer[side], ZLB_TLS_END_ABORT);
+}
 
 static void tls_free(zlb_conn *c)
 {

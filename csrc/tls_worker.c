@@ -163,10 +163,13 @@ int zlb_tls_handshake(zlb_worker *w, const zlb_tls_where *at, SSL *ssl, zlb_tls_
     return ZLB_HS_DONE;
 }
 
-void zlb_tls_end(SSL **ssl, zlb_tls_peer *peer, int notify)
+void zlb_tls_end(SSL **ssl, zlb_tls_peer *peer, int how)
 {
-    if (*ssl && notify && SSL_is_init_finished(*ssl)
+    if (*ssl && how != ZLB_TLS_END_ABORT && SSL_is_init_finished(*ssl)
         && !(SSL_get_shutdown(*ssl) & SSL_SENT_SHUTDOWN)) {
+        /* Quiet: SSL_shutdown only marks the connection as shut down, which
+         * is what keeps OpenSSL from invalidating its session in SSL_free. */
+        SSL_set_quiet_shutdown(*ssl, how == ZLB_TLS_END_QUIET);
         ERR_clear_error();
         SSL_shutdown(*ssl); /* best effort: a full socket buffer only loses the alert */
         ERR_clear_error();

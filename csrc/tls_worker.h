@@ -59,12 +59,20 @@ enum zlb_hs { ZLB_HS_FAILED = -1, ZLB_HS_WANT_READ = 0, ZLB_HS_WANT_WRITE = 1, Z
  * (downstream) or tries another endpoint (upstream). */
 int zlb_tls_handshake(zlb_worker *w, const zlb_tls_where *at, SSL *ssl, zlb_tls_peer *peer);
 
-/* Ends a side: with `notify`, one best-effort close_notify (only after a
- * completed handshake; the caller passes 0 after a fatal SSL error, when
- * OpenSSL forbids SSL_shutdown), then SSL_free, the material
- * reference dropped and what verification learned cleared. The policy stays
- * (the caller owns it). *ssl is NULL afterwards. */
-void zlb_tls_end(SSL **ssl, zlb_tls_peer *peer, int notify);
+/* How a side ends (zlb_tls_end). */
+enum zlb_tls_end_how {
+    ZLB_TLS_END_ABORT = 0,  /* after a fatal error (OpenSSL forbids SSL_shutdown then): OpenSSL also makes the
+                               session unresumable, as it does for every SSL freed without a shutdown */
+    ZLB_TLS_END_QUIET = 1,  /* our own reset: no alert, but the session (a ticket in the worker's cache)
+                               stays resumable */
+    ZLB_TLS_END_NOTIFY = 2, /* a clean close: one best-effort close_notify first */
+};
+
+/* Ends a side as `how` says (only a completed handshake gets a shutdown),
+ * then SSL_free, the material reference dropped and what verification
+ * learned cleared. The policy stays (the caller owns it). *ssl is NULL
+ * afterwards. */
+void zlb_tls_end(SSL **ssl, zlb_tls_peer *peer, int how);
 
 /* Connections holding TLS state, process-wide (zlb_debug_live_tls). */
 void zlb_tls_live_add(int64_t d);

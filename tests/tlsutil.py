@@ -163,9 +163,9 @@ def peer_serial(sock: ssl.SSLSocket) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def cert_sha256(svid: Svid) -> str:
-    """Hex SHA-256 of the SVID's DER certificate (what x-forwarded-client-cert's Hash carries)."""
-    return x509.load_pem_x509_certificate(svid.cert_pem.encode()).fingerprint(hashes.SHA256()).hex()
+def cert_sha256(cert_pem: str) -> str:
+    """Hex SHA-256 of the (first) PEM certificate's DER form: what x-forwarded-client-cert's Hash carries."""
+    return x509.load_pem_x509_certificate(cert_pem.encode()).fingerprint(hashes.SHA256()).hex()
 
 
 class HasTlsEvents(Protocol):
