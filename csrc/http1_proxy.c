@@ -98,12 +98,13 @@ typedef struct zlb_hconn {
     struct sockaddr_in6 peer;
     char peer_ip[64];
     zlb_timer timer;
+    /* idle_deadline is the handshake deadline while state is HS_TLS (the
+     * connection is not idle in the HTTP sense yet). */
     int64_t idle_deadline, head_deadline, req_deadline, try_deadline, backoff_deadline, linger_deadline;
     uint8_t ready;                   /* on the worker's ready list (see hc_run) */
     struct zlb_hconn *ready_next;
     uint8_t shut_wr;                 /* closing: our FIN sent, now discarding input */
     htls *tls;                       /* TLS listeners only (set at accept, even for permissive plaintext) */
-    int64_t hs_deadline;             /* HS_TLS: first bytes and handshake must be done by then */
 
     zlb_h1_parser rp;                /* request head */
     zlb_h1_head rq;
@@ -231,7 +232,9 @@ static int set_want_out(zlb_worker *w, hsock *s, zlb_io *io, int on)
 /* ---- socket I/O: read(2)/write(2), or SSL_read/SSL_write ----------------
  * io_read and io_write keep the contract of read(2) and write(2): > 0 bytes,
  * 0 end of stream (reads), -1 with errno, EAGAIN meaning "wait for the
- * socket's readiness". Plaintext sockets pay one predictable branch. */
+ * socket's readiness". Plaintext sockets pay one predictable branch: the
+ * TLS functions stay out of line (noinline, cold), so that sock_read and
+ * sock_flush, called several times per request, keep their small frames. */
 
 /* Fills as much of p[0..n) as OpenSSL can give without blocking: one
  * SSL_read returns at most one record (16 KiB), and a read shorter than n
@@ -239,7 +242,7 @@ static int set_want_out(zlb_worker *w, hsock *s, zlb_io *io, int on)
  * early only on WANT_READ (drained indeed); on anything else after some
  * bytes it returns them with `hup` set, so the caller reads on and meets the
  * end of stream or the error at the next call. */
-static ssize_t tls_read(hsock *s, char *p, size_t n)
+__attribute__((noinline, cold)) static ssize_t tls_read(hsock *s, char *p, size_t n)
 {
     size_t got = 0;
     s->rd_wants_wr = 0;
@@ -282,7 +285,7 @@ static ssize_t tls_read(hsock *s, char *p, size_t n)
  * record at a time (SSL_MODE_ENABLE_PARTIAL_WRITE). After WANT_WRITE the
  * next call must start at the same bytes, which the caller's buffer
  * guarantees (it consumes only what was written; moving is allowed). */
-static ssize_t tls_write(hsock *s, const char *p, size_t n)
+__attribute__((noinline, cold)) static ssize_t tls_write(hsock *s, const char *p, size_t n)
 {
     size_t put = 0;
     s->wr_wants_rd = 0;
@@ -381,20 +384,21 @@ static int sock_flush(zlb_worker *w, hsock *s, zlb_io *io)
     return 1;
 }
 
-/* Readiness into flags. The TLS cross-wishes (a read waiting for
- * writability, a write waiting for input) are cleared without branches; on
- * plaintext sockets both are 0. */
-static void on_events(hsock *s, uint32_t events)
+/* Readiness into flags. On a TLS socket also the cross-wishes: a read
+ * that waited for writability, a write that waited for input. */
+static inline __attribute__((always_inline)) void on_events(hsock *s, uint32_t events)
 {
-    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))
         s->readable = 1;
-        s->blocked &= (uint8_t)!s->wr_wants_rd;
-    }
     if (events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP))
         s->hup = 1;
-    if (events & EPOLLOUT) {
+    if (events & EPOLLOUT)
         s->blocked = 0;
-        s->readable |= s->rd_wants_wr;
+    if (ZLB_UNLIKELY(s->ssl != NULL)) {
+        if ((events & EPOLLOUT) && s->rd_wants_wr)
+            s->readable = 1;
+        if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) && s->wr_wants_rd)
+            s->blocked = 0;
     }
 }
 
@@ -646,9 +650,9 @@ static void hup_on_timer(zlb_timer *t, int64_t now_ns)
 static void hc_arm_timer(zlb_hconn *c)
 {
     int64_t d = 0;
-    int64_t cand[7] = {c->idle_deadline, c->head_deadline, c->req_deadline, c->try_deadline, c->backoff_deadline,
-                       c->linger_deadline, c->hs_deadline};
-    for (int i = 0; i < 7; i++)
+    int64_t cand[6] = {c->idle_deadline, c->head_deadline, c->req_deadline, c->try_deadline, c->backoff_deadline,
+                       c->linger_deadline};
+    for (int i = 0; i < 6; i++)
         if (cand[i] && (!d || cand[i] < d))
             d = cand[i];
     if (d)
@@ -979,7 +983,7 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
         if (is_hop_by_hop(buf, h, name, c->upgrade) || op_named(set, n_set, buf, name) ||
             op_named(rem, n_rem, buf, name) || zlb_h1_name_is(buf, name, "x-forwarded-proto"))
             continue;
-        if (zlb_h1_name_is(buf, name, "x-forwarded-client-cert")) {
+        if (name.len == 23 && zlb_h1_name_is(buf, name, "x-forwarded-client-cert")) {
             if (xfcc == ZLB_XFCC_SANITIZE || xfcc == ZLB_XFCC_SANITIZE_SET)
                 continue;
             if (i == last_xfcc) {
@@ -1841,7 +1845,11 @@ static void hc_on_timer(zlb_timer *t, int64_t now)
 {
     zlb_hconn *c = (zlb_hconn *)((char *)t - offsetof(zlb_hconn, timer));
     zlb_worker *w = c->w;
-    if (c->hs_deadline && now >= c->hs_deadline) {
+    if (ZLB_UNLIKELY(c->state == HS_TLS)) {
+        if (now < c->idle_deadline) {
+            hc_arm_timer(c);
+            return;
+        }
         ZLB_STAT_ADD(w, tls_handshake_timeouts, 1);
         zlb_tls_where at = hc_where(c);
         zlb_tls_report(w, &at, ZLB_TLS_EV_TIMEOUT, ZLB_TLS_FAIL_PROTOCOL, "",
@@ -1889,7 +1897,6 @@ static void hc_on_timer(zlb_timer *t, int64_t now)
  * plaintext client. */
 static void hc_tls_ready(zlb_hconn *c)
 {
-    c->hs_deadline = 0;
     c->s.readable = 1; /* the request may already wait behind the handshake */
     hc_next_request(c);
     hc_run(c);
@@ -1913,8 +1920,8 @@ static void hc_xfcc_prepare(zlb_hconn *c)
 }
 
 /* HS_TLS: runs on every event of the client socket until the connection is
- * ready for HTTP (hc_tls_ready) or closed. The handshake timer
- * (hs_deadline) bounds both steps. */
+ * ready for HTTP (hc_tls_ready) or closed. The handshake deadline (in
+ * idle_deadline, see hc_on_timer) bounds both steps. */
 static void hc_tls_step(zlb_hconn *c)
 {
     zlb_worker *w = c->w;
@@ -1967,7 +1974,7 @@ static void hc_tls_begin(zlb_hconn *c)
         return hc_close(c, 1);
     c->tls->peer.policy = c->l->tls;
     c->state = HS_TLS;
-    c->hs_deadline = c->w->now_ns + (int64_t)c->l->tls->handshake_timeout_ms * 1000000;
+    c->idle_deadline = c->w->now_ns + (int64_t)c->l->tls->handshake_timeout_ms * 1000000;
     hc_arm_timer(c);
 }
 
