@@ -9,6 +9,7 @@ Topology of most tests:
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 import ssl
 import threading
@@ -153,6 +154,22 @@ def test_bulk_both_ways_through_two_tls_hops(mesh_factory: Callable[..., Mesh]) 
         assert bytes(got) == payload
         s.shutdown(socket.SHUT_WR)
         assert s.recv(1) == b""
+
+
+def test_access_log_records_the_peer_identity(mesh_factory: Callable[..., Mesh]) -> None:
+    m = mesh_factory(listener_tls={"mode": "permissive"})
+    m.server.native.set_access_log(True)
+    assert tls_label(m.server_port, client_context(m.client_svid, m.ca.pem)) == "b0"
+    assert plain_label(m.server_port, b"hello\n") == "b0"
+    records: list[dict[str, Any]] = []
+
+    def drain() -> bool:
+        lines, _, _ = m.server.native.drain_access_log()
+        records.extend(json.loads(line) for line in lines.splitlines())
+        return len(records) == 2
+
+    wait_for(drain, what="two access records")
+    assert sorted(r.get("peer_identity", "") for r in records) == ["", CLIENT_ID]
 
 
 def test_python_client_sees_server_svid_and_alpn(mesh_factory: Callable[..., Mesh]) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.httputil import MIB, Client, RecordingUpstream, Response
-from tests.netutil import DEADLINE_S, wait_for
+from tests.httputil import MIB, Client, Reader, RecordingUpstream, Response, read_head
+from tests.netutil import DEADLINE_S, Backend, wait_for
 from tests.test_admin import running
 from tests.tlsutil import CA, Svid, cert_sha256, client_context, wait_event, write_svid_files
 from zlbfast import _native
@@ -62,14 +62,14 @@ class Mesh:
     upstream: RecordingUpstream
     client_svid: Svid
     engines: list[Engine] = field(default_factory=list)
-    _files: dict[str, dict[str, str]] = field(default_factory=dict)
+    _files: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
-    def files(self, name: str, path: str) -> dict[str, str]:
-        """An SVID for spiffe://TD<path> in the spiffe-helper layout under tmp/name (written once per name), as
-        ListenerTls/ClusterTls keyword arguments."""
+    def files(self, name: str, path: str) -> tuple[str, str, str]:
+        """(cert, key, bundle): an SVID for spiffe://TD<path> in the spiffe-helper layout under tmp/name (written
+        once per name), the first three fields of ListenerTls and ClusterTls."""
         if name not in self._files:
             cert, key, bundle = write_svid_files(self.tmp / name, self.ca.issue(path), self.ca.pem)
-            self._files[name] = {"cert": str(cert), "key": str(key), "bundle": str(bundle)}
+            self._files[name] = (str(cert), str(key), str(bundle))
         return self._files[name]
 
     def engine(self, cfg: Config) -> Engine:
@@ -82,7 +82,7 @@ class Mesh:
         """Engine B; tls: ListenerTls fields (strict, peer = the trust domain, unless given)."""
         tls.setdefault("peer", PeerMatch("trust_domain", TD))
         listener = Listener("in", "127.0.0.1", 0, "", protocol="http", virtual_hosts=routes_to("backend"),
-                            http=http or HttpOptions(), tls=ListenerTls(**self.files("server", "/ns/shop/sa/server"),
+                            http=http or HttpOptions(), tls=ListenerTls(*self.files("server", "/ns/shop/sa/server"),
                                                                         **tls))
         eng = self.engine(Config((listener,), (Cluster("backend", (Endpoint(*self.upstream.addr),)),)))
         return eng, eng.listener_port("in")
@@ -91,7 +91,7 @@ class Mesh:
                      **cluster_tls: Any) -> Config:
         """Engine A's config: plaintext HTTP listener "out" -> cluster "mesh" (B), with mTLS unless tls=False."""
         cluster_tls.setdefault("peer", PeerMatch("spiffe_id", SERVER_ID))
-        ctls = ClusterTls(**self.files("proxy", "/ns/shop/sa/proxy"), **cluster_tls) if tls else None
+        ctls = ClusterTls(*self.files("proxy", "/ns/shop/sa/proxy"), **cluster_tls) if tls else None
         listener = Listener("out", "127.0.0.1", 0, "", protocol="http", virtual_hosts=routes_to("mesh"),
                             http=http or HttpOptions())
         mesh = Cluster("mesh", (Endpoint("127.0.0.1", back_port),), connect_retries=0, tls=ctls)
@@ -262,6 +262,48 @@ def test_upstream_with_wrong_spiffe_id_fails_like_a_connect(mesh: Mesh) -> None:
     assert mesh.upstream.requests == []
 
 
+def test_upstream_tls_to_a_python_server_sends_sni_alpn_and_our_svid(mesh: Mesh) -> None:
+    """A -> mTLS -> a Python ssl HTTP server (not zlbfast): it sees the cluster's SNI and ALPN and A's client SVID,
+    and A verifies its SPIFFE ID; two requests share one pooled TLS connection."""
+    server_svid = mesh.ca.issue("/ns/shop/sa/server")
+    cert, key, _ = write_svid_files(mesh.tmp / "pyserver", server_svid, mesh.ca.pem)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    sctx.load_verify_locations(cadata=mesh.ca.pem)
+    sctx.verify_mode = ssl.CERT_REQUIRED
+    sctx.set_alpn_protocols(["http/1.1"])
+    seen: list[tuple[str | None, str | None, Any]] = []
+    snis: list[str | None] = []
+
+    def on_sni(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        snis.append(name)
+
+    sctx.sni_callback = on_sni
+
+    def serve(conn: socket.socket) -> None:
+        with sctx.wrap_socket(conn, server_side=True) as tls:
+            uri = dict(tls.getpeercert()["subjectAltName"]).get("URI")  # type: ignore[arg-type,index]
+            seen.append((snis[-1] if snis else None, tls.selected_alpn_protocol(), uri))
+            r = Reader(tls)
+            while True:
+                try:
+                    read_head(r)
+                except EOFError:
+                    return
+                tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    server = Backend(serve)
+    try:
+        front = mesh.engine(mesh.front_config(server.port, sni="upstream.shop", alpn=("http/1.1",)))
+        with Client(front.listener_port("out")) as cl:
+            assert cl.request("GET", "/1").body == b"ok"
+            assert cl.request("GET", "/2").body == b"ok"
+        assert seen == [("upstream.shop", "http/1.1", PROXY_ID)]
+        assert mesh.stat(front, "tls_handshakes_up") == 1 and mesh.stat(front, "http_upstream_reused") == 1
+    finally:
+        server.stop()
+
+
 def https_or_plain_get(port: int, target: str = "/") -> Response:
     with Client(port) as cl:
         return cl.request("GET", target)
@@ -397,7 +439,7 @@ def test_access_log_records_the_peer_identity(mesh: Mesh) -> None:
 def test_yaml_config_end_to_end_with_access_log(mesh: Mesh, tmp_path: Path) -> None:
     """`zlbfast run` on YAML: an http listener with tls (allow rules with methods and paths, XFCC), the access log
     line of each request carries the peer's SPIFFE ID, and a denied request is logged with it."""
-    files = mesh.files("server", "/ns/shop/sa/server")
+    cert, key, bundle = mesh.files("server", "/ns/shop/sa/server")
     log = tmp_path / "access.log"
     yaml = f"""
 listeners:
@@ -406,9 +448,9 @@ listeners:
     protocol: http
     http: {{forward_client_cert: sanitize_set}}
     tls:
-      cert: {files['cert']}
-      key: {files['key']}
-      bundle: {files['bundle']}
+      cert: {cert}
+      key: {key}
+      bundle: {bundle}
       peer: {{trust_domain: {TD}}}
       allow:
         - spiffe_id: {CLIENT_ID}
