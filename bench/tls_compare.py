@@ -1,9 +1,14 @@
-"""TLS termination: zlbfast (1 worker) vs HAProxy 2.6 (`mode tcp`, `bind ... ssl crt ...`, nbthread 1).
+"""TLS termination: zlbfast (1 worker) vs HAProxy 2.6 (`bind ... ssl crt ...`, nbthread 1), at two layers:
 
-Both terminate mutual TLS with the same certificates (an ECDSA P-256 SVID with a SPIFFE URI SAN, client
+* tcp: zlbfast's TCP listener with `tls` vs HAProxy `mode tcp`;
+* http: zlbfast's HTTP/1.1 listener with `tls` (requests parsed, routed and sent over pooled keep-alive upstream
+  connections) vs HAProxy `mode http` (ALPN http/1.1, `http-reuse always`).
+
+All terminate mutual TLS with the same certificates (an ECDSA P-256 SVID with a SPIFFE URI SAN, client
 certificates required and verified against the same CA, TLS 1.3) and forward plaintext to the same nginx
-backend (`return 200 "ok"`). Two loads, from a closed-loop C client (embedded below, built with gcc at start;
-one thread, epoll, non-blocking OpenSSL, the same client for both targets):
+backend (`return 200 "ok"`). One zlbfast process (one worker, both listeners) and one HAProxy process (one
+thread, both frontends); only one target is loaded at a time. Two loads, from a closed-loop C client (embedded
+below, built with gcc at start; one thread, epoll, non-blocking OpenSSL, the same client for every target):
 
 * handshakes/s: a new TCP connection and a full handshake per request (no session resumption: the client keeps
   no session), `GET / HTTP/1.0`, response read to the end of the stream;
@@ -14,8 +19,8 @@ The proxy runs pinned on one CPU, client and backend on another (2-core machine)
 CPU use are reported so that a client-bound figure is visible: when the client uses ~100% of its CPU and the
 proxy less than ~90% of its own, the figure is the client's limit, not the proxy's.
 
-    python bench/tls_compare.py                    # 3 runs x 5 s per load and target
-    python bench/tls_compare.py --runs 5 --duration 10 --json /tmp/tls.json
+    python bench/tls_compare.py                    # 3 runs x 5 s per load and target, both layers
+    python bench/tls_compare.py --layers http --runs 5 --duration 10 --json /tmp/tls.json
 """
 
 from __future__ import annotations
@@ -221,25 +226,32 @@ def measure(client: str, mode: str, port: int, proxy: Child, args: argparse.Name
                   client_cpu=r["cpu_s"] / r["seconds"])
 
 
+# Targets by layer: (zlbfast, haproxy), compared with each other.
+PAIRS = {"tcp": ("zlbfast", "haproxy"), "http": ("zlbfast-http", "haproxy-http")}
+
+
 def start_targets(d: Path, certs: dict[str, str], backend_port: int, zlbfast_cmd: list[str],
                   cpu: int | None, children: list[Child]) -> dict[str, tuple[Child, int]]:
-    """Starts both proxies; each child joins `children` as soon as it runs, so a failure to start the
-    second one still stops the first."""
-    out: dict[str, tuple[Child, int]] = {}
-    zport = free_port()
+    """Starts both proxies, each with a TCP and an HTTP TLS listener; each child joins `children` as soon as it
+    runs, so a failure to start the second one still stops the first."""
+    ports = {name: free_port() for pair in PAIRS.values() for name in pair}
+    tls = {"cert": certs["cert"], "key": certs["key"], "bundle": certs["ca"], "mode": "strict",
+           "peer": {"trust_domain": TD}}
     cfg = d / "zlbfast.yaml"
     cfg.write_text(json.dumps({
         "workers": 1,
-        "listeners": [{"name": "tls", "address": f"{HOST}:{zport}", "cluster": "backend", "tls": {
-            "cert": certs["cert"], "key": certs["key"], "bundle": certs["ca"], "mode": "strict",
-            "peer": {"trust_domain": TD}}}],
+        "listeners": [
+            {"name": "tls", "address": f"{HOST}:{ports['zlbfast']}", "cluster": "backend", "tls": tls},
+            {"name": "https", "address": f"{HOST}:{ports['zlbfast-http']}", "protocol": "http", "tls": tls,
+             "virtual_hosts": [{"name": "all", "routes": [{"match": {"prefix": "/"}, "cluster": "backend"}]}]},
+        ],
         "clusters": [{"name": "backend", "endpoints": [f"{HOST}:{backend_port}"]}],
     }))
-    out["zlbfast"] = (start_listening("zlbfast", pinned([*zlbfast_cmd, "run", "-c", str(cfg), "--admin", "off"],
-                                                        cpu), zport, d / "zlbfast.log", cwd=REPO), zport)
-    children.append(out["zlbfast"][0])
-    hport = free_port()
+    zlb = start_listening("zlbfast", pinned([*zlbfast_cmd, "run", "-c", str(cfg), "--admin", "off"], cpu),
+                          ports["zlbfast"], d / "zlbfast.log", cwd=REPO)
+    children.append(zlb)
     hcfg = d / "haproxy.cfg"
+    ssl = f"ssl crt {certs['haproxy']} ca-file {certs['ca']} verify required ssl-min-ver TLSv1.3"
     hcfg.write_text(f"""global
     nbthread 1
     maxconn 4096
@@ -249,15 +261,23 @@ defaults
     timeout client 60s
     timeout server 60s
 frontend tls
-    bind {HOST}:{hport} ssl crt {certs['haproxy']} ca-file {certs['ca']} verify required ssl-min-ver TLSv1.3
+    bind {HOST}:{ports['haproxy']} {ssl}
     default_backend b
 backend b
     server s1 {HOST}:{backend_port}
+frontend https
+    mode http
+    bind {HOST}:{ports['haproxy-http']} {ssl} alpn http/1.1
+    default_backend bh
+backend bh
+    mode http
+    http-reuse always
+    server s1 {HOST}:{backend_port}
 """)
-    out["haproxy"] = (start_listening("haproxy", pinned([require_tool("haproxy", "haproxy"), "-db", "-f", str(hcfg)],
-                                                        cpu), hport, d / "haproxy.log"), hport)
-    children.append(out["haproxy"][0])
-    return out
+    hap = start_listening("haproxy", pinned([require_tool("haproxy", "haproxy"), "-db", "-f", str(hcfg)], cpu),
+                          ports["haproxy"], d / "haproxy.log")
+    children.append(hap)
+    return {name: (zlb if name.startswith("zlbfast") else hap, port) for name, port in ports.items()}
 
 
 def nginx(d: Path, port: int, cpu: int | None) -> Child:
@@ -280,11 +300,15 @@ def main() -> int:
     ap.add_argument("--ka-conns", type=int, default=64, help="concurrent connections, keep-alive load")
     ap.add_argument("--zlbfast-cmd", default=f"{sys.executable} -m zlbfast")
     ap.add_argument("--no-pin", action="store_true", help="do not pin proxy (CPU 0) and client+backend (CPU 1)")
+    ap.add_argument("--layers", default="tcp,http", help="comma-separated: tcp (L4 listeners), http (HTTP listeners)")
     ap.add_argument("--json", help="write every sample here")
     args = ap.parse_args()
     proxy_cpu, load_cpu = (None, None) if args.no_pin or (os.cpu_count() or 1) < 2 else (0, 1)
     children: list[Child] = []
-    results = {"zlbfast": Result(), "haproxy": Result()}
+    layers = [x for x in args.layers.split(",") if x]
+    if not layers or any(x not in PAIRS for x in layers):
+        ap.error(f"--layers: expected a comma-separated subset of {', '.join(PAIRS)}")
+    results = {name: Result() for layer in layers for name in PAIRS[layer]}
     with tempfile.TemporaryDirectory(prefix="zlb-tls-bench.") as tmp:
         d = Path(tmp)
         try:
@@ -294,9 +318,8 @@ def main() -> int:
             children.append(nginx(d, backend_port, load_cpu))
             targets = start_targets(d, certs, backend_port, shlex.split(args.zlbfast_cmd), proxy_cpu, children)
             for run in range(args.runs):
-                order = ["zlbfast", "haproxy"] if run % 2 == 0 else ["haproxy", "zlbfast"]
                 for mode in ("hs", "ka"):
-                    for name in order:
+                    for name in [n for layer in layers for n in PAIRS[layer][:: 1 if run % 2 == 0 else -1]]:
                         child, port = targets[name]
                         s = measure(client, mode, port, child, args, certs, load_cpu)
                         getattr(results[name], mode).append(s)
@@ -309,8 +332,9 @@ def main() -> int:
         finally:
             for child in reversed(children):
                 child.stop()
-    print(f"\nTLS termination, {dt.date.today()}, {os.cpu_count()} CPUs, medians of {args.runs} runs x "
-          f"{args.duration:g} s; handshake load {args.hs_conns} conns, keep-alive load {args.ka_conns} conns\n")
+    print(f"\nTLS termination ({', '.join(layers)}), {dt.date.today()}, {os.cpu_count()} CPUs, medians of "
+          f"{args.runs} runs x {args.duration:g} s; handshake load {args.hs_conns} conns, keep-alive load "
+          f"{args.ka_conns} conns\n")
     # "per proxy CPU-s": requests per second of CPU the proxy used, steadier than the rate on shared cores.
     print("| target | load | rate /s | per proxy CPU-s | proxy CPU | client CPU | errors |")
     print("|---|---|---|---|---|---|---|")
@@ -322,15 +346,16 @@ def main() -> int:
                   f"{med([s.rate / s.proxy_cpu for s in ok if s.proxy_cpu]):,.0f} | "
                   f"{med([s.proxy_cpu for s in ok]):.0%} | {med([s.client_cpu for s in ok]):.0%} | {errs} |")
     print()
-    z, h = results["zlbfast"], results["haproxy"]
-    for mode, label in (("hs", "handshakes/s"), ("ka", "keep-alive req/s")):
-        zs = [s for s in getattr(z, mode) if s.error is None]
-        hs = [s for s in getattr(h, mode) if s.error is None]
-        zr, hr = med([s.rate for s in zs]), med([s.rate for s in hs])
-        ze = med([s.rate / s.proxy_cpu for s in zs if s.proxy_cpu])
-        he = med([s.rate / s.proxy_cpu for s in hs if s.proxy_cpu])
-        print(f"zlbfast/haproxy {label}: {zr / hr:.2f} (per proxy CPU-second: {ze / he:.2f})" if hr and he
-              else f"zlbfast/haproxy {label}: n/a")
+    for layer in layers:
+        z, h = (results[name] for name in PAIRS[layer])
+        for mode, label in (("hs", "handshakes/s"), ("ka", "keep-alive req/s")):
+            zs = [s for s in getattr(z, mode) if s.error is None]
+            hs = [s for s in getattr(h, mode) if s.error is None]
+            zr, hr = med([s.rate for s in zs]), med([s.rate for s in hs])
+            ze = med([s.rate / s.proxy_cpu for s in zs if s.proxy_cpu])
+            he = med([s.rate / s.proxy_cpu for s in hs if s.proxy_cpu])
+            print(f"{layer}: zlbfast/haproxy {label}: {zr / hr:.2f} (per proxy CPU-second: {ze / he:.2f})"
+                  if hr and he else f"{layer}: zlbfast/haproxy {label}: n/a")
     if args.json:
         Path(args.json).write_text(json.dumps({n: {"hs": [vars(s) for s in r.hs], "ka": [vars(s) for s in r.ka]}
                                                for n, r in results.items()}, indent=1))

@@ -158,6 +158,8 @@ size_t zlb_access_format_json(const zlb_access_record *r, char *out, size_t cap)
         jw_string(&w, "authority", r->authority);
         jw_string(&w, "path", r->path);
     }
+    if (r->peer_identity[0])
+        jw_string(&w, "peer_identity", r->peer_identity);
     JW_LIT(&w, "}\n");
     return w.len <= cap ? w.len : 0;
 }

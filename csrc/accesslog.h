@@ -21,6 +21,8 @@
 #define ZLB_AL_RS 0x20u   /* reset: an I/O error on either side ended it */
 #define ZLB_AL_UC 0x40u   /* HTTP: upstream connection terminated before the response ended */
 
+#define ZLB_AL_PEER_ID_MAX 128   /* bytes kept of the peer's SPIFFE ID, NUL included */
+
 typedef struct zlb_access_record {
     int64_t start_unix_ns;        /* wall clock at accept */
     int64_t duration_ns;
@@ -39,6 +41,9 @@ typedef struct zlb_access_record {
     char path[192];
     char cluster[64];             /* L4: the listener's cluster; HTTP: the route's ("" for local answers) */
     char listener[64];
+    /* Verified SPIFFE ID of the client's certificate, "" when the client
+     * did not come over TLS (truncated to fit, like the strings above). */
+    char peer_identity[ZLB_AL_PEER_ID_MAX];
 } zlb_access_record;
 
 #define ZLB_AL_RING 4096          /* records per worker (power of two) */

@@ -278,14 +278,14 @@ int zlb_engine_add_listener(zlb_engine *e, const zlb_listener_opts *o, char *err
     l->opts = *o;
     l->opts.tls = NULL;
     if (o->tls) {
-        if (o->protocol != ZLB_PROTO_TCP) {
-            snprintf(err, errlen, "listener %s: TLS is supported on TCP listeners only (HTTP comes later)", o->name);
-            free(fds);
-            free(l);
-            return -1;
-        }
         zlb_tls_slot *slot = slot_get_or_create(e, o->tls->identity);
         l->tls = slot ? zlb_tls_policy_new(o->tls, 1, slot, err, errlen) : NULL;
+        if (l->tls && l->tls->http_rules && o->protocol != ZLB_PROTO_HTTP) {
+            snprintf(err, errlen, "listener %s: authorization by HTTP methods or paths needs an http listener",
+                     o->name);
+            zlb_tls_policy_unref(l->tls);
+            l->tls = NULL;
+        }
         if (!l->tls) {
             if (!slot)
                 snprintf(err, errlen, "out of memory");
@@ -525,6 +525,10 @@ int zlb_engine_set_cluster_tls(zlb_engine *e, const char *cluster, const zlb_tls
         e->cluster_tls = fresh;
         atomic_fetch_add(&e->n_cluster_tls, 1);
     }
+    /* Only a real change retires pooled upstream connections: a reload that
+     * sets the same options again keeps them. */
+    if ((old == NULL) != (fresh == NULL) || (old && old->policy->opts_hash != p->opts_hash))
+        atomic_fetch_add_explicit(&e->cluster_tls_gen, 1, memory_order_relaxed);
     pthread_mutex_unlock(&e->tls_lock);
     if (old) {
         /* Connections hold their own policy references. */

@@ -35,7 +35,17 @@ typedef struct zlb_http_opts {
     uint32_t max_requests_per_conn; /* upstream connection reuse limit, 0 = unlimited */
     uint32_t max_idle_per_endpoint; /* pooled connections kept per endpoint and worker */
     uint32_t retry_buffer;          /* requests up to this size (head + body) can be retried */
+    int forward_client_cert;        /* zlb_xfcc: what happens to x-forwarded-client-cert */
 } zlb_http_opts;
+
+/* x-forwarded-client-cert handling, Envoy's forward_client_cert_details. A
+ * request that did not come over mutual TLS is always sanitized. */
+enum zlb_xfcc {
+    ZLB_XFCC_SANITIZE = 0,          /* remove any incoming header (the default) */
+    ZLB_XFCC_FORWARD_ONLY = 1,      /* pass the incoming header on unchanged */
+    ZLB_XFCC_APPEND_FORWARD = 2,    /* append this hop's element to the incoming header */
+    ZLB_XFCC_SANITIZE_SET = 3,      /* replace the incoming header with this hop's element */
+};
 
 typedef struct zlb_listener_opts {
     char name[ZLB_NAME_MAX];
@@ -47,8 +57,9 @@ typedef struct zlb_listener_opts {
     uint32_t max_connections;      /* per listener, all workers together */
     uint32_t idle_timeout_ms;      /* 0 = none */
     int backlog;
-    /* TCP listeners: NULL = plaintext, else terminate TLS with these options
-     * (read during zlb_engine_add_listener only; not kept). */
+    /* NULL = plaintext, else terminate TLS with these options (read during
+     * zlb_engine_add_listener only; not kept). Rules naming HTTP methods or
+     * paths are refused on TCP listeners. */
     const zlb_tls_opts *tls;
 } zlb_listener_opts;
 
@@ -78,7 +89,7 @@ typedef struct zlb_stats {
     uint64_t http_overflow;      /* circuit breaker 503s */
     uint64_t http_upstream_reused; /* requests sent on a pooled connection */
     uint64_t http_upgrades;      /* connections turned into tunnels (101) */
-    /* TLS (L4). Handshakes count completed ones; failures are split by cause
+    /* TLS (L4 and HTTP). Handshakes count completed ones; failures are split by cause
      * in the tls_verify_* / tls_no_peer_cert counters (both sides). */
     uint64_t tls_handshakes_down;        /* listener terminated TLS, peer verified */
     uint64_t tls_handshakes_up;          /* TLS to an upstream completed, peer verified */
@@ -94,7 +105,7 @@ typedef struct zlb_stats {
     uint64_t tls_permissive_plaintext;   /* permissive listener accepted plaintext */
     uint64_t tls_bytes_down_up;          /* of bytes_down_up: on connections with TLS on a side */
     uint64_t tls_bytes_up_down;
-    uint64_t authz_denied;               /* closed by a listener's allow/deny rules */
+    uint64_t authz_denied;               /* closed (L4) or answered 403 (HTTP) by a listener's allow/deny rules */
     uint64_t tls_events_dropped;         /* TLS events lost because the event ring was full */
 } zlb_stats;
 

@@ -14,15 +14,32 @@
  * steps (read, parse, forward, flush) until none makes progress. Each step
  * moves bytes between a socket and an hbuf or between two hbufs, so
  * back-pressure is simply "do not read while the next buffer is full".
+ *
+ * TLS (tls.h, tls_worker.h): a listener with TLS starts each connection in
+ * HS_TLS: the first bytes tell a ClientHello from plaintext (strict
+ * listeners close plaintext clients, permissive ones serve them as
+ * plaintext), the handshake runs non-blocking from the socket's events and
+ * verifies the client's SPIFFE ID; only then does the HTTP state machine
+ * start. An upstream connection of a cluster with TLS handshakes after its
+ * TCP connect (still "connecting", under the same connect timeout; a failed
+ * handshake is a failed connect), resuming a ticket from the worker's cache.
+ * All socket I/O goes through io_read/io_write: read(2)/write(2), or
+ * SSL_read/SSL_write when the socket has an SSL, one predictable branch per
+ * call, so plaintext connections keep their syscalls and buffers.
+ * Authorization (by peer ID, port, method, path) runs per request: a denied
+ * request is answered 403. The verified peer ID goes to the access log and,
+ * by the listener's forward_client_cert, into x-forwarded-client-cert.
  */
 #define _GNU_SOURCE
 #include "hbuf.h"
 #include "http1_parser.h"
 #include "router.h"
 #include "sockaddr.h"
-#include "worker.h"
+#include "tls_worker.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <openssl/err.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <strings.h>
@@ -35,6 +52,7 @@
 #define EV_BASE (EPOLLIN | EPOLLRDHUP | EPOLLET)
 
 enum hstate {
+    HS_TLS,        /* TLS listener: first bytes, then the handshake (see hc_tls_step) */
     HS_HEAD,       /* reading a request head */
     HS_EXCHANGE,   /* request dispatched: forwarding body / waiting for and forwarding the response */
     HS_TUNNEL,     /* after 101 Switching Protocols: bytes both ways */
@@ -52,8 +70,23 @@ typedef struct hsock {
     uint8_t eof;        /* read returned 0 */
     uint8_t want_out;   /* EPOLLOUT in the interest set */
     uint8_t blocked;    /* last write hit EAGAIN */
-    uint64_t rx, tx;    /* bytes read / written over the socket's life */
+    uint8_t rd_wants_wr;/* TLS: the last read must write first: EPOLLOUT makes it readable again */
+    uint8_t wr_wants_rd;/* TLS: the last write must read first: input makes it writable again */
+    uint8_t tls_dead;   /* TLS: a fatal error: no close_notify may be sent */
+    uint64_t rx, tx;    /* bytes read / written over the socket's life (plaintext bytes on TLS) */
+    SSL *ssl;           /* NULL: plaintext */
 } hsock;
+
+/* TLS state of a connection (client or upstream side), allocated only when
+ * that side uses TLS. */
+typedef struct htls {
+    zlb_tls_peer peer;               /* client side: the listener's policy (borrowed: the listener
+                                        reference keeps it); upstream: one policy reference.
+                                        mat: one reference each */
+    zlb_tls_session_sink sink;       /* upstream: where tickets go */
+    uint32_t xfcc_len;               /* client side: this hop's x-forwarded-client-cert element */
+    char xfcc[2 * ZLB_SPIFFE_ID_MAX + 80];
+} htls;
 
 typedef struct zlb_hconn {
     zlb_io io;
@@ -65,10 +98,13 @@ typedef struct zlb_hconn {
     struct sockaddr_in6 peer;
     char peer_ip[64];
     zlb_timer timer;
+    /* idle_deadline is the handshake deadline while state is HS_TLS (the
+     * connection is not idle in the HTTP sense yet). */
     int64_t idle_deadline, head_deadline, req_deadline, try_deadline, backoff_deadline, linger_deadline;
     uint8_t ready;                   /* on the worker's ready list (see hc_run) */
     struct zlb_hconn *ready_next;
     uint8_t shut_wr;                 /* closing: our FIN sent, now discarding input */
+    htls *tls;                       /* TLS listeners only (set at accept, even for permissive plaintext) */
 
     zlb_h1_parser rp;                /* request head */
     zlb_h1_head rq;
@@ -114,6 +150,9 @@ struct zlb_hup {
     zlb_worker *w;
     hsock s;
     uint8_t connecting, closed, pooled;
+    uint8_t handshaking;             /* TLS: TCP connected, handshake running (connecting stays 1) */
+    htls *tls;                       /* clusters with TLS only */
+    uint64_t tls_gen;                /* engine cluster_tls_gen when connected (see pool_take) */
     zlb_ep_state *st;                /* reference held */
     zlb_cluster_stats *cs;           /* counts in active_connections (reference held) */
     zlb_hconn *owner;
@@ -190,19 +229,126 @@ static int set_want_out(zlb_worker *w, hsock *s, zlb_io *io, int on)
     return 0;
 }
 
+/* ---- socket I/O: read(2)/write(2), or SSL_read/SSL_write ----------------
+ * io_read and io_write keep the contract of read(2) and write(2): > 0 bytes,
+ * 0 end of stream (reads), -1 with errno, EAGAIN meaning "wait for the
+ * socket's readiness". Plaintext sockets pay one predictable branch: the
+ * TLS functions stay out of line (noinline, cold), so that sock_read and
+ * sock_flush, called several times per request, keep their small frames. */
+
+/* Fills as much of p[0..n) as OpenSSL can give without blocking: one
+ * SSL_read returns at most one record (16 KiB), and a read shorter than n
+ * must keep meaning "the socket is drained" for sock_read. So the loop stops
+ * early only on WANT_READ (drained indeed); on anything else after some
+ * bytes it returns them with `hup` set, so the caller reads on and meets the
+ * end of stream or the error at the next call. */
+__attribute__((noinline, cold)) static ssize_t tls_read(hsock *s, char *p, size_t n)
+{
+    size_t got = 0;
+    s->rd_wants_wr = 0;
+    while (got < n) {
+        ERR_clear_error();
+        int r = SSL_read(s->ssl, p + got, (int)(n - got));
+        if (r > 0) {
+            got += (size_t)r;
+            continue;
+        }
+        int e = SSL_get_error(s->ssl, r);
+        if (e == SSL_ERROR_WANT_READ) {
+            if (got)
+                return (ssize_t)got;
+            errno = EAGAIN;
+            return -1;
+        }
+        if (e == SSL_ERROR_WANT_WRITE) {
+            s->rd_wants_wr = 1; /* e.g. a KeyUpdate answer: on_events retries on EPOLLOUT */
+            if (got)
+                return (ssize_t)got;
+            errno = EAGAIN;
+            return -1;
+        }
+        if (got) {
+            s->hup = 1;
+            return (ssize_t)got;
+        }
+        if (e == SSL_ERROR_ZERO_RETURN)
+            return 0; /* close_notify, or a bare EOF (SSL_OP_IGNORE_UNEXPECTED_EOF) */
+        s->tls_dead = 1;
+        ERR_clear_error();
+        errno = ECONNRESET;
+        return -1;
+    }
+    return (ssize_t)got;
+}
+
+/* Writes all of p[0..n) that the socket takes: one SSL_write writes one
+ * record at a time (SSL_MODE_ENABLE_PARTIAL_WRITE). After WANT_WRITE the
+ * next call must start at the same bytes, which the caller's buffer
+ * guarantees (it consumes only what was written; moving is allowed). */
+__attribute__((noinline, cold)) static ssize_t tls_write(hsock *s, const char *p, size_t n)
+{
+    size_t put = 0;
+    s->wr_wants_rd = 0;
+    while (put < n) {
+        ERR_clear_error();
+        int r = SSL_write(s->ssl, p + put, n - put > INT_MAX ? INT_MAX : (int)(n - put));
+        if (r > 0) {
+            put += (size_t)r;
+            continue;
+        }
+        int e = SSL_get_error(s->ssl, r);
+        if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+            s->wr_wants_rd = e == SSL_ERROR_WANT_READ;
+            if (put)
+                return (ssize_t)put;
+            errno = EAGAIN;
+            return -1;
+        }
+        s->tls_dead = 1;
+        ERR_clear_error();
+        if (put)
+            return (ssize_t)put;
+        errno = EPIPE;
+        return -1;
+    }
+    return (ssize_t)put;
+}
+
+static inline ssize_t io_read(hsock *s, char *p, size_t n)
+{
+    return ZLB_LIKELY(!s->ssl) ? read(s->fd, p, n) : tls_read(s, p, n);
+}
+
+static inline ssize_t io_write(hsock *s, const char *p, size_t n)
+{
+    return ZLB_LIKELY(!s->ssl) ? write(s->fd, p, n) : tls_write(s, p, n);
+}
+
+/* Our half-close: close_notify first on TLS (unless the session is dead). */
+static void io_shutdown_wr(hsock *s)
+{
+    if (s->ssl && !s->tls_dead) {
+        ERR_clear_error();
+        SSL_shutdown(s->ssl);
+        ERR_clear_error();
+    }
+    shutdown(s->fd, SHUT_WR);
+}
+
 /* Reads what the socket has, up to `limit` buffered bytes. Returns 1 if
  * bytes or EOF arrived, 0 if nothing, -1 on error. */
-static int sock_read(hsock *s, uint32_t limit)
+static int sock_read(zlb_worker *w, hsock *s, zlb_io *io, uint32_t limit)
 {
     if (!s->readable || s->eof || hbuf_size(&s->in) >= limit)
         return 0;
     if (hbuf_reserve(&s->in, READ_CHUNK) != 0)
         return -1;
-    ssize_t n = read(s->fd, s->in.p + s->in.len, READ_CHUNK);
+    ssize_t n = io_read(s, s->in.p + s->in.len, READ_CHUNK);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) {
             s->readable = errno == EINTR;
-            return 0;
+            /* A TLS read that has to write first waits for EPOLLOUT. */
+            return s->rd_wants_wr && set_want_out(w, s, io, 1) != 0 ? -1 : 0;
         }
         return -1;
     }
@@ -222,11 +368,12 @@ static int sock_flush(zlb_worker *w, hsock *s, zlb_io *io)
 {
     if (hbuf_size(&s->out) == 0 || s->blocked)
         return 0;
-    ssize_t n = write(s->fd, hbuf_data(&s->out), hbuf_size(&s->out));
+    ssize_t n = io_write(s, hbuf_data(&s->out), hbuf_size(&s->out));
     if (n < 0) {
         if (errno == EAGAIN) {
             s->blocked = 1;
-            return set_want_out(w, s, io, 1);
+            /* A TLS write that has to read first waits for input instead. */
+            return s->wr_wants_rd ? 0 : set_want_out(w, s, io, 1);
         }
         return errno == EINTR ? 0 : -1;
     }
@@ -237,7 +384,9 @@ static int sock_flush(zlb_worker *w, hsock *s, zlb_io *io)
     return 1;
 }
 
-static void on_events(hsock *s, uint32_t events)
+/* Readiness into flags. On a TLS socket also the cross-wishes: a read
+ * that waited for writability, a write that waited for input. */
+static inline __attribute__((always_inline)) void on_events(hsock *s, uint32_t events)
 {
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))
         s->readable = 1;
@@ -245,6 +394,12 @@ static void on_events(hsock *s, uint32_t events)
         s->hup = 1;
     if (events & EPOLLOUT)
         s->blocked = 0;
+    if (ZLB_UNLIKELY(s->ssl != NULL)) {
+        if ((events & EPOLLOUT) && s->rd_wants_wr)
+            s->readable = 1;
+        if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) && s->wr_wants_rd)
+            s->blocked = 0;
+    }
 }
 
 static void rst_close(int fd)
@@ -287,6 +442,32 @@ static void count_status(zlb_worker *w, int status)
     }
 }
 
+/* ---- TLS state ------------------------------------------------------------ */
+
+static htls *htls_new(void)
+{
+    htls *t = calloc(1, sizeof(*t));
+    if (t)
+        zlb_tls_live_add(1);
+    return t;
+}
+
+/* Ends the TLS of a socket that is about to close: close_notify on a clean
+ * close; on our own reset no alert, but the session stays resumable (a
+ * connection dropped after max_requests_per_conn must not cost the next one
+ * a full handshake); after a fatal TLS error, neither. Then the SSL, the
+ * material and (an upstream's) policy reference. The socket stays the
+ * caller's. */
+static void htls_free(hsock *s, htls *t, int reset)
+{
+    zlb_tls_end(&s->ssl, &t->peer,
+                s->tls_dead ? ZLB_TLS_END_ABORT : reset ? ZLB_TLS_END_QUIET : ZLB_TLS_END_NOTIFY);
+    if (!t->peer.policy->is_server)
+        zlb_tls_policy_unref((zlb_tls_policy *)t->peer.policy);
+    free(t);
+    zlb_tls_live_add(-1);
+}
+
 /* ---- upstream connections and the pool ---------------------------------- */
 
 static void hup_on_timer(zlb_timer *t, int64_t now_ns);
@@ -301,10 +482,13 @@ static void hup_close(zlb_hup *u, int reset)
     if (u->pooled)
         pool_unlink(u);
     zlb_timer_cancel(&w->timers, &u->timer);
+    if (u->tls)
+        htls_free(&u->s, u->tls, reset);
     if (reset)
         rst_close(u->s.fd);
     else
         close(u->s.fd);
+    u->tls = NULL;
     hbuf_free(&u->s.in);
     hbuf_free(&u->s.out);
     if (u->st) {
@@ -343,9 +527,17 @@ static void pool_unlink(zlb_hup *u)
 
 static zlb_hup *pool_take(zlb_worker *w, zlb_ep_state *st)
 {
-    for (zlb_hup *u = w->idle_hups; u; u = u->idle_next) {
+    uint64_t tls_gen = atomic_load_explicit(&w->eng->cluster_tls_gen, memory_order_relaxed);
+    for (zlb_hup *u = w->idle_hups, *next; u; u = next) {
+        next = u->idle_next;
         if (u->st != st || u->s.eof || u->s.hup)
             continue; /* another endpoint, or closed by the upstream (its own event closes it) */
+        if (ZLB_UNLIKELY(u->tls_gen != tls_gen)) {
+            /* Connected before a change of some cluster's upstream TLS: it may
+             * be plaintext where TLS is now wanted, or verified another peer. */
+            hup_close(u, 0);
+            continue;
+        }
         pool_unlink(u);
         zlb_timer_cancel(&w->timers, &u->timer);
         return u;
@@ -361,7 +553,8 @@ static void pool_put(zlb_hup *u, const zlb_http_opts *o)
      * the limit. */
     for (zlb_hup *v = w->n_idle_hups >= o->max_idle_per_endpoint ? w->idle_hups : NULL; v; v = v->idle_next)
         idle += v->st == u->st;
-    if (idle >= o->max_idle_per_endpoint || u->s.eof || u->s.hup || hbuf_size(&u->s.in) > 0) {
+    if (idle >= o->max_idle_per_endpoint || u->s.eof || u->s.hup || hbuf_size(&u->s.in) > 0
+        || (u->s.ssl && SSL_has_pending(u->s.ssl))) {
         hup_close(u, 0);
         return;
     }
@@ -377,15 +570,31 @@ static void pool_put(zlb_hup *u, const zlb_http_opts *o)
         zlb_timer_arm(&w->timers, &u->timer, w->now_ns + (int64_t)o->upstream_idle_ms * 1000000);
 }
 
-static zlb_hup *hup_connect(zlb_worker *w, zlb_endpoint *ep, zlb_cluster_stats *cs, uint32_t timeout_ms)
+/* Opens a connection to ep for cluster `cluster` (whose upstream TLS policy,
+ * if any, is taken now and used once the TCP connect completes). */
+static zlb_hup *hup_connect(zlb_worker *w, zlb_endpoint *ep, zlb_cluster_stats *cs, const char *cluster,
+                            uint32_t timeout_ms)
 {
     zlb_hup *u = calloc(1, sizeof(*u));
     if (!u)
         return NULL;
     u->io.kind = ZLB_IO_HTTP_UP;
     u->w = w;
+    /* The generation first: a change racing with the lookup below makes the
+     * connection look older than it is (not reused), never newer. */
+    u->tls_gen = atomic_load_explicit(&w->eng->cluster_tls_gen, memory_order_relaxed);
+    zlb_tls_policy *tp = zlb_engine_cluster_tls(w->eng, cluster);
+    if (tp && !(u->tls = htls_new())) {
+        zlb_tls_policy_unref(tp);
+        free(u);
+        return NULL;
+    }
+    if (tp)
+        u->tls->peer.policy = tp;
     u->s.fd = socket(ep->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (u->s.fd < 0) {
+        if (u->tls)
+            htls_free(&u->s, u->tls, 1);
         free(u);
         return NULL;
     }
@@ -393,6 +602,8 @@ static zlb_hup *hup_connect(zlb_worker *w, zlb_endpoint *ep, zlb_cluster_stats *
     setsockopt(u->s.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct epoll_event ev = {.events = EV_BASE | EPOLLOUT, .data.ptr = &u->io};
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, u->s.fd, &ev) != 0) {
+        if (u->tls)
+            htls_free(&u->s, u->tls, 1);
         close(u->s.fd);
         free(u);
         return NULL;
@@ -480,6 +691,10 @@ static void hc_close(zlb_hconn *c, int reset)
     zlb_timer_cancel(&w->timers, &c->timer);
     hc_release_up(c, 0);
     hc_release_cluster(c);
+    if (c->tls) {
+        htls_free(&c->s, c->tls, reset);
+        c->tls = NULL;
+    }
     if (reset)
         rst_close(c->s.fd);
     else
@@ -600,6 +815,10 @@ static void hc_request_done(zlb_hconn *c, int status)
         zlb_strlcpy(rec->path, c->al_path, sizeof(rec->path));
         zlb_strlcpy(rec->cluster, c->cluster, sizeof(rec->cluster));
         zlb_strlcpy(rec->listener, c->l->opts.name, sizeof(rec->listener));
+        if (c->tls)
+            zlb_strlcpy(rec->peer_identity, c->tls->peer.id, sizeof(rec->peer_identity));
+        else
+            rec->peer_identity[0] = '\0';
         zlb_access_ring_commit(&w->alog);
     } else if (atomic_load_explicit(&w->eng->access_log, memory_order_relaxed)) {
         ZLB_STAT_ADD(w, access_log_dropped, 1);
@@ -745,6 +964,14 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
     const zlb_header_op *set = rt->ops[ZLB_REQ_SET], *rem = rt->ops[ZLB_REQ_REMOVE];
     uint32_t n_set = rt->n_ops[ZLB_REQ_SET], n_rem = rt->n_ops[ZLB_REQ_REMOVE];
     int have_rid = 0, have_tp = 0;
+    /* x-forwarded-client-cert by the listener's mode; a request that did not
+     * come over mutual TLS is sanitized whatever the mode (as Envoy does). */
+    const htls *t = c->tls;
+    int xfcc = t && t->peer.id[0] ? c->l->opts.http.forward_client_cert : ZLB_XFCC_SANITIZE;
+    uint32_t last_xfcc = UINT32_MAX;
+    for (uint32_t i = 0; xfcc == ZLB_XFCC_APPEND_FORWARD && i < h->n_headers; i++)
+        if (zlb_h1_name_is(buf, h->headers[i].name, "x-forwarded-client-cert"))
+            last_xfcc = i;
     /* Several X-Forwarded-For fields form one list (RFC 9110 5.3): the
      * client goes once, after the last of them. */
     uint32_t last_xff = UINT32_MAX;
@@ -756,6 +983,17 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
         if (is_hop_by_hop(buf, h, name, c->upgrade) || op_named(set, n_set, buf, name) ||
             op_named(rem, n_rem, buf, name) || zlb_h1_name_is(buf, name, "x-forwarded-proto"))
             continue;
+        if (name.len == 23 && zlb_h1_name_is(buf, name, "x-forwarded-client-cert")) {
+            if (xfcc == ZLB_XFCC_SANITIZE || xfcc == ZLB_XFCC_SANITIZE_SET)
+                continue;
+            if (i == last_xfcc) {
+                /* append_forward: this hop's element ends the list. */
+                rc |= hbuf_append(b, buf + name.off, name.len) | hbuf_append(b, ": ", 2);
+                rc |= hbuf_append(b, buf + value.off, value.len) | hbuf_append(b, ",", 1);
+                rc |= hbuf_append(b, t->xfcc, t->xfcc_len) | hbuf_append(b, "\r\n", 2);
+                continue;
+            }
+        }
         if (zlb_h1_name_is(buf, name, "host") && rt->host_rewrite.len) {
             rc |= append_header(b, "host", 4, rt->host_rewrite.p, rt->host_rewrite.len);
             continue;
@@ -773,6 +1011,8 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
     }
     if (last_xff == UINT32_MAX)
         rc |= append_header(b, "x-forwarded-for", 15, c->peer_ip, (uint32_t)strlen(c->peer_ip));
+    if (xfcc == ZLB_XFCC_SANITIZE_SET || (xfcc == ZLB_XFCC_APPEND_FORWARD && last_xfcc == UINT32_MAX))
+        rc |= append_header(b, "x-forwarded-client-cert", 23, t->xfcc, t->xfcc_len);
     rc |= hbuf_puts(b, "x-forwarded-proto: http\r\n");
     char id[40];
     if (!have_rid) {
@@ -1049,7 +1289,7 @@ static void hc_dispatch(zlb_hconn *c)
         }
         ZLB_STAT_ADD(w, connect_attempts, 1);
         zlb_cs_add(c->cs, w->id, ZLB_CS_CONNECT_ATTEMPTS, 1);
-        u = hup_connect(w, ep, c->cs, cl->opts.connect_timeout_ms);
+        u = hup_connect(w, ep, c->cs, cl->opts.name, cl->opts.connect_timeout_ms);
         if (!u) {
             ZLB_STAT_ADD(w, connect_failures, 1);
             zlb_cs_add(c->cs, w->id, ZLB_CS_CONNECT_FAILURES, 1);
@@ -1205,6 +1445,42 @@ static int move_body(hbuf *src, hbuf *dst, int kind, uint64_t *left, zlb_h1_chun
     return 1;
 }
 
+/* Where the client connection is, for TLS events (tls_worker.h). */
+static zlb_tls_where hc_where(const zlb_hconn *c)
+{
+    return (zlb_tls_where){.listener_id = c->l->id, .port = c->l->bound_port, .addr = &c->peer,
+                           .cluster = c->l->opts.cluster};
+}
+
+/* The listener's allow/deny rules for this request (peer ID, "" for a
+ * plaintext client of a permissive listener; port; method; path without the
+ * query). Returns 1 to go on; 0 after answering 403 (counted in
+ * authz_denied and reported as a "denied" event with the peer's ID). */
+static int hc_authorize(zlb_hconn *c, const char *buf)
+{
+    const zlb_tls_policy *p = c->l->tls;
+    if (!p->n_allow && !p->n_deny)
+        return 1;
+    const char *target = buf + c->rq.target.off;
+    const char *q = memchr(target, '?', c->rq.target.len);
+    zlb_authz_req req = {.method = zlb_http_method_bit(buf + c->rq.method.off, c->rq.method.len),
+                         .path = target, .path_len = q ? (size_t)(q - target) : c->rq.target.len};
+    const char *why = "denied by the listener's authorization rules";
+    if (p->path_rules && !zlb_authz_path_canonical(req.path, req.path_len))
+        why = "path not in canonical form, refused by the listener's path rules";
+    else if (zlb_tls_authorize_req(p, c->tls->peer.id, c->l->bound_port, &req))
+        return 1;
+    ZLB_STAT_ADD(c->w, authz_denied, 1);
+    char reason[ZLB_TLS_REASON_MAX];
+    snprintf(reason, sizeof(reason), "%s%s: %.*s %.*s", c->tls->peer.id[0] ? "" : "plaintext peer ", why,
+             (int)(c->rq.method.len > 32 ? 32 : c->rq.method.len), buf + c->rq.method.off,
+             (int)(req.path_len > 256 ? 256 : req.path_len), req.path);
+    zlb_tls_where at = hc_where(c);
+    zlb_tls_report(c->w, &at, ZLB_TLS_EV_DENIED, ZLB_TLS_FAIL_NONE, c->tls->peer.id, reason);
+    hc_answer_locally(c, 403, NULL, "access denied\n");
+    return 0;
+}
+
 /* A complete request head is in c->s.in: route it and start the exchange. */
 static void hc_start_request(zlb_hconn *c)
 {
@@ -1213,9 +1489,7 @@ static void hc_start_request(zlb_hconn *c)
     const char *buf = hbuf_data(&c->s.in);
     c->head_deadline = c->idle_deadline = 0;
     c->req_start_ns = w->now_ns;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    c->req_start_unix_ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    c->req_start_unix_ns = zlb_unix_now_ns();
     copy_trunc(c->al_method, sizeof(c->al_method), buf + c->rq.method.off, c->rq.method.len);
     copy_trunc(c->al_authority, sizeof(c->al_authority), buf + c->rq.host.off, c->rq.host.len);
     copy_trunc(c->al_path, sizeof(c->al_path), buf + c->rq.target.off, c->rq.target.len);
@@ -1237,6 +1511,8 @@ static void hc_start_request(zlb_hconn *c)
     c->req_done = c->rq.body == ZLB_H1_BODY_NONE || (c->rq.body == ZLB_H1_BODY_LENGTH && c->req_left == 0);
     zlb_h1_chunked_init(&c->req_chunks);
     c->state = HS_EXCHANGE;
+    if (ZLB_UNLIKELY(c->l->tls != NULL) && !hc_authorize(c, buf))
+        return;
     if (!rt) {
         c->al_flags |= ZLB_AL_NR;
         hc_answer_locally(c, 404, NULL, "no route\n");
@@ -1475,7 +1751,7 @@ static int hc_step_tunnel(zlb_hconn *c)
 static int hc_linger(zlb_hconn *c)
 {
     if (!c->shut_wr) {
-        shutdown(c->s.fd, SHUT_WR);
+        io_shutdown_wr(&c->s);
         c->shut_wr = 1;
         c->idle_deadline = c->head_deadline = c->req_deadline = c->try_deadline = c->backoff_deadline = 0;
         c->linger_deadline = c->w->now_ns + (int64_t)LINGER_MS * 1000000;
@@ -1511,7 +1787,7 @@ static void hc_run(zlb_hconn *c)
         }
         int progress = 0;
         uint32_t in_limit = c->state == HS_HEAD ? c->l->opts.http.max_head + 1 : HWM;
-        int r = sock_read(&c->s, in_limit);
+        int r = sock_read(w, &c->s, &c->io, in_limit);
         if (r < 0)
             return hc_close(c, 1);
         progress |= r;
@@ -1542,7 +1818,7 @@ static void hc_run(zlb_hconn *c)
             progress |= r;
             /* Back-pressure: leave upstream bytes in the kernel while the
              * client has not taken the previous ones. */
-            r = hbuf_size(&c->s.out) < HWM ? sock_read(&u->s, HWM) : 0;
+            r = hbuf_size(&c->s.out) < HWM ? sock_read(w, &u->s, &u->io, HWM) : 0;
             if (r < 0) {
                 if (c->resp_started || c->state == HS_TUNNEL)
                     return hc_close(c, 1);
@@ -1569,6 +1845,17 @@ static void hc_on_timer(zlb_timer *t, int64_t now)
 {
     zlb_hconn *c = (zlb_hconn *)((char *)t - offsetof(zlb_hconn, timer));
     zlb_worker *w = c->w;
+    if (ZLB_UNLIKELY(c->state == HS_TLS)) {
+        if (now < c->idle_deadline) {
+            hc_arm_timer(c);
+            return;
+        }
+        ZLB_STAT_ADD(w, tls_handshake_timeouts, 1);
+        zlb_tls_where at = hc_where(c);
+        zlb_tls_report(w, &at, ZLB_TLS_EV_TIMEOUT, ZLB_TLS_FAIL_PROTOCOL, "",
+                       "client did not complete the TLS handshake in time");
+        return hc_close(c, 0);
+    }
     if (c->head_deadline && now >= c->head_deadline) {
         ZLB_STAT_ADD(w, http_header_timeouts, 1);
         c->head_deadline = 0;
@@ -1602,6 +1889,93 @@ static void hc_on_timer(zlb_timer *t, int64_t now)
         hc_arm_timer(c);
         hc_run(c);
     }
+}
+
+/* ---- TLS listeners: first bytes and the handshake ----------------------------- */
+
+/* The connection is ready for HTTP: TLS verified, or a permissive listener's
+ * plaintext client. */
+static void hc_tls_ready(zlb_hconn *c)
+{
+    c->s.readable = 1; /* the request may already wait behind the handshake */
+    hc_next_request(c);
+    hc_run(c);
+}
+
+/* This hop's x-forwarded-client-cert element, once per connection and only
+ * when the listener appends or sets it: By (our SPIFFE ID), Hash (SHA-256 of
+ * the client's certificate) and URI (the client's SPIFFE ID), Envoy's keys
+ * and order. SPIFFE IDs hold none of ",;=\"", so no value needs quoting. */
+static void hc_xfcc_prepare(zlb_hconn *c)
+{
+    htls *t = c->tls;
+    int mode = c->l->opts.http.forward_client_cert;
+    if (mode != ZLB_XFCC_APPEND_FORWARD && mode != ZLB_XFCC_SANITIZE_SET)
+        return;
+    char hash[65];
+    int have_hash = zlb_tls_peer_cert_sha256(c->s.ssl, hash) == 0;
+    int n = snprintf(t->xfcc, sizeof(t->xfcc), "By=%s;%s%s%sURI=%s", t->peer.mat->own_id, have_hash ? "Hash=" : "",
+                     have_hash ? hash : "", have_hash ? ";" : "", t->peer.id);
+    t->xfcc_len = n > 0 && (size_t)n < sizeof(t->xfcc) ? (uint32_t)n : 0;
+}
+
+/* HS_TLS: runs on every event of the client socket until the connection is
+ * ready for HTTP (hc_tls_ready) or closed. The handshake deadline (in
+ * idle_deadline, see hc_on_timer) bounds both steps. */
+static void hc_tls_step(zlb_hconn *c)
+{
+    zlb_worker *w = c->w;
+    htls *t = c->tls;
+    zlb_tls_where at = hc_where(c);
+    if (!c->s.ssl) {
+        switch (zlb_tls_detect(c->s.fd)) {
+        case ZLB_DETECT_WAIT:
+            return;
+        case ZLB_DETECT_ERROR:
+            return hc_close(c, 1);
+        case ZLB_DETECT_EOF:
+            return hc_close(c, 0); /* the client left without a byte */
+        case ZLB_DETECT_PLAIN:
+            if (c->l->tls->mode == ZLB_TLS_PERMISSIVE) {
+                ZLB_STAT_ADD(w, tls_permissive_plaintext, 1);
+                return hc_tls_ready(c);
+            }
+            ZLB_STAT_ADD(w, tls_plaintext_rejected, 1);
+            zlb_tls_report(w, &at, ZLB_TLS_EV_PLAINTEXT_REJECTED, ZLB_TLS_FAIL_PROTOCOL, "",
+                           "plaintext connection on a strict mTLS listener");
+            return hc_close(c, 0);
+        default:
+            break;
+        }
+        c->s.ssl = zlb_tls_start(w, &at, &t->peer, c->s.fd, NULL, NULL);
+        if (!c->s.ssl)
+            return hc_close(c, 0);
+    }
+    int r = zlb_tls_handshake(w, &at, c->s.ssl, &t->peer);
+    if (r == ZLB_HS_WANT_READ || r == ZLB_HS_WANT_WRITE) {
+        if (set_want_out(w, &c->s, &c->io, r == ZLB_HS_WANT_WRITE) == 0)
+            return;
+        zlb_tls_failed(w, &at, &t->peer, "cannot wait for the socket (epoll)");
+        r = ZLB_HS_FAILED;
+    }
+    if (r != ZLB_HS_DONE)
+        return hc_close(c, 0); /* a FIN, not a RST: the alert OpenSSL queued must reach the client */
+    if (set_want_out(w, &c->s, &c->io, 0) != 0)
+        return hc_close(c, 1);
+    hc_xfcc_prepare(c);
+    hc_tls_ready(c);
+}
+
+/* A TLS listener's new connection waits for its first bytes (no peek now:
+ * the ClientHello rarely beats accept, and its arrival is an edge). */
+static void hc_tls_begin(zlb_hconn *c)
+{
+    if (!(c->tls = htls_new()))
+        return hc_close(c, 1);
+    c->tls->peer.policy = c->l->tls;
+    c->state = HS_TLS;
+    c->idle_deadline = c->w->now_ns + (int64_t)c->l->tls->handshake_timeout_ms * 1000000;
+    hc_arm_timer(c);
 }
 
 void zlb_http_accept(zlb_worker *w, zlb_wlistener *wl)
@@ -1655,9 +2029,94 @@ void zlb_http_accept(zlb_worker *w, zlb_wlistener *wl)
         if (w->hconns)
             w->hconns->prev = c;
         w->hconns = c;
+        if (l->tls) {
+            hc_tls_begin(c);
+            continue;
+        }
         hc_next_request(c);
         hc_run(c);
     }
+}
+
+/* ---- upstream connect and TLS origination ---------------------------------------- */
+
+/* The upstream is ready for requests (TCP connected and, with TLS,
+ * handshaken and verified). */
+static void hup_connected(zlb_hup *u)
+{
+    u->connecting = 0;
+    u->s.blocked = 0;
+    zlb_timer_cancel(&u->w->timers, &u->timer);
+    zlb_hconn *c = u->owner;
+    if (c && c->holds_pending) { /* no longer waiting for a connection */
+        atomic_fetch_sub(&c->cs->pending_requests, 1);
+        c->holds_pending = 0;
+    }
+}
+
+/* The connect or the handshake failed (a TLS failure is already counted and
+ * reported): the owner's try fails like a refused connect and may go to
+ * another endpoint. */
+static void hup_connect_failed(zlb_hup *u)
+{
+    zlb_hconn *c = u->owner;
+    if (!c)
+        return hup_close(u, 0);
+    hc_fail_try(c, 1, 0);
+    hc_run(c);
+}
+
+/* A connecting upstream always has its owner (hc_release_up closes a
+ * connecting one), whose try names the endpoint and the cluster. */
+static zlb_tls_where hup_where(const zlb_hup *u)
+{
+    const zlb_hconn *c = u->owner;
+    return (zlb_tls_where){.listener_id = c ? c->l->id : -1, .port = c ? c->l->bound_port : 0,
+                           .addr = c ? &c->up_addr : NULL, .cluster = c ? c->cluster : ""};
+}
+
+/* One handshake step of a connecting upstream; the connect timer bounds it. */
+static void hup_handshake(zlb_hup *u)
+{
+    zlb_worker *w = u->w;
+    zlb_tls_where at = hup_where(u);
+    int r = zlb_tls_handshake(w, &at, u->s.ssl, &u->tls->peer);
+    if (r == ZLB_HS_WANT_READ || r == ZLB_HS_WANT_WRITE) {
+        if (set_want_out(w, &u->s, &u->io, r == ZLB_HS_WANT_WRITE) == 0)
+            return;
+        zlb_tls_failed(w, &at, &u->tls->peer, "cannot wait for the socket (epoll)");
+        r = ZLB_HS_FAILED;
+    }
+    if (r != ZLB_HS_DONE)
+        return hup_connect_failed(u);
+    u->handshaking = 0;
+    hup_connected(u);
+    if (u->owner)
+        hc_run(u->owner);
+}
+
+static void hup_start_tls(zlb_hup *u)
+{
+    zlb_tls_where at = hup_where(u);
+    u->s.ssl = zlb_tls_start(u->w, &at, &u->tls->peer, u->s.fd, u->st, &u->tls->sink);
+    if (!u->s.ssl)
+        return hup_connect_failed(u);
+    u->handshaking = 1;
+    hup_handshake(u);
+}
+
+/* A pooled TLS connection got input. Post-handshake messages (a session
+ * ticket that came late) leave it reusable: 1. Application bytes, an alert
+ * or the end of the stream end its reuse: 0. */
+static int hup_idle_input_harmless(zlb_hup *u)
+{
+    char byte;
+    ssize_t n = io_read(&u->s, &byte, 1);
+    if (n < 0 && errno == EAGAIN && !u->s.rd_wants_wr) {
+        u->s.readable = 0;
+        return 1;
+    }
+    return 0;
 }
 
 void zlb_http_on_event(zlb_worker *w, zlb_io *io, uint32_t events)
@@ -1668,6 +2127,8 @@ void zlb_http_on_event(zlb_worker *w, zlb_io *io, uint32_t events)
         if (c->closed)
             return;
         on_events(&c->s, events);
+        if (ZLB_UNLIKELY(c->state == HS_TLS))
+            return hc_tls_step(c);
         hc_run(c);
         return;
     }
@@ -1676,27 +2137,17 @@ void zlb_http_on_event(zlb_worker *w, zlb_io *io, uint32_t events)
         return;
     on_events(&u->s, events);
     if (u->connecting) {
+        if (u->handshaking)
+            return hup_handshake(u);
         int soerr = 0;
         socklen_t len = sizeof(soerr);
         getsockopt(u->s.fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
         if (soerr == 0 && (events & EPOLLOUT)) {
-            u->connecting = 0;
-            u->s.blocked = 0;
-            zlb_timer_cancel(&u->w->timers, &u->timer);
-            zlb_hconn *c = u->owner;
-            if (c && c->holds_pending) { /* no longer waiting for a connection */
-                atomic_fetch_sub(&c->cs->pending_requests, 1);
-                c->holds_pending = 0;
-            }
+            if (u->tls)
+                return hup_start_tls(u);
+            hup_connected(u);
         } else if (soerr != 0 || (events & (EPOLLERR | EPOLLHUP))) {
-            if (u->owner) {
-                zlb_hconn *c = u->owner;
-                hc_fail_try(c, 1, 0);
-                hc_run(c);
-            } else {
-                hup_close(u, 0);
-            }
-            return;
+            return hup_connect_failed(u);
         } else {
             return;
         }
@@ -1705,6 +2156,8 @@ void zlb_http_on_event(zlb_worker *w, zlb_io *io, uint32_t events)
         hc_run(u->owner);
     } else if (u->s.hup || (events & EPOLLIN)) {
         /* Pooled and idle: bytes or a close from the upstream end its reuse. */
+        if (u->s.ssl && !u->s.hup && hup_idle_input_harmless(u))
+            return;
         hup_close(u, 0);
     }
 }

@@ -32,7 +32,7 @@
  * allocated only for such connections); plaintext connections are unchanged.
  */
 #define _GNU_SOURCE /* splice, pipe2, accept4, F_SETPIPE_SZ */
-#include "worker.h"
+#include "tls_worker.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -50,11 +50,9 @@
 
 static _Atomic int64_t live_conns;
 static _Atomic int64_t live_pipes;
-static _Atomic int64_t live_tls;
 
 int64_t zlb_debug_live_conns(void) { return atomic_load(&live_conns); }
 int64_t zlb_debug_live_pipes(void) { return atomic_load(&live_pipes); }
-int64_t zlb_debug_live_tls(void) { return atomic_load(&live_tls); }
 
 enum conn_state {
     CONN_CONNECTING, /* picking / connecting upstream */
@@ -208,14 +206,6 @@ static void set_rst_on_close(int fd)
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
-/* Wall clock for access logs (CLOCK_REALTIME is a vDSO call too). */
-static int64_t unix_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 /* Pushes the connection's access-log record when logging is on; a full ring
  * drops it (counted) rather than making the worker wait. */
 static void push_record(zlb_worker *w, const zlb_access_record *rec)
@@ -247,18 +237,17 @@ static void log_connection(zlb_conn *c)
     };
     zlb_strlcpy(rec.listener, c->l->opts.name, sizeof(rec.listener));
     zlb_strlcpy(rec.cluster, c->l->opts.cluster, sizeof(rec.cluster));
+    if (c->tls)
+        zlb_strlcpy(rec.peer_identity, c->tls->peer[0].id, sizeof(rec.peer_identity));
     push_record(w, &rec);
 }
 
-/* Drops one side's SSL and material (the socket is the caller's). */
+/* Drops one side's SSL and material (the socket is the caller's). Closing
+ * sends no close_notify here: tls_pump forwards half-closes itself, and a
+ * side that did not get one ended abnormally. */
 static void tls_side_free(zlb_conn_tls *t, int side)
 {
-    SSL_free(t->ssl[side]);
-    t->ssl[side] = NULL;
-    zlb_tls_mat_unref(t->peer[side].mat);
-    t->peer[side].mat = NULL;
-    t->peer[side].id[0] = t->peer[side].reason[0] = '\0';
-    t->peer[side].verify_kind = 0;
+    zlb_tls_end(&t->ssl[side], &t->peer[side], ZLB_TLS_END_ABORT);
 }
 
 static void tls_free(zlb_conn *c)
@@ -272,13 +261,13 @@ static void tls_free(zlb_conn *c)
     zlb_tls_policy_unref((zlb_tls_policy *)t->peer[1].policy);
     free(t);
     c->tls = NULL;
-    atomic_fetch_sub(&live_tls, 1);
+    zlb_tls_live_add(-1);
 }
 
 static zlb_conn_tls *tls_state(zlb_conn *c)
 {
     if (!c->tls && (c->tls = calloc(1, sizeof(*c->tls))))
-        atomic_fetch_add(&live_tls, 1);
+        zlb_tls_live_add(1);
     return c->tls;
 }
 
@@ -413,6 +402,7 @@ static void arm_idle(zlb_conn *c)
 
 static void tls_pump_all(zlb_conn *c);
 static void start_up_tls(zlb_conn *c);
+static void try_connect(zlb_conn *c);
 
 /* The upstream is ready (TCP connected and, with TLS, handshaken and
  * verified): start moving bytes. */
@@ -605,89 +595,18 @@ static int take_pipes(zlb_conn *c)
 
 /* ---- TLS: detection, handshakes, verification, authorization ------------- */
 
+/* Where side `side` of the connection is, for TLS events (tls_worker.h). */
+static zlb_tls_where tls_where(const zlb_conn *c, int side)
+{
+    return (zlb_tls_where){.listener_id = c->l->id, .port = c->l->bound_port,
+                           .addr = side ? &c->up_addr : &c->down_addr, .cluster = c->l->opts.cluster};
+}
+
 /* Queues a TLS event for the control plane's log; side picks the address. */
 static void tls_event(zlb_conn *c, int kind, int fail_kind, int side, const char *reason)
 {
-    zlb_worker *w = c->w;
-    zlb_tls_event ev;
-    memset(&ev, 0, sizeof(ev));
-    ev.unix_ns = unix_now_ns();
-    ev.kind = kind;
-    ev.fail_kind = fail_kind;
-    ev.listener_id = c->l->id;
-    ev.port = c->l->bound_port;
-    ev.peer = side == 0 ? c->down_addr : c->up_addr;
-    zlb_strlcpy(ev.cluster, c->l->opts.cluster, sizeof(ev.cluster));
-    if (c->tls)
-        zlb_strlcpy(ev.peer_id, c->tls->peer[side].id, sizeof(ev.peer_id));
-    zlb_strlcpy(ev.reason, reason ? reason : "", sizeof(ev.reason));
-    if (zlb_engine_tls_event(w->eng, &ev) != 0)
-        ZLB_STAT_ADD(w, tls_events_dropped, 1);
-}
-
-static void count_fail_kind(zlb_worker *w, int kind)
-{
-    switch (kind) {
-    case ZLB_TLS_FAIL_UNTRUSTED:
-        ZLB_STAT_ADD(w, tls_verify_untrusted, 1);
-        break;
-    case ZLB_TLS_FAIL_EXPIRED:
-        ZLB_STAT_ADD(w, tls_verify_expired, 1);
-        break;
-    case ZLB_TLS_FAIL_SPIFFE_ID:
-        ZLB_STAT_ADD(w, tls_verify_spiffe_id, 1);
-        break;
-    case ZLB_TLS_FAIL_NO_CERT:
-        ZLB_STAT_ADD(w, tls_no_peer_cert, 1);
-        break;
-    default:
-        break;
-    }
-}
-
-/* Why the handshake of `side` failed: our own verification's reason when it
- * rejected the peer, else OpenSSL's error (e.g. the peer's alert). */
-static int fail_reason(zlb_conn *c, int side, char *out, size_t outlen)
-{
-    zlb_tls_peer *p = &c->tls->peer[side];
-    if (p->reason[0]) {
-        zlb_strlcpy(out, p->reason, outlen);
-        ERR_clear_error();
-        return p->verify_kind;
-    }
-    unsigned long e = ERR_peek_error();
-    int kind = ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE ? ZLB_TLS_FAIL_NO_CERT
-                                                                             : ZLB_TLS_FAIL_PROTOCOL;
-    if (e == 0)
-        zlb_strlcpy(out, "connection closed or reset during the TLS handshake", outlen);
-    else
-        zlb_tls_last_error(out, outlen);
-    return kind;
-}
-
-/* Counts and reports a failed handshake on `side` (0 client, 1 upstream);
- * `reason` NULL means: ask OpenSSL what went wrong. */
-static void note_tls_failure(zlb_conn *c, int side, const char *reason)
-{
-    char why[ZLB_TLS_REASON_MAX];
-    int kind = ZLB_TLS_FAIL_PROTOCOL;
-    if (reason)
-        zlb_strlcpy(why, reason, sizeof(why));
-    else
-        kind = fail_reason(c, side, why, sizeof(why));
-    if (side)
-        ZLB_STAT_ADD(c->w, tls_handshake_failures_up, 1);
-    else
-        ZLB_STAT_ADD(c->w, tls_handshake_failures_down, 1);
-    count_fail_kind(c->w, kind);
-    tls_event(c, side ? ZLB_TLS_EV_UP_FAILED : ZLB_TLS_EV_DOWN_FAILED, kind, side, why);
-}
-
-static void down_tls_failed(zlb_conn *c, const char *reason)
-{
-    note_tls_failure(c, 0, reason);
-    /* A FIN, not a RST: the alert OpenSSL queued must reach the client. */
-    conn_close(c, 0);
+    zlb_tls_where at = tls_where(c, side);
+    zlb_tls_report(c->w, &at, kind, fail_kind, c->tls ? c->tls->peer[side].id : "", reason);
 }
 
 /* Applies the listener's authorization rules to the peer ("" = plaintext).
@@ -704,24 +623,13 @@ static int authorize_conn(zlb_conn *c, const char *peer_id)
     return 0;
 }
 
-/* Advances the handshake of `side`: 1 done, 0 waiting for the socket, -1
- * failed (the caller reports and closes). */
-static int hs_step(zlb_conn *c, int side)
+/* The upstream handshake failed (already counted and reported): like a
+ * refused connect, outlier detection sees it and another endpoint is tried. */
+static void up_tls_retry(zlb_conn *c)
 {
-    SSL *ssl = c->tls->ssl[side];
-    ERR_clear_error();
-    int rc = SSL_do_handshake(ssl);
-    if (rc == 1)
-        return 1;
-    int e = SSL_get_error(ssl, rc);
-    if (e == SSL_ERROR_WANT_READ)
-        return want_write(c, side, 0) == 0 ? 0 : -1;
-    if (e == SSL_ERROR_WANT_WRITE)
-        return want_write(c, side, 1) == 0 ? 0 : -1;
-    return -1;
+    connect_failed(c, 0);
+    try_connect(c);
 }
-
-static void up_tls_failed(zlb_conn *c, const char *reason);
 
 /* Advances the handshake of `side` (0 client, 1 upstream). Returns 1 once
  * it completed with the peer verified (counted, logged, handshake timer
@@ -729,28 +637,22 @@ static void up_tls_failed(zlb_conn *c, const char *reason);
  * close or retry, has already run). */
 static int hs_advance(zlb_conn *c, int side)
 {
-    zlb_worker *w = c->w;
     zlb_conn_tls *t = c->tls;
-    int r = hs_step(c, side);
-    if (r == 0)
-        return 0;
-    if (r < 0 || zlb_tls_check_peer(t->ssl[side], &t->peer[side]) != 0) {
+    zlb_tls_where at = tls_where(c, side);
+    int r = zlb_tls_handshake(c->w, &at, t->ssl[side], &t->peer[side]);
+    if (r == ZLB_HS_WANT_READ || r == ZLB_HS_WANT_WRITE) {
+        if (want_write(c, side, r == ZLB_HS_WANT_WRITE) == 0)
+            return 0;
+        zlb_tls_failed(c->w, &at, &t->peer[side], "cannot wait for the socket (epoll)");
+    }
+    if (r != ZLB_HS_DONE) {
         if (side)
-            up_tls_failed(c, NULL);
+            up_tls_retry(c);
         else
-            down_tls_failed(c, NULL);
+            conn_close(c, 0); /* a FIN, not a RST: the alert OpenSSL queued must reach the client */
         return 0;
     }
-    if (side) {
-        ZLB_STAT_ADD(w, tls_handshakes_up, 1);
-        if (SSL_session_reused(t->ssl[1]))
-            ZLB_STAT_ADD(w, tls_resumed_up, 1);
-    } else {
-        ZLB_STAT_ADD(w, tls_handshakes_down, 1);
-    }
-    if (atomic_load_explicit(&w->eng->tls_log_peers, memory_order_relaxed))
-        tls_event(c, side ? ZLB_TLS_EV_UP_OK : ZLB_TLS_EV_DOWN_OK, ZLB_TLS_FAIL_NONE, side, "");
-    zlb_timer_cancel(&w->timers, &c->timer);
+    zlb_timer_cancel(&c->w->timers, &c->timer);
     return 1;
 }
 
@@ -771,42 +673,33 @@ static void hs_down_step(zlb_conn *c)
 static void start_down_tls(zlb_conn *c)
 {
     zlb_conn_tls *t = c->tls;
-    char why[ZLB_TLS_REASON_MAX];
-    t->peer[0].mat = zlb_tls_slot_get(c->l->tls->slot);
-    if (!t->peer[0].mat) {
-        snprintf(why, sizeof(why), "no identity installed as %s", c->l->tls->slot->name);
-        down_tls_failed(c, why);
-        return;
-    }
-    t->ssl[0] = zlb_tls_ssl_new(&t->peer[0], c->down_fd, NULL);
+    zlb_tls_where at = tls_where(c, 0);
+    t->ssl[0] = zlb_tls_start(c->w, &at, &t->peer[0], c->down_fd, NULL, NULL);
     if (!t->ssl[0]) {
-        down_tls_failed(c, "cannot create the TLS session");
+        conn_close(c, 0);
         return;
     }
     c->state = CONN_HS_DOWN;
     hs_down_step(c);
 }
 
-/* First bytes of a TLS listener's connection: a TLS record of type
- * handshake (0x16) with major version 3 is a ClientHello. */
+/* First bytes of a TLS listener's connection (zlb_tls_detect). */
 static void detect(zlb_conn *c)
 {
-    unsigned char b[2];
-    ssize_t n = recv(c->down_fd, b, sizeof(b), MSG_PEEK);
-    if (n < 0) {
-        if (errno != EAGAIN && errno != EINTR)
-            conn_close(c, 1);
+    switch (zlb_tls_detect(c->down_fd)) {
+    case ZLB_DETECT_WAIT:
         return;
-    }
-    if (n == 0) {
+    case ZLB_DETECT_ERROR:
+        conn_close(c, 1);
+        return;
+    case ZLB_DETECT_EOF:
         conn_close(c, 0); /* the client left without a byte */
         return;
-    }
-    if (n == 1 && b[0] == 0x16)
-        return; /* the second byte decides; its arrival is a new edge */
-    if (n == 2 && b[0] == 0x16 && b[1] == 0x03) {
+    case ZLB_DETECT_TLS:
         start_down_tls(c);
         return;
+    default:
+        break;
     }
     if (c->l->tls->mode == ZLB_TLS_PERMISSIVE) {
         ZLB_STAT_ADD(c->w, tls_permissive_plaintext, 1);
@@ -847,14 +740,6 @@ static void start_detect(zlb_conn *c)
      * its arrival (or of data already there, on EPOLL_CTL_ADD) wakes us. */
 }
 
-static void up_tls_failed(zlb_conn *c, const char *reason)
-{
-    note_tls_failure(c, 1, reason);
-    /* Like a refused connect: outlier detection sees it, another endpoint is tried. */
-    connect_failed(c, 0);
-    try_connect(c);
-}
-
 static void hs_up_step(zlb_conn *c)
 {
     zlb_worker *w = c->w;
@@ -868,27 +753,15 @@ static void start_up_tls(zlb_conn *c)
 {
     zlb_worker *w = c->w;
     zlb_conn_tls *t = c->tls;
-    char why[ZLB_TLS_REASON_MAX];
     /* Plaintext client: the pipes go back to the pool, TLS copies. */
     for (int i = 0; i < 2; i++)
         pipe_put(w, c->d[i].pipe, c->d[i].pending);
-    t->peer[1].mat = zlb_tls_slot_get(t->peer[1].policy->slot);
-    if (!t->peer[1].mat) {
-        snprintf(why, sizeof(why), "no identity installed as %s", t->peer[1].policy->slot->name);
-        up_tls_failed(c, why);
-        return;
-    }
-    if (!w->tls_sessions)
-        w->tls_sessions = zlb_tls_sessions_new(); /* NULL: no resumption, still works */
-    uint64_t gen = t->peer[1].mat->gen;
-    SSL_SESSION *sess = zlb_tls_sessions_get(w->tls_sessions, c->ep_state, gen);
-    t->ssl[1] = zlb_tls_ssl_new(&t->peer[1], c->up_fd, sess);
+    zlb_tls_where at = tls_where(c, 1);
+    t->ssl[1] = zlb_tls_start(w, &at, &t->peer[1], c->up_fd, c->ep_state, &t->sink);
     if (!t->ssl[1]) {
-        up_tls_failed(c, "cannot create the TLS session");
+        up_tls_retry(c);
         return;
     }
-    t->sink = (zlb_tls_session_sink){.cache = w->tls_sessions, .ep = c->ep_state, .gen = gen};
-    zlb_tls_set_session_sink(t->ssl[1], &t->sink);
     c->state = CONN_HS_UP;
     const zlb_cluster *cl = conn_cluster(w, c);
     uint32_t ms = cl ? cl->opts.connect_timeout_ms : 5000;
@@ -915,7 +788,7 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
             atomic_fetch_sub(&l->active, 1);
             ZLB_STAT_ADD(w, conns_overflow, 1);
             if (atomic_load_explicit(&w->eng->access_log, memory_order_acquire)) {
-                zlb_access_record rec = {.start_unix_ns = unix_now_ns(), .listener_id = l->id,
+                zlb_access_record rec = {.start_unix_ns = zlb_unix_now_ns(), .listener_id = l->id,
                                          .flags = ZLB_AL_UO};
                 memcpy(&rec.down, &ss, len < sizeof(rec.down) ? len : sizeof(rec.down));
                 zlb_strlcpy(rec.listener, l->opts.name, sizeof(rec.listener));
@@ -943,7 +816,7 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
         c->up_fd = -1;
         c->state = CONN_CONNECTING;
         c->start_ns = w->now_ns;
-        c->start_unix_ns = unix_now_ns();
+        c->start_unix_ns = zlb_unix_now_ns();
         memcpy(&c->down_addr, &ss, len < sizeof(c->down_addr) ? len : sizeof(c->down_addr));
         zlb_timer_init(&c->timer, on_timer);
         for (int k = 0; k < 2; k++)

@@ -530,6 +530,28 @@ static int copy_match(zlb_spiffe_match *dst, const zlb_spiffe_match *src, const 
     return 0;
 }
 
+/* Checks one rule's HTTP part (methods are bits: any value is valid). */
+static int check_paths(const zlb_authz_rule *r, const char *what, char *err, size_t errlen)
+{
+    if (r->n_paths > ZLB_AUTHZ_MAX_PATHS) {
+        snprintf(err, errlen, "%s: at most %d paths per rule", what, ZLB_AUTHZ_MAX_PATHS);
+        return -1;
+    }
+    for (uint32_t i = 0; i < r->n_paths; i++) {
+        const zlb_authz_path *pm = &r->paths[i];
+        if (pm->kind != ZLB_AUTHZ_PATH_EXACT && pm->kind != ZLB_AUTHZ_PATH_PREFIX) {
+            snprintf(err, errlen, "%s: unknown path match kind %d", what, pm->kind);
+            return -1;
+        }
+        if (pm->value[0] != '/' || !memchr(pm->value, '\0', sizeof(pm->value))) {
+            snprintf(err, errlen, "%s: a path match starts with / and has at most %d bytes", what,
+                     ZLB_AUTHZ_PATH_MAX - 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static zlb_authz_rule *copy_rules(const zlb_authz_rule *src, uint32_t n, const char *what, char *err,
                                   size_t errlen)
 {
@@ -539,14 +561,20 @@ static zlb_authz_rule *copy_rules(const zlb_authz_rule *src, uint32_t n, const c
         return NULL;
     }
     for (uint32_t i = 0; i < n; i++) {
-        if (copy_match(&r[i].peer, &src[i].peer, what, err, errlen) != 0 || src[i].n_ports > ZLB_TLS_MAX_PORTS) {
-            if (src[i].n_ports > ZLB_TLS_MAX_PORTS)
-                snprintf(err, errlen, "%s: at most %d ports per rule", what, ZLB_TLS_MAX_PORTS);
+        if (src[i].n_ports > ZLB_TLS_MAX_PORTS) {
+            snprintf(err, errlen, "%s: at most %d ports per rule", what, ZLB_TLS_MAX_PORTS);
+            free(r);
+            return NULL;
+        }
+        if (copy_match(&r[i].peer, &src[i].peer, what, err, errlen) != 0 || check_paths(&src[i], what, err, errlen)) {
             free(r);
             return NULL;
         }
         r[i].n_ports = src[i].n_ports;
         memcpy(r[i].ports, src[i].ports, sizeof(r[i].ports));
+        r[i].methods = src[i].methods;
+        r[i].n_paths = src[i].n_paths;
+        memcpy(r[i].paths, src[i].paths, sizeof(r[i].paths));
     }
     return r;
 }
@@ -572,6 +600,9 @@ zlb_tls_policy *zlb_tls_policy_new(const zlb_tls_opts *o, int is_server, zlb_tls
         return NULL;
     }
     atomic_store(&p->refs, 1);
+    /* The options are filled into zeroed memory (the boundary memsets them),
+     * so equal settings hash equally. */
+    p->opts_hash = zlb_hash64(o, sizeof(*o), 0);
     p->is_server = is_server;
     p->mode = is_server ? o->mode : ZLB_TLS_STRICT;
     p->slot = slot;
@@ -618,16 +649,90 @@ zlb_tls_policy *zlb_tls_policy_new(const zlb_tls_opts *o, int is_server, zlb_tls
         goto fail;
     p->n_allow = o->n_allow;
     p->n_deny = o->n_deny;
+    for (uint32_t i = 0; i < p->n_allow + p->n_deny; i++) {
+        const zlb_authz_rule *r = i < p->n_allow ? &p->allow[i] : &p->deny[i - p->n_allow];
+        p->http_rules |= r->methods != 0 || r->n_paths != 0;
+        p->path_rules |= r->n_paths != 0;
+    }
     return p;
 fail:
     zlb_tls_policy_unref(p);
     return NULL;
 }
 
-static int rule_matches(const zlb_authz_rule *r, const char *id, uint16_t port)
+uint32_t zlb_http_method_bit(const char *m, size_t len)
+{
+    static const struct { const char *name; uint32_t bit; } methods[] = {
+        {"GET", ZLB_M_GET},         {"HEAD", ZLB_M_HEAD},       {"POST", ZLB_M_POST},
+        {"PUT", ZLB_M_PUT},         {"DELETE", ZLB_M_DELETE},   {"CONNECT", ZLB_M_CONNECT},
+        {"OPTIONS", ZLB_M_OPTIONS}, {"TRACE", ZLB_M_TRACE},     {"PATCH", ZLB_M_PATCH},
+    };
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
+        if (strlen(methods[i].name) == len && memcmp(methods[i].name, m, len) == 0)
+            return methods[i].bit;
+    return 0;
+}
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    ch = (char)(ch | 0x20);
+    return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+int zlb_authz_path_canonical(const char *path, size_t len)
+{
+    if (len == 0 || path[0] != '/')
+        return 0; /* "*" (OPTIONS) or absolute-form: not a path a rule can name */
+    for (size_t i = 0; i < len; i++) {
+        char ch = path[i];
+        if (ch == '\\')
+            return 0;
+        if (ch == '%') {
+            int hi = i + 2 < len ? hexval(path[i + 1]) : -1, lo = hi >= 0 ? hexval(path[i + 2]) : -1;
+            if (lo < 0)
+                return 0; /* the parser lets no such target through; refuse rather than guess */
+            char dec = (char)(hi << 4 | lo);
+            /* strchr also finds the terminator: %00 is refused as well. */
+            if (isalnum((unsigned char)dec) || strchr("-._~/\\", dec))
+                return 0;
+        }
+        if (ch != '/')
+            continue;
+        /* A segment starts after this slash: empty, "." and ".." are not canonical. */
+        size_t seg = i + 1, end = seg;
+        while (end < len && path[end] != '/')
+            end++;
+        size_t sl = end - seg;
+        if ((sl == 0 && end < len) || (sl == 1 && path[seg] == '.') || (sl == 2 && path[seg] == '.' && path[seg + 1] == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+static int path_matches(const zlb_authz_rule *r, const zlb_authz_req *req)
+{
+    if (r->n_paths == 0)
+        return 1;
+    for (uint32_t i = 0; i < r->n_paths; i++) {
+        const zlb_authz_path *pm = &r->paths[i];
+        size_t n = strlen(pm->value);
+        if (pm->kind == ZLB_AUTHZ_PATH_EXACT ? (n == req->path_len && memcmp(pm->value, req->path, n) == 0)
+                                             : (n <= req->path_len && memcmp(pm->value, req->path, n) == 0))
+            return 1;
+    }
+    return 0;
+}
+
+static int rule_matches(const zlb_authz_rule *r, const char *id, uint16_t port, const zlb_authz_req *req)
 {
     if (r->peer.kind != ZLB_SPIFFE_ANY && !zlb_spiffe_match_ok(&r->peer, id))
         return 0;
+    if (r->methods || r->n_paths) {
+        if (!req || (r->methods && !(r->methods & req->method)) || !path_matches(r, req))
+            return 0;
+    }
     if (r->n_ports == 0)
         return 1;
     for (uint32_t i = 0; i < r->n_ports; i++)
@@ -636,15 +741,15 @@ static int rule_matches(const zlb_authz_rule *r, const char *id, uint16_t port)
     return 0;
 }
 
-int zlb_tls_authorize(const zlb_tls_policy *p, const char *peer_id, uint16_t port)
+int zlb_tls_authorize_req(const zlb_tls_policy *p, const char *peer_id, uint16_t port, const zlb_authz_req *req)
 {
     for (uint32_t i = 0; i < p->n_deny; i++)
-        if (rule_matches(&p->deny[i], peer_id, port))
+        if (rule_matches(&p->deny[i], peer_id, port, req))
             return 0;
     if (p->n_allow == 0)
         return 1;
     for (uint32_t i = 0; i < p->n_allow; i++)
-        if (rule_matches(&p->allow[i], peer_id, port))
+        if (rule_matches(&p->allow[i], peer_id, port, req))
             return 1;
     return 0;
 }

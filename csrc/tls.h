@@ -1,6 +1,6 @@
 /*
- * tls.h - TLS for the L4 path of the workers (OpenSSL 3) with SPIFFE peer
- * validation and per-listener authorization.
+ * tls.h - TLS for the workers (OpenSSL 3; the L4 and the HTTP/1.1 proxies)
+ * with SPIFFE peer validation and per-listener authorization.
  *
  * Objects and their owners
  * ------------------------
@@ -40,6 +40,8 @@
 #define ZLB_TLS_MAX_RULES 32
 #define ZLB_TLS_MAX_PORTS 16
 #define ZLB_TLS_REASON_MAX 512
+#define ZLB_AUTHZ_MAX_PATHS 8        /* path matches per rule (HTTP listeners) */
+#define ZLB_AUTHZ_PATH_MAX 128       /* bytes of one path match, NUL included */
 
 enum zlb_tls_mode { ZLB_TLS_OFF = 0, ZLB_TLS_STRICT = 1, ZLB_TLS_PERMISSIVE = 2 };
 
@@ -56,14 +58,45 @@ typedef struct zlb_spiffe_match {
     char value[ZLB_SPIFFE_ID_MAX];
 } zlb_spiffe_match;
 
+/* HTTP methods an authorization rule can name, as bits (RFC 9110 9.3 and
+ * PATCH). A method outside this list has no bit: it matches no rule that
+ * lists methods. */
+enum zlb_http_method_bit {
+    ZLB_M_GET = 1u << 0, ZLB_M_HEAD = 1u << 1, ZLB_M_POST = 1u << 2, ZLB_M_PUT = 1u << 3,
+    ZLB_M_DELETE = 1u << 4, ZLB_M_CONNECT = 1u << 5, ZLB_M_OPTIONS = 1u << 6, ZLB_M_TRACE = 1u << 7,
+    ZLB_M_PATCH = 1u << 8,
+};
+/* The bit of a method token (case-sensitive, as methods are), 0 when none. */
+uint32_t zlb_http_method_bit(const char *m, size_t len);
+
+enum zlb_authz_path_kind { ZLB_AUTHZ_PATH_EXACT = 1, ZLB_AUTHZ_PATH_PREFIX = 2 };
+typedef struct zlb_authz_path {
+    int kind;                          /* zlb_authz_path_kind */
+    char value[ZLB_AUTHZ_PATH_MAX];    /* starts with '/' */
+} zlb_authz_path;
+
 /* One authorization rule: matches when the peer matches `peer` (ANY also
  * matches a plaintext peer of a permissive listener, whose ID is "") and the
- * destination port is one of ports (none listed = every port). */
+ * destination port is one of ports (none listed = every port); on HTTP
+ * listeners also when the request's method is one of `methods` (0 = every
+ * method) and its path (the target without the query) matches one of
+ * `paths` (none = every path). A rule with methods or paths belongs to HTTP
+ * listeners only (the engine refuses it on TCP listeners). */
 typedef struct zlb_authz_rule {
     zlb_spiffe_match peer;
     uint16_t ports[ZLB_TLS_MAX_PORTS];
     uint32_t n_ports;
+    uint32_t methods;                  /* zlb_http_method_bit set, 0 = any */
+    uint32_t n_paths;
+    zlb_authz_path paths[ZLB_AUTHZ_MAX_PATHS];
 } zlb_authz_rule;
+
+/* What HTTP authorization looks at besides the peer and the port. */
+typedef struct zlb_authz_req {
+    uint32_t method;                   /* zlb_http_method_bit of the request, 0 = another method */
+    const char *path;                  /* the path, query excluded (not NUL-terminated) */
+    size_t path_len;
+} zlb_authz_req;
 
 /* Flat options that the control thread fills (the Cython boundary). */
 typedef struct zlb_tls_opts {
@@ -116,6 +149,9 @@ typedef struct zlb_tls_policy {
     zlb_spiffe_match peer;
     uint32_t n_allow, n_deny;
     zlb_authz_rule *allow, *deny;   /* owned */
+    uint64_t opts_hash;             /* of the options it was built from: tells a changed policy */
+    uint8_t http_rules;             /* some rule names methods or paths */
+    uint8_t path_rules;             /* some rule names paths: requests need canonical paths */
 } zlb_tls_policy;
 
 /* Per-connection TLS facts the verify callback fills (owned by the connection). */
@@ -174,8 +210,19 @@ int zlb_tls_check_peer(SSL *ssl, zlb_tls_peer *peer);
 
 /* Authorization of a verified (or, permissive, plaintext "") peer for a
  * destination port: 1 allow, 0 deny. Deny rules win; any allow rule makes the
- * default deny. */
-int zlb_tls_authorize(const zlb_tls_policy *p, const char *peer_id, uint16_t port);
+ * default deny. req NULL (L4): rules that name methods or paths never match. */
+int zlb_tls_authorize_req(const zlb_tls_policy *p, const char *peer_id, uint16_t port, const zlb_authz_req *req);
+static inline int zlb_tls_authorize(const zlb_tls_policy *p, const char *peer_id, uint16_t port)
+{
+    return zlb_tls_authorize_req(p, peer_id, port, NULL);
+}
+
+/* Is a request path in the canonical form that path rules can judge? No
+ * empty, "." or ".." segment, no backslash, and no percent-encoded octet
+ * that normalization would decode (an unreserved character, '/' or '\\'):
+ * otherwise "/public/../admin" or "/%61dmin" would escape a rule on "/admin"
+ * while the backend resolves them to it. */
+int zlb_authz_path_canonical(const char *path, size_t len);
 
 /* Extracts the single spiffe:// URI SAN of a certificate. 0, or -1 (none,
  * several, or malformed) with a reason. */

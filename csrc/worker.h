@@ -1,6 +1,7 @@
 /*
  * worker.h - internals shared by engine.c (control side), worker.c (the
- * event loop) and l4.c (the TCP proxy state machine). Not part of the API.
+ * event loop), l4.c and http1_proxy.c (the proxies) and tls_worker.c. Not
+ * part of the API.
  */
 #ifndef ZLB_WORKER_H
 #define ZLB_WORKER_H
@@ -125,6 +126,8 @@ struct zlb_engine {
     zlb_tls_slot *tls_slots;          /* never removed before engine free */
     struct zlb_cluster_tls *cluster_tls;
     _Atomic int n_cluster_tls;
+    _Atomic uint64_t cluster_tls_gen; /* bumped by every zlb_engine_set_cluster_tls: pooled HTTP
+                                         upstream connections of an older generation are not reused */
     _Atomic int tls_log_peers;
     pthread_mutex_t tls_ev_lock;      /* the event ring (rare: failures, or peer logging) */
     zlb_tls_event *tls_ev;            /* ZLB_TLS_EVENT_RING slots, allocated with the engine */

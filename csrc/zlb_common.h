@@ -24,6 +24,14 @@ static inline int64_t zlb_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* Wall clock in nanoseconds (access logs, events); a vDSO call as well. */
+static inline int64_t zlb_unix_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 /* xorshift64* - the per-worker seeded generator. The state must be non-zero;
  * callers own the state word (one per worker), so no synchronisation. */
 static inline uint64_t zlb_rand64(uint64_t *state)

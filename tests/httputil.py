@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -230,11 +231,19 @@ class Response:
 
 
 class Client:
-    """A raw keep-alive client connection to the proxy."""
+    """A raw keep-alive client connection to the proxy; over TLS when an ssl context is given."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = DEADLINE_S) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = DEADLINE_S,
+                 ctx: ssl.SSLContext | None = None) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ctx is not None:
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=None)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         self.r = Reader(self.sock)
 
     def send(self, data: bytes) -> None:

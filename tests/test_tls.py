@@ -8,6 +8,8 @@ Topology of most tests:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import socket
 import ssl
 import threading
@@ -19,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from tests.httputil import Reader, build_request, read_body, read_head
+from tests.httputil import Client, Reader, RecordingUpstream, build_request, cluster, http_config, read_body, read_head
 from tests.netutil import DEADLINE_S, Backend, label_handler, wait_for
-from tests.tlsutil import CA, Svid, client_context, peer_serial, read_line, tls_connect, write_svid_files
+from tests.tlsutil import CA, Svid, client_context, peer_serial, read_line, tls_connect, wait_event, write_svid_files
 from tests.wrkutil import Wrk
 from zlbfast import _native
 from zlbfast.identity import IdentityFiles
-from zlbfast.model import Cluster, Config, Endpoint, Listener
+from zlbfast.model import Cluster, Config, Endpoint, Listener, ListenerTls, PeerMatch, Route, WeightedCluster
 from zlbfast.runtime import Engine
 
 TD = "prod.example"
@@ -127,19 +129,6 @@ def tls_get(sock: ssl.SSLSocket) -> str:
     return head.get("x-backend") or ""
 
 
-def wait_event(eng: Engine, acc: list[dict[str, Any]], pred: Callable[[dict[str, Any]], bool], what: str
-               ) -> dict[str, Any]:
-    found: list[dict[str, Any]] = []
-
-    def check() -> bool:
-        acc.extend(eng.tls_events())
-        found[:] = [e for e in acc if pred(e)]
-        return bool(found)
-
-    wait_for(check, what=what)
-    return found[0]
-
-
 def test_two_engines_talk_mtls_and_resume(mesh_factory: Callable[..., Mesh]) -> None:
     m = mesh_factory()
     m.server.native.set_tls_log_peers(True)
@@ -177,6 +166,22 @@ def test_bulk_both_ways_through_two_tls_hops(mesh_factory: Callable[..., Mesh]) 
         assert bytes(got) == payload
         s.shutdown(socket.SHUT_WR)
         assert s.recv(1) == b""
+
+
+def test_access_log_records_the_peer_identity(mesh_factory: Callable[..., Mesh]) -> None:
+    m = mesh_factory(listener_tls={"mode": "permissive"})
+    m.server.native.set_access_log(True)
+    assert tls_label(m.server_port, client_context(m.client_svid, m.ca.pem)) == "b0"
+    assert plain_label(m.server_port, b"hello\n") == "b0"
+    records: list[dict[str, Any]] = []
+
+    def drain() -> bool:
+        lines, _, _ = m.server.native.drain_access_log()
+        records.extend(json.loads(line) for line in lines.splitlines())
+        return len(records) == 2
+
+    wait_for(drain, what="two access records")
+    assert sorted(r.get("peer_identity", "") for r in records) == ["", CLIENT_ID]
 
 
 def test_python_client_sees_server_svid_and_alpn(mesh_factory: Callable[..., Mesh]) -> None:
@@ -371,14 +376,34 @@ def test_half_written_identity_keeps_the_old_one(mesh_factory: Callable[..., Mes
     assert "AAAA" not in str(exc.value) and "private key" in str(exc.value)
 
 
-def test_tls_on_http_listener_is_refused_for_now() -> None:
+def test_tls_on_http_listener_serves_https(tmp_path: Path) -> None:
+    """An http listener takes a tls section: mTLS terminated in the worker, then HTTP/1.1 with ALPN http/1.1
+    (tests/test_tls_http.py covers the rest of TLS on HTTP)."""
+    ca = CA(TD)
+    cert, key, bundle = write_svid_files(tmp_path, ca.issue("/ns/shop/sa/server"), ca.pem)
+    up = RecordingUpstream("b0")
     eng = Engine(workers=1)
     try:
-        with pytest.raises(_native.NativeError, match="TCP listeners only"):
-            eng.native.add_listener("h", "c", "127.0.0.1", 0, tls={"identity": "x"}, http={
-                "max_request_line": 8192, "max_head": 65536, "max_headers": 100, "header_timeout_ms": 1000,
-                "request_timeout_ms": 1000, "upstream_idle_ms": 1000, "max_requests_per_conn": 0,
-                "max_idle_per_endpoint": 1, "retry_buffer": 1024})
+        cfg = http_config([cluster("c", [up.addr])], [Route(clusters=(WeightedCluster("c"),))])
+        tls = ListenerTls(str(cert), str(key), str(bundle), peer=PeerMatch("trust_domain", TD))
+        eng.apply(dataclasses.replace(cfg, listeners=(dataclasses.replace(cfg.listeners[0], tls=tls),)))
+        ctx = client_context(ca.issue("/ns/shop/sa/client"), ca.pem)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with Client(eng.listener_port("web"), ctx=ctx) as cl:
+            assert cl.request("GET", "/x").body == b"b0:GET:/x"
+            assert isinstance(cl.sock, ssl.SSLSocket) and cl.sock.selected_alpn_protocol() == "http/1.1"
+        assert eng.stats()["tls_handshakes_down"] == 1
+    finally:
+        eng.close()
+        up.stop()
+
+
+def test_http_authorization_keys_are_refused_on_tcp_listeners() -> None:
+    eng = Engine(workers=1)
+    try:
+        for rule in ({"methods": ["GET"]}, {"paths": [("prefix", "/api/")]}):
+            with pytest.raises(_native.NativeError, match="needs an http listener"):
+                eng.native.add_listener("t", "c", "127.0.0.1", 0, tls={"identity": "x", "allow": [rule]})
     finally:
         eng.close()
 

@@ -1,6 +1,7 @@
 """X.509 SVIDs for tests: CAs per trust domain and leaves whose only URI SAN
 is a SPIFFE ID, signed with `cryptography` (trustme cannot put URI SANs), plus
-the spiffe-helper file layout and Python ssl clients with deadlines."""
+the spiffe-helper file layout, Python ssl clients with deadlines and a wait
+for the engine's TLS events."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import os
 import socket
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.netutil import DEADLINE_S
+from tests.netutil import DEADLINE_S, wait_for
 
 _ONE_DAY = dt.timedelta(days=1)
 
@@ -158,3 +161,26 @@ def peer_serial(sock: ssl.SSLSocket) -> int:
     der = sock.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
+
+
+def cert_sha256(cert_pem: str) -> str:
+    """Hex SHA-256 of the (first) PEM certificate's DER form: what x-forwarded-client-cert's Hash carries."""
+    return x509.load_pem_x509_certificate(cert_pem.encode()).fingerprint(hashes.SHA256()).hex()
+
+
+class HasTlsEvents(Protocol):
+    def tls_events(self) -> list[dict[str, object]]: ...
+
+
+def wait_event(eng: HasTlsEvents, acc: list[dict[str, Any]], pred: Callable[[dict[str, Any]], bool], what: str
+               ) -> dict[str, Any]:
+    """The first TLS event of eng (drained into acc, which keeps what earlier waits drained) matching pred."""
+    found: list[dict[str, Any]] = []
+
+    def check() -> bool:
+        acc.extend(eng.tls_events())
+        found[:] = [e for e in acc if pred(e)]
+        return bool(found)
+
+    wait_for(check, what=what)
+    return found[0]

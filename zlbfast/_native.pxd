@@ -153,10 +153,17 @@ cdef extern from "tls.h" nogil:
         int kind
         char value[256]
 
+    ctypedef struct zlb_authz_path:
+        int kind
+        char value[128]
+
     ctypedef struct zlb_authz_rule:
         zlb_spiffe_match peer
         uint16_t ports[16]
         uint32_t n_ports
+        uint32_t methods
+        uint32_t n_paths
+        zlb_authz_path paths[8]
 
     ctypedef struct zlb_tls_opts:
         char identity[128]
@@ -174,6 +181,8 @@ cdef extern from "tls.h" nogil:
     enum:
         ZLB_TLS_MAX_RULES
         ZLB_TLS_MAX_PORTS
+        ZLB_AUTHZ_MAX_PATHS
+        ZLB_AUTHZ_PATH_MAX
 
 
 cdef extern from "engine.h" nogil:
@@ -195,6 +204,7 @@ cdef extern from "engine.h" nogil:
         uint32_t max_requests_per_conn
         uint32_t max_idle_per_endpoint
         uint32_t retry_buffer
+        int forward_client_cert
 
     ctypedef struct zlb_listener_opts:
         char name[128]

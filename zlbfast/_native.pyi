@@ -11,6 +11,9 @@ TLS_MODES: dict[str, int]
 SPIFFE_MATCH_KINDS: dict[str, int]
 TLS_EVENT_KINDS: dict[int, str]
 TLS_FAIL_KINDS: dict[int, str]
+AUTHZ_METHODS: dict[str, int]
+AUTHZ_PATH_KINDS: dict[str, int]
+XFCC_MODES: dict[str, int]
 
 class NativeError(Exception): ...
 
@@ -95,7 +98,7 @@ class NativeEngine:
         max_connections: int = 10000,
         idle_timeout_ms: int = 3600000,
         backlog: int = 4096,
-        http: dict[str, int] | None = None,
+        http: dict[str, Any] | None = None,
         tls: dict[str, Any] | None = None,
     ) -> int: ...
     def listener_port(self, lid: int) -> int: ...

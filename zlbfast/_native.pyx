@@ -50,6 +50,12 @@ SPIFFE_MATCH_KINDS = {"": 0, "spiffe_id": 1, "spiffe_prefix": 2, "trust_domain":
 TLS_EVENT_KINDS = {1: "downstream_handshake_failed", 2: "upstream_handshake_failed", 3: "plaintext_rejected",
                    4: "denied", 5: "handshake_timeout", 6: "downstream_verified", 7: "upstream_verified"}
 TLS_FAIL_KINDS = {0: "", 1: "untrusted", 2: "expired", 3: "spiffe_id", 4: "no_certificate", 5: "protocol"}
+# Authorization of HTTP requests (zlb_http_method_bit, zlb_authz_path_kind in csrc/tls.h).
+AUTHZ_METHODS = {"GET": 1, "HEAD": 2, "POST": 4, "PUT": 8, "DELETE": 16, "CONNECT": 32, "OPTIONS": 64,
+                 "TRACE": 128, "PATCH": 256}
+AUTHZ_PATH_KINDS = {"exact": 1, "prefix": 2}
+# x-forwarded-client-cert handling (enum zlb_xfcc in csrc/engine.h).
+XFCC_MODES = {"sanitize": 0, "forward_only": 1, "append_forward": 2, "sanitize_set": 3}
 
 
 class NativeError(Exception):
@@ -92,6 +98,20 @@ cdef _fill_rules(zlb_authz_rule *rules, uint32_t *n, list specs):
         for j, port in enumerate(ports):
             rules[i].ports[j] = port
         rules[i].n_ports = len(ports)
+        rules[i].methods = 0
+        for method in spec.get("methods", ()):
+            if method not in AUTHZ_METHODS:
+                raise NativeError(f"unknown HTTP method {method!r} in an authorization rule")
+            rules[i].methods |= AUTHZ_METHODS[method]
+        paths = list(spec.get("paths", ()))
+        if len(paths) > ZLB_AUTHZ_MAX_PATHS:
+            raise NativeError(f"at most {ZLB_AUTHZ_MAX_PATHS} paths per rule")
+        for j, (kind, value) in enumerate(paths):
+            if kind not in AUTHZ_PATH_KINDS:
+                raise NativeError(f"unknown path match kind {kind!r}")
+            rules[i].paths[j].kind = AUTHZ_PATH_KINDS[kind]
+            zlb_strlcpy(rules[i].paths[j].value, _b(value, ZLB_AUTHZ_PATH_MAX), sizeof(rules[i].paths[j].value))
+        rules[i].n_paths = len(paths)
     n[0] = len(specs)
 
 
@@ -99,7 +119,8 @@ cdef zlb_tls_opts *_tls_opts(dict d) except NULL:
     """A heap zlb_tls_opts from the runtime's dict (free with PyMem_Free).
 
     Keys: identity, mode (listeners), min_version ("1.2"/"1.3"), handshake_timeout_ms, alpn (list), sni,
-    peer (None or (kind, value)), allow/deny (lists of {"peer": ..., "ports": [...]}).
+    peer (None or (kind, value)), allow/deny (lists of {"peer": ..., "ports": [...], "methods": [...],
+    "paths": [(kind, value), ...]}; methods and paths only on HTTP listeners).
     """
     cdef zlb_tls_opts *o = <zlb_tls_opts *>PyMem_Malloc(sizeof(zlb_tls_opts))
     if o == NULL:
@@ -369,8 +390,6 @@ cdef class NativeEngine:
         cdef zlb_listener_opts o
         cdef char err[512]
         memset(&o, 0, sizeof(o))
-        if tls is not None:
-            o.tls = _tls_opts(tls)
         if http is not None:
             o.protocol = 1
             zlb_strlcpy(o.http.route_table, _b(name, 128), sizeof(o.http.route_table))
@@ -383,6 +402,10 @@ cdef class NativeEngine:
             o.http.max_requests_per_conn = http["max_requests_per_conn"]
             o.http.max_idle_per_endpoint = http["max_idle_per_endpoint"]
             o.http.retry_buffer = http["retry_buffer"]
+            mode = http.get("forward_client_cert", "sanitize")
+            if mode not in XFCC_MODES:
+                raise NativeError(f"unknown forward_client_cert {mode!r}")
+            o.http.forward_client_cert = XFCC_MODES[mode]
         zlb_strlcpy(o.name, _b(name, 128), sizeof(o.name))
         zlb_strlcpy(o.cluster, _b(cluster, 128), sizeof(o.cluster))
         zlb_strlcpy(o.host, _b(host, 64), sizeof(o.host))
@@ -390,6 +413,8 @@ cdef class NativeEngine:
         o.max_connections = max_connections
         o.idle_timeout_ms = idle_timeout_ms
         o.backlog = backlog
+        if tls is not None:
+            o.tls = _tls_opts(tls)  # last: nothing above may raise while it is held
         try:
             lid = zlb_engine_add_listener(self._live(), &o, err, sizeof(err))
         finally:

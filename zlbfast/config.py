@@ -34,6 +34,8 @@ from typing import Any, NoReturn, TypeVar
 import yaml
 
 from .model import (
+    AUTHZ_METHODS,
+    AUTHZ_PATH_KINDS,
     HASH_ON,
     HEALTH_CHECK_TYPES,
     HEALTH_STATES,
@@ -44,6 +46,7 @@ from .model import (
     SPIFFE_MATCH_KINDS,
     TLS_MODES,
     TLS_VERSIONS,
+    XFCC_MODES,
     AuthzRule,
     CircuitBreakers,
     Cluster,
@@ -56,6 +59,7 @@ from .model import (
     Listener,
     ListenerTls,
     OutlierDetection,
+    PathMatch,
     PeerMatch,
     Redirect,
     RetryPolicy,
@@ -99,6 +103,12 @@ MAX_HTTP_HEADERS = 128  # ZLB_H1_MAX_HEADERS_CAP in csrc/http1_parser.h
 MAX_UINT32 = (1 << 32) - 1
 MAX_IDLE_PER_ENDPOINT = 10_000
 MAX_RETRY_BUFFER = 16 << 20
+# Authorization rules of TLS listeners (csrc/tls.h: ZLB_TLS_MAX_RULES, ZLB_TLS_MAX_PORTS, ZLB_AUTHZ_MAX_PATHS,
+# ZLB_AUTHZ_PATH_MAX less the NUL).
+MAX_AUTHZ_RULES = 32
+MAX_AUTHZ_PORTS = 16
+MAX_AUTHZ_PATHS = 8
+MAX_AUTHZ_PATH_BYTES = 127
 
 
 class ConfigError(Exception):
@@ -370,7 +380,7 @@ def _health_check(value: object, path: str, source: str) -> HealthCheck:
     return _build(HealthCheck, _HEALTH_CHECK_KEYS, value, path, source, "a mapping")
 
 
-# TLS sections (L4). The SPIFFE match keys are alternatives: exactly one in `peer`, at most one per rule.
+# TLS sections. The SPIFFE match keys are alternatives: exactly one in `peer`, at most one per rule.
 _PEER_MATCH_KEYS = tuple(_Key(kind, (kind,), _string) for kind in SPIFFE_MATCH_KINDS)
 
 
@@ -381,7 +391,22 @@ def _peer_match(value: object, path: str, source: str) -> PeerMatch:
     return PeerMatch(kind, fields[kind])
 
 
-_AUTHZ_RULE_KEYS = (*_PEER_MATCH_KEYS, _Key("ports", ("ports",), _list_of(_integer)))
+_PATH_MATCH_RULE_KEYS = tuple(_Key(kind, (kind,), _string) for kind in AUTHZ_PATH_KINDS)
+
+
+def _authz_path(value: object, path: str, source: str) -> PathMatch:
+    fields: dict[str, Any] = _build(dict, _PATH_MATCH_RULE_KEYS, value, path, source,
+                                    f"a mapping with one of {', '.join(AUTHZ_PATH_KINDS)}")  # fmt: skip
+    kind = _exactly_one(fields, AUTHZ_PATH_KINDS, path, source)
+    return PathMatch(kind, fields[kind])
+
+
+_AUTHZ_RULE_KEYS = (
+    *_PEER_MATCH_KEYS,
+    _Key("ports", ("ports",), _list_of(_integer)),
+    _Key("methods", ("methods",), _list_of(_string)),
+    _Key("paths", ("paths",), _list_of(_authz_path)),
+)
 
 
 def _authz_rule(value: object, path: str, source: str) -> AuthzRule:
@@ -389,9 +414,10 @@ def _authz_rule(value: object, path: str, source: str) -> AuthzRule:
     kinds = [kind for kind in SPIFFE_MATCH_KINDS if kind in fields]
     if len(kinds) > 1:
         _fail(source, path, f"at most one of {', '.join(SPIFFE_MATCH_KINDS)} per rule, got {', '.join(kinds)}")
-    if not kinds and "ports" not in fields:
-        _fail(source, path, f"a rule needs one of {', '.join(SPIFFE_MATCH_KINDS)}, or ports, or both")
-    return AuthzRule(PeerMatch(kinds[0], fields[kinds[0]]) if kinds else None, fields.get("ports", ()))
+    if not kinds and not any(key in fields for key in ("ports", "methods", "paths")):
+        _fail(source, path, f"a rule needs one of {', '.join(SPIFFE_MATCH_KINDS)}, or ports, methods or paths")
+    return AuthzRule(PeerMatch(kinds[0], fields[kinds[0]]) if kinds else None, fields.get("ports", ()),
+                     fields.get("methods", ()), fields.get("paths", ()))  # fmt: skip
 
 
 _TLS_FILE_KEYS = (
@@ -647,6 +673,7 @@ _HTTP_OPTIONS_KEYS = (
     _Key("max_requests_per_conn", ("max_requests_per_conn",), _integer),
     _Key("max_idle_per_endpoint", ("max_idle_per_endpoint",), _integer),
     _Key("retry_buffer", ("retry_buffer",), _integer),
+    _Key("forward_client_cert", ("forward_client_cert",), _string),
 )
 
 
@@ -1044,10 +1071,11 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _QUERY_NAME_RE = re.compile(r"[!\"$%'-<>-~]+")  # printable ASCII but '#', '&' and '='
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but tab
 # Headers that frame the message or that the proxy writes itself (csrc/http1_proxy.c): a route that added, set or
-# removed them could desynchronise the proxy and the backend (request smuggling).
+# removed them could desynchronise the proxy and the backend (request smuggling) or forge a client identity
+# (x-forwarded-client-cert, which forward_client_cert governs).
 _MANAGED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te",
-     "trailer", "upgrade"}
+     "trailer", "upgrade", "x-forwarded-client-cert"}
 )  # fmt: skip
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME_RE = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
@@ -1333,6 +1361,8 @@ def _validate_http_options(http: HttpOptions, path: str, source: str) -> None:
     _check_range(http.max_requests_per_conn, 0, MAX_UINT32, f"{path}.max_requests_per_conn", source)
     _check_range(http.max_idle_per_endpoint, 0, MAX_IDLE_PER_ENDPOINT, f"{path}.max_idle_per_endpoint", source)
     _check_range(http.retry_buffer, 0, MAX_RETRY_BUFFER, f"{path}.retry_buffer", source)
+    _check_choice(http.forward_client_cert, XFCC_MODES, "forward_client_cert", f"{path}.forward_client_cert",
+                  source)  # fmt: skip
 
 
 def _validate_virtual_hosts(listener: Listener, path: str, source: str, clusters: dict[str, None]) -> None:
@@ -1371,7 +1401,29 @@ def _validate_peer_match(match: PeerMatch, path: str, source: str) -> None:
         _fail(source, f"{path}.{match.kind}", f"{match.value!r} is not a spiffe:// ID (at most 255 bytes)")
 
 
-def _validate_tls(tls: ListenerTls | ClusterTls, path: str, source: str) -> None:
+def _validate_authz_rule(rule: AuthzRule, protocol: str, path: str, source: str) -> None:
+    if rule.peer is not None:
+        _validate_peer_match(rule.peer, path, source)
+    if len(rule.ports) > MAX_AUTHZ_PORTS:
+        _fail(source, f"{path}.ports", f"at most {MAX_AUTHZ_PORTS} ports per rule")
+    for j, port in enumerate(rule.ports):
+        _check_range(port, 1, 65535, f"{path}.ports[{j}]", source)
+    for key, is_set in (("methods", bool(rule.methods)), ("paths", bool(rule.paths))):
+        if is_set and protocol != "http":
+            _fail(source, f"{path}.{key}", f"only http listeners authorize by {key}; a {protocol} listener sees no "
+                                           "requests")  # fmt: skip
+    for j, method in enumerate(rule.methods):
+        _check_choice(method, AUTHZ_METHODS, "HTTP method", f"{path}.methods[{j}]", source)
+    if len(rule.paths) > MAX_AUTHZ_PATHS:
+        _fail(source, f"{path}.paths", f"at most {MAX_AUTHZ_PATHS} paths per rule")
+    for j, pm in enumerate(rule.paths):
+        _check_choice(pm.kind, AUTHZ_PATH_KINDS, "path match", f"{path}.paths[{j}]", source)
+        if not pm.value.startswith("/") or len(pm.value.encode()) > MAX_AUTHZ_PATH_BYTES:
+            _fail(source, f"{path}.paths[{j}].{pm.kind}",
+                  f"expected a path starting with / of at most {MAX_AUTHZ_PATH_BYTES} bytes, got {pm.value!r}")
+
+
+def _validate_tls(tls: ListenerTls | ClusterTls, path: str, source: str, protocol: str = "tcp") -> None:
     for key in ("cert", "key", "bundle"):
         if not getattr(tls, key):
             _fail(source, f"{path}.{key}", "expected a file path")
@@ -1386,16 +1438,14 @@ def _validate_tls(tls: ListenerTls | ClusterTls, path: str, source: str) -> None
         return
     _check_choice(tls.mode, TLS_MODES, "mode", f"{path}.mode", source)
     _check_duration(tls.handshake_timeout_ms, f"{path}.handshake_timeout", source)
+    if protocol == "http" and tls.alpn not in ((), ("http/1.1",)):
+        _fail(source, f"{path}.alpn", f"an http listener speaks HTTP/1.1 only: alpn may list http/1.1 (the default), "
+                                      f"got {', '.join(tls.alpn)}")  # fmt: skip
     for key, rules in (("allow", tls.allow), ("deny", tls.deny)):
-        if len(rules) > 32:
-            _fail(source, f"{path}.{key}", "at most 32 rules")
+        if len(rules) > MAX_AUTHZ_RULES:
+            _fail(source, f"{path}.{key}", f"at most {MAX_AUTHZ_RULES} rules")
         for i, rule in enumerate(rules):
-            if rule.peer is not None:
-                _validate_peer_match(rule.peer, f"{path}.{key}[{i}]", source)
-            if len(rule.ports) > 16:
-                _fail(source, f"{path}.{key}[{i}].ports", "at most 16 ports per rule")
-            for j, port in enumerate(rule.ports):
-                _check_range(port, 1, 65535, f"{path}.{key}[{i}].ports[{j}]", source)
+            _validate_authz_rule(rule, protocol, f"{path}.{key}[{i}]", source)
 
 
 def _validate_listener(listener: Listener, path: str, source: str, clusters: dict[str, None]) -> None:
@@ -1417,9 +1467,7 @@ def _validate_listener(listener: Listener, path: str, source: str, clusters: dic
                 _fail(source, f"{path}.{key}", "only http listeners take this key; set protocol: http")
     _check_range(listener.max_connections, 1, MAX_CONNECTIONS, f"{path}.max_connections", source)
     if listener.tls is not None:
-        if listener.protocol != "tcp":
-            _fail(source, f"{path}.tls", "TLS is supported on tcp listeners only for now")
-        _validate_tls(listener.tls, f"{path}.tls", source)
+        _validate_tls(listener.tls, f"{path}.tls", source, listener.protocol)
     # 0 = no idle timeout (the engine's convention, see zlb_listener_opts in csrc/engine.h).
     _check_duration(listener.idle_timeout_ms, f"{path}.idle_timeout", source, minimum_ms=0)
 

@@ -38,10 +38,16 @@ MATCH_KINDS: tuple[str, ...] = ("exact", "prefix", "regex", "present")
 HASH_ON: tuple[str, ...] = ("", "header", "cookie", "source_ip", "path")
 RETRY_ON: tuple[str, ...] = ("connect-failure", "reset", "gateway-error", "5xx", "retriable-status-codes")
 
-# TLS (L4): listener modes, minimum versions and how a peer's SPIFFE ID is matched.
+# TLS (L4 and HTTP): listener modes, minimum versions and how a peer's SPIFFE ID is matched.
 TLS_MODES: tuple[str, ...] = ("strict", "permissive")
 TLS_VERSIONS: tuple[str, ...] = ("1.2", "1.3")
 SPIFFE_MATCH_KINDS: tuple[str, ...] = ("spiffe_id", "spiffe_prefix", "trust_domain")
+# Authorization rules of HTTP listeners: the methods a rule can name (csrc/tls.h keeps them as bits) and how a
+# path is matched.
+AUTHZ_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+AUTHZ_PATH_KINDS: tuple[str, ...] = ("exact", "prefix")
+# x-forwarded-client-cert handling of HTTP listeners (Envoy's forward_client_cert_details).
+XFCC_MODES: tuple[str, ...] = ("sanitize", "forward_only", "append_forward", "sanitize_set")
 
 # Active health check probes: "tcp" succeeds when the connect does, "http" when a GET answers with an
 # expected status.
@@ -103,17 +109,27 @@ class PeerMatch:
 
 
 @dataclass(frozen=True)
+class PathMatch:
+    """A request path (the target without its query) in an authorization rule."""
+
+    kind: str  # one of AUTHZ_PATH_KINDS
+    value: str
+
+
+@dataclass(frozen=True)
 class AuthzRule:
-    """An allow or deny rule of a TLS listener (L4)."""
+    """An allow or deny rule of a TLS listener. methods and paths apply to HTTP listeners only."""
 
     peer: PeerMatch | None = None  # None: every peer, plaintext ones of a permissive listener included
     ports: tuple[int, ...] = ()  # destination ports; () = all
+    methods: tuple[str, ...] = ()  # HTTP methods (AUTHZ_METHODS); () = all
+    paths: tuple[PathMatch, ...] = ()  # HTTP paths; () = all
 
 
 @dataclass(frozen=True)
 class ListenerTls:
-    """TLS termination on a TCP listener. cert/key/bundle are files (spiffe-helper layout), watched for rotation;
-    listeners and clusters naming the same three files share one identity."""
+    """TLS termination on a TCP or HTTP listener. cert/key/bundle are files (spiffe-helper layout), watched for
+    rotation; listeners and clusters naming the same three files share one identity."""
 
     cert: str
     key: str
@@ -246,6 +262,7 @@ class HttpOptions:
     max_requests_per_conn: int = 0  # upstream reuse limit, 0 = unlimited
     max_idle_per_endpoint: int = 64  # pooled connections per endpoint and worker
     retry_buffer: int = 65536  # requests up to this size (head + body) can be retried
+    forward_client_cert: str = "sanitize"  # one of XFCC_MODES
 
 
 @dataclass(frozen=True)
@@ -259,7 +276,7 @@ class Listener:
     protocol: str = "tcp"  # one of PROTOCOLS
     virtual_hosts: tuple[VirtualHost, ...] = ()  # http listeners: routing (cluster unused)
     http: HttpOptions = HttpOptions()
-    tls: ListenerTls | None = None  # tcp listeners: None = plaintext
+    tls: ListenerTls | None = None  # None = plaintext
 
 
 @dataclass(frozen=True)

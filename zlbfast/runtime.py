@@ -110,12 +110,15 @@ def _peer(match: PeerMatch | None) -> tuple[str, str] | None:
 
 
 def _rules(rules: tuple[AuthzRule, ...]) -> list[dict[str, object]]:
-    return [{"peer": _peer(r.peer), "ports": list(r.ports)} for r in rules]
+    return [{"peer": _peer(r.peer), "ports": list(r.ports), "methods": list(r.methods),
+             "paths": [(p.kind, p.value) for p in r.paths]} for r in rules]  # fmt: skip
 
 
-def _tls_options(tls: ListenerTls | ClusterTls, identity: str) -> dict[str, object]:
-    """The native TLS options (see _tls_opts in zlbfast/_native.pyx) of a listener or cluster tls section."""
-    opts: dict[str, object] = {"identity": identity, "min_version": tls.min_version, "alpn": list(tls.alpn),
+def _tls_options(tls: ListenerTls | ClusterTls, identity: str, protocol: str = "tcp") -> dict[str, object]:
+    """The native TLS options (see _tls_opts in zlbfast/_native.pyx) of a listener or cluster tls section. An http
+    listener offers ALPN http/1.1 (the only protocol it speaks) unless its section says otherwise."""
+    alpn = list(tls.alpn) or (["http/1.1"] if protocol == "http" else [])
+    opts: dict[str, object] = {"identity": identity, "min_version": tls.min_version, "alpn": alpn,
                                "peer": _peer(tls.peer)}
     if isinstance(tls, ListenerTls):
         opts.update(mode=tls.mode, allow=_rules(tls.allow), deny=_rules(tls.deny),
@@ -263,7 +266,8 @@ class Engine:
         for listener in cfg.listeners:
             if listener.tls is not None:
                 t = listener.tls
-                out[listener.name] = _tls_options(t, self.use_identity_files(IdentityFiles(t.cert, t.key, t.bundle)))
+                name = self.use_identity_files(IdentityFiles(t.cert, t.key, t.bundle))
+                out[listener.name] = _tls_options(t, name, listener.protocol)
         for cluster in cfg.clusters:
             if cluster.tls is not None:
                 t2 = cluster.tls
