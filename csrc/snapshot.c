@@ -390,13 +390,37 @@ int zlb_snap_add_cluster(zlb_snap_builder *b, const zlb_cluster_opts *o, char *e
     return (int)b->n_clusters++;
 }
 
-/* Fills ep->addr/addrlen/name from a numeric literal. 0 or -1. */
-static int parse_addr(zlb_endpoint *ep, const char *host, uint16_t port)
+/* Checks the values of one endpoint (ep->name already set) and fills them
+ * in. Both ways of adding endpoints go through here. 0 or -1. */
+static int set_values(zlb_endpoint *ep, const char *cn, uint16_t port, uint32_t weight, uint32_t priority,
+                      uint32_t zone_id, int health, char *err, size_t errlen)
 {
-    if (zlb_sockaddr_parse(host, port, &ep->addr, &ep->addrlen) != 0)
+    if (port == 0) {
+        set_err(err, errlen, "cluster '%s': endpoint '%s': port 0", cn, ep->name);
         return -1;
-    zlb_sockaddr_format((const struct sockaddr *)&ep->addr, ep->name, sizeof(ep->name));
+    }
+    if (weight == 0) {
+        set_err(err, errlen, "cluster '%s': endpoint '%s': weight must be >= 1", cn, ep->name);
+        return -1;
+    }
+    if (health < ZLB_HEALTHY || health > ZLB_UNHEALTHY) {
+        set_err(err, errlen, "cluster '%s': endpoint '%s': bad health %d", cn, ep->name, health);
+        return -1;
+    }
+    ep->weight = weight;
+    ep->priority = priority;
+    ep->zone_id = zone_id;
+    ep->health = (uint8_t)health;
     return 0;
+}
+
+static bcluster *builder_cluster(zlb_snap_builder *b, int cluster, char *err, size_t errlen)
+{
+    if (cluster < 0 || (uint32_t)cluster >= b->n_clusters) {
+        set_err(err, errlen, "no cluster with index %d", cluster);
+        return NULL;
+    }
+    return &b->clusters[cluster];
 }
 
 /* Control thread. Validates and records one endpoint; the state reference
@@ -405,40 +429,85 @@ int zlb_snap_add_endpoint(zlb_snap_builder *b, int cluster, const char *host, ui
                           uint32_t weight, uint32_t priority, const char *zone, int health,
                           char *err, size_t errlen)
 {
-    if (cluster < 0 || (uint32_t)cluster >= b->n_clusters) {
-        set_err(err, errlen, "endpoint %s:%u: no cluster with index %d", host, (unsigned)port, cluster);
+    bcluster *bc = builder_cluster(b, cluster, err, errlen);
+    if (!bc)
         return -1;
-    }
-    bcluster *bc = &b->clusters[cluster];
     const char *cn = bc->opts.name;
-    if (port == 0) {
-        set_err(err, errlen, "cluster '%s': endpoint '%s': port 0", cn, host);
-        return -1;
-    }
-    if (weight == 0) {
-        set_err(err, errlen, "cluster '%s': endpoint '%s:%u': weight must be >= 1", cn, host, (unsigned)port);
-        return -1;
-    }
-    if (health < ZLB_HEALTHY || health > ZLB_UNHEALTHY) {
-        set_err(err, errlen, "cluster '%s': endpoint '%s:%u': bad health %d", cn, host, (unsigned)port, health);
-        return -1;
-    }
     zlb_endpoint ep;
     memset(&ep, 0, sizeof(ep));
-    if (parse_addr(&ep, host, port) < 0) {
+    if (zlb_sockaddr_parse(host, port, &ep.addr, &ep.addrlen) != 0) {
         set_err(err, errlen, "cluster '%s': endpoint '%s': not a numeric IPv4/IPv6 address", cn, host);
         return -1;
     }
+    zlb_sockaddr_format((const struct sockaddr *)&ep.addr, ep.name, sizeof(ep.name));
     int64_t zid = intern_zone(b, zone);
     if (zid < 0 || grow((void **)&bc->eps, &bc->cap, bc->n, sizeof(zlb_endpoint)) < 0) {
         set_err(err, errlen, "cluster '%s': endpoint '%s': out of memory", cn, ep.name);
         return -1;
     }
-    ep.weight = weight;
-    ep.priority = priority;
-    ep.zone_id = (uint32_t)zid;
-    ep.health = (uint8_t)health;
+    if (set_values(&ep, cn, port, weight, priority, (uint32_t)zid, health, err, errlen) < 0)
+        return -1;
     bc->eps[bc->n++] = ep;
+    return 0;
+}
+
+int64_t zlb_snap_zone_id(zlb_snap_builder *b, const char *zone)
+{
+    return intern_zone(b, zone);
+}
+
+/* Control thread, GIL not needed. See snapshot.h. */
+int zlb_snap_add_specs(zlb_snap_builder *b, int cluster, const zlb_ep_spec *specs, uint32_t n,
+                       const uint32_t *zone_ids, uint32_t n_zones, char *err, size_t errlen)
+{
+    bcluster *bc = builder_cluster(b, cluster, err, errlen);
+    if (!bc)
+        return -1;
+    const char *cn = bc->opts.name;
+    if (n > UINT32_MAX - bc->n) {
+        set_err(err, errlen, "cluster '%s': too many endpoints", cn);
+        return -1;
+    }
+    if (bc->n + n > bc->cap) {
+        zlb_endpoint *eps = realloc(bc->eps, (size_t)(bc->n + n) * sizeof(*eps));
+        if (!eps) {
+            set_err(err, errlen, "cluster '%s': out of memory", cn);
+            return -1;
+        }
+        bc->eps = eps;
+        bc->cap = bc->n + n;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const zlb_ep_spec *sp = &specs[i];
+        zlb_endpoint *ep = &bc->eps[bc->n + i];
+        memset(ep, 0, sizeof(*ep));
+        if (sp->family == 4) {
+            struct sockaddr_in *a4 = (struct sockaddr_in *)&ep->addr;
+            a4->sin_family = AF_INET;
+            a4->sin_port = htons(sp->port);
+            memcpy(&a4->sin_addr, sp->addr, 4);
+            ep->addrlen = sizeof(*a4);
+        } else if (sp->family == 6) {
+            struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ep->addr;
+            a6->sin6_family = AF_INET6;
+            a6->sin6_port = htons(sp->port);
+            memcpy(&a6->sin6_addr, sp->addr, 16);
+            ep->addrlen = sizeof(*a6);
+        } else {
+            set_err(err, errlen, "cluster '%s': endpoint %u: address family %u", cn, i, (unsigned)sp->family);
+            return -1;
+        }
+        zlb_sockaddr_format((const struct sockaddr *)&ep->addr, ep->name, sizeof(ep->name));
+        if (sp->zone >= n_zones) {
+            set_err(err, errlen, "cluster '%s': endpoint '%s': zone %u of %u", cn, ep->name, (unsigned)sp->zone,
+                    n_zones);
+            return -1;
+        }
+        if (set_values(ep, cn, sp->port, sp->weight, sp->priority, zone_ids[sp->zone], sp->health, err,
+                       errlen) < 0)
+            return -1;
+    }
+    bc->n += n; /* only now: on failure nothing was added */
     return 0;
 }
 

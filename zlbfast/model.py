@@ -13,6 +13,7 @@ Defaults are the documented defaults of docs/config.md and mirror
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 POLICIES: tuple[str, ...] = (
@@ -143,7 +144,8 @@ class ClusterTls:
 @dataclass(frozen=True)
 class Cluster:
     name: str
-    endpoints: tuple[Endpoint, ...]
+    # A tuple, or (from EDS) a zlbfast._native.EndpointTable: the same Endpoints, stored compactly.
+    endpoints: Sequence[Endpoint]
     policy: str = "round_robin"  # one of POLICIES
     connect_timeout_ms: int = 5000
     connect_retries: int = 2  # extra endpoints tried after a failed connect

@@ -5,19 +5,17 @@ One translator per resource type. Each checks that the message uses only the fie
 naming the resource and the field path, which becomes a NACK (xDS) or a startup error (bootstrap). Fields that
 only label things (stat prefixes, metadata) are accepted and have no effect.
 
-Endpoints are the bulk of any large configuration, so ``translate_assignment`` reuses the model Endpoint
-objects of the previous version of the same assignment: unchanged endpoints keep their identity, which lets
-``zlbfast.config.validate`` skip them and keeps memory flat across updates.
+Endpoints are the bulk of any large configuration, so ``unpack`` hands a serialized ClusterLoadAssignment to the
+C decoder first (zlbfast._native.EdsDecoder, csrc/eds.c): when the message keeps to the fields and values the
+model takes as they are, which is the common case, it comes back translated and checked as one compact
+EndpointTable; anything else takes the exact path here, which names what it refuses.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import operator
 import socket
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, cast
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
@@ -29,11 +27,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
-from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2, message_factory
-from google.protobuf.descriptor import Descriptor
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError, Message
 
-from zlbfast import model
+from zlbfast import _native, model
+from zlbfast.config import MAX_NAME_BYTES, MAX_PRIORITY, MAX_WEIGHT
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -105,7 +103,7 @@ def canonical_ip(text: str) -> str | None:
     family = socket.AF_INET6 if ":" in text else socket.AF_INET
     try:
         return socket.inet_ntop(family, socket.inet_pton(family, text))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         return None
 
 
@@ -178,7 +176,7 @@ def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
     if c.HasField("outlier_detection"):
         kw["outlier"] = _outlier(ctx, c.outlier_detection)
 
-    endpoints: tuple[model.Endpoint, ...] = ()
+    endpoints: Sequence[model.Endpoint] = ()
     eds_name: str | None = None
     if c.type == cluster_pb2.Cluster.EDS:
         if c.HasField("load_assignment"):
@@ -189,7 +187,7 @@ def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
     elif c.type == cluster_pb2.Cluster.STATIC:
         if c.HasField("eds_cluster_config"):
             raise ctx.fail("eds_cluster_config", "only EDS clusters take eds_cluster_config")
-        assignment = translate_assignment(c.load_assignment, None, field="load_assignment", owner=ctx)
+        assignment = translate_assignment(c.load_assignment, field="load_assignment", owner=ctx)
         endpoints = assignment.endpoints
         if assignment.overprovisioning is not None:
             kw["overprovisioning"] = assignment.overprovisioning
@@ -251,8 +249,8 @@ _HEALTH = {
 
 
 # The fields of the EDS messages that zlbfast implements or that only label things (locality region/sub_zone,
-# hostname, metadata). The exact path checks them message by message and names a field it refuses; the fast path
-# parses with message types that declare only these (see _slim_assignment_type).
+# hostname, metadata); the exact path checks them message by message and names a field it refuses. csrc/eds.c
+# decodes the same fields (tests/xds/test_eds_translate.py holds it to this list).
 _EDS_FIELDS: dict[str, tuple[str, ...]] = {
     "envoy.config.endpoint.v3.ClusterLoadAssignment": ("cluster_name", "endpoints", "policy"),
     "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy": ("overprovisioning_factor",),
@@ -270,90 +268,31 @@ def _eds_only(ctx: Ctx, msg: Message, path: str) -> None:
     ctx.only(msg, path, _EDS_FIELDS[msg.DESCRIPTOR.full_name])
 
 
-# Accepted only when empty: left to the exact path, which checks that.
-_EXACT_PATH_ONLY = frozenset({"health_check_config"})
-# Label-only message fields the fast path keeps as opaque bytes (same wire type) instead of declaring their types.
-_OPAQUE = frozenset({"metadata"})
-
-
-def _slim_assignment_type() -> type[Message]:
-    """A ClusterLoadAssignment type that declares only the fields of _EDS_FIELDS, with Envoy's field numbers and
-    wire types. A message parsed into it keeps every other field as an unknown field; dropping those and comparing
-    the size with the input tells, in C and for the whole message at once, whether the input uses only supported
-    fields. That replaces four ListFields calls per endpoint, a third of the cost of a large EDS update."""
-    fdp = descriptor_pb2.FileDescriptorProto(name="zlbfast/xds/slim_eds.proto", package="zlbfast.slim",
-                                             syntax="proto3")
-    FieldProto = descriptor_pb2.FieldDescriptorProto
-
-    def slim_name(full_name: str) -> str:
-        return full_name.replace(".", "_")
-
-    def declare(desc: Descriptor) -> None:
-        msg = fdp.message_type.add(name=slim_name(desc.full_name))
-        for name in _EDS_FIELDS[desc.full_name]:
-            if name in _EXACT_PATH_ONLY:
-                continue
-            fd = desc.fields_by_name[name]
-            label = FieldProto.LABEL_REPEATED if fd.is_repeated else FieldProto.LABEL_OPTIONAL
-            f = msg.field.add(name=name, number=fd.number, label=label)
-            if fd.message_type is not None and name not in _OPAQUE:
-                f.type = FieldProto.TYPE_MESSAGE
-                f.type_name = f".zlbfast.slim.{slim_name(fd.message_type.full_name)}"
-                if not any(m.name == slim_name(fd.message_type.full_name) for m in fdp.message_type):
-                    declare(fd.message_type)
-            elif fd.message_type is not None:
-                f.type = FieldProto.TYPE_BYTES
-            elif fd.enum_type is not None:
-                f.type = FieldProto.TYPE_INT32  # the same varint on the wire
-            else:
-                f.type = fd.type
-
-    declare(endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName(f"zlbfast.slim.{slim_name(endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR.full_name)}"))
-
-
-_SlimAssignment = _slim_assignment_type()
-
-
-def parse_assignment(value: bytes) -> Message | None:
-    """The ClusterLoadAssignment in `value` as a slim message when it uses only supported fields, else None (parse
-    it with the full type and translate it on the exact path)."""
-    slim = _SlimAssignment()
-    try:
-        slim.ParseFromString(value)
-    except DecodeError:
-        return None
-    slim.DiscardUnknownFields()
-    # A size difference is a dropped field, or an encoding that re-serializes shorter (an explicit default, a long
-    # varint): both are left to the exact path, which is only slower.
-    return slim if slim.ByteSize() == len(value) else None
+# The model's limits, so that what the decoder admits needs no second look from zlbfast.config.
+_EDS_DECODER = _native.EdsDecoder(MAX_WEIGHT, MAX_PRIORITY, MAX_NAME_BYTES, {int(k): v for k, v in _HEALTH.items()},
+                                  "unhealthy")
 
 
 @dataclass(frozen=True)
 class Assignment:
     name: str
-    endpoints: tuple[model.Endpoint, ...]
+    # An EndpointTable from the C decoder, or a tuple from the exact path.
+    endpoints: Sequence[model.Endpoint]
     overprovisioning: int | None  # percent, None = the cluster's default
-    # (priority, zone) -> serialized LbEndpoint -> its Endpoint, so that the next version of this assignment can
-    # skip translating and checking the endpoints it repeats (most of them, in a typical EDS update).
-    known: Mapping[tuple[int, str], Mapping[bytes, model.Endpoint]] = field(default_factory=dict, compare=False,
-                                                                          repr=False)
 
 
-def translate_assignment(cla: Message, previous: Assignment | None, *, field: str = "",
+def decode_assignment(value: bytes) -> Assignment | None:
+    """The translation of a serialized ClusterLoadAssignment that keeps to what the model takes as it is, else None
+    (parse it and translate it with translate_assignment, which names what it refuses)."""
+    decoded = _EDS_DECODER.decode(value)
+    if decoded is None:
+        return None
+    name, overprovisioning, table = decoded
+    return Assignment(name, table, overprovisioning)
+
+
+def translate_assignment(cla: endpoint_pb2.ClusterLoadAssignment, *, field: str = "",
                          owner: Ctx | None = None) -> Assignment:
-    """`cla` is a ClusterLoadAssignment, or the slim message of parse_assignment; `previous` is the assignment this
-    one replaces, whose Endpoint objects are reused where unchanged."""
-    if isinstance(cla, _SlimAssignment):
-        fast = _fast_assignment(cla, previous)
-        if fast is not None:
-            return fast
-        # Something to refuse (or an unusual value): the exact path finds it and names the field.
-        cla = endpoint_pb2.ClusterLoadAssignment.FromString(cla.SerializeToString())
-    assert isinstance(cla, endpoint_pb2.ClusterLoadAssignment)
     ctx = owner or Ctx("ClusterLoadAssignment", cla.cluster_name)
     if owner is None and not cla.cluster_name:
         raise ctx.fail("cluster_name", "must not be empty")
@@ -363,8 +302,6 @@ def translate_assignment(cla: Message, previous: Assignment | None, *, field: st
         _eds_only(ctx, cla.policy, _join(field, "policy"))
         if cla.policy.HasField("overprovisioning_factor"):
             overprovisioning = cla.policy.overprovisioning_factor.value
-    reuse = previous.known if previous is not None else {}
-    known: dict[tuple[int, str], dict[bytes, model.Endpoint]] = {}
     out: list[model.Endpoint] = []
     seen: set[tuple[str, int]] = set()
     for i, locality_eps in enumerate(cla.endpoints):
@@ -373,86 +310,16 @@ def translate_assignment(cla: Message, previous: Assignment | None, *, field: st
         # region and sub_zone are accepted as labels: the data plane prefers by zone only.
         zone = locality_eps.locality.zone
         priority = locality_eps.priority
-        if priority > 127:
-            raise ctx.fail(f"{lpath}.priority", f"must be at most 127, got {priority}")
-        level_reuse = reuse.get((priority, zone), {})
-        level_known = known.setdefault((priority, zone), {})
+        if priority > MAX_PRIORITY:
+            raise ctx.fail(f"{lpath}.priority", f"must be at most {MAX_PRIORITY}, got {priority}")
         for j, lb in enumerate(locality_eps.lb_endpoints):
-            key = lb.SerializeToString()
-            ep = level_reuse.get(key)
-            if ep is None:
-                ep = _endpoint(ctx, lb, f"{lpath}.lb_endpoints[{j}]", priority, zone)
+            ep = _endpoint(ctx, lb, f"{lpath}.lb_endpoints[{j}]", priority, zone)
             if (ep.address, ep.port) in seen:
                 raise ctx.fail(f"{lpath}.lb_endpoints[{j}].endpoint.address",
                                f"duplicate endpoint {ep.address}:{ep.port}")
             seen.add((ep.address, ep.port))
-            level_known[key] = ep
             out.append(ep)
-    return Assignment(cla.cluster_name, tuple(out), overprovisioning, known)
-
-
-def _fast_assignment(cla: Any, previous: Assignment | None) -> Assignment | None:
-    """The translation of a slim ClusterLoadAssignment when every value in it is acceptable, else None. Per
-    endpoint it serializes the LbEndpoint and looks it up among the previous version's (a repeated endpoint costs
-    that and nothing else); only new ones are read field by field."""
-    if not cla.cluster_name:
-        return None
-    overprovisioning: int | None = None
-    if cla.policy.HasField("overprovisioning_factor"):
-        overprovisioning = cla.policy.overprovisioning_factor.value
-    reuse = previous.known if previous is not None else {}
-    known: dict[tuple[int, str], dict[bytes, model.Endpoint]] = {}
-    out: list[model.Endpoint] = []
-    for locality_eps in cla.endpoints:
-        zone = locality_eps.locality.zone
-        priority = locality_eps.priority
-        if priority > 127:
-            return None
-        lbs = locality_eps.lb_endpoints
-        keys = [lb.SerializeToString() for lb in lbs]
-        found: list[model.Endpoint | None] = list(map(reuse.get((priority, zone), {}).get, keys))
-        for j, ep in enumerate(found):
-            if ep is None:
-                ep = _plain_endpoint(lbs[j], priority, zone)
-                if ep is None:
-                    return None
-                found[j] = ep
-        eps = cast(list[model.Endpoint], found)  # no None is left
-        known.setdefault((priority, zone), {}).update(zip(keys, eps, strict=True))
-        out.extend(eps)
-    if len(set(map(_ADDRESS_PORT, out))) != len(out):
-        return None  # a duplicate: the exact path names it
-    return Assignment(cla.cluster_name, tuple(out), overprovisioning, known)
-
-
-# model.Endpoint's generated __init__ stores each field with object.__setattr__ (the class is frozen): 1.3 us per
-# endpoint, a quarter of translating a new one. Setting the instance dict in one call takes 0.4 us and builds the
-# same object. The field names are checked against the model here, so that a field added there fails at import
-# instead of being left out.
-_ENDPOINT_FIELDS = ("address", "port", "weight", "priority", "zone", "health")
-if tuple(f.name for f in dataclasses.fields(model.Endpoint)) != _ENDPOINT_FIELDS or hasattr(model.Endpoint,
-                                                                                           "__slots__"):
-    raise ImportError("zlbfast.xds.resources builds model.Endpoint by its fields; update _ENDPOINT_FIELDS")
-_ADDRESS_PORT = operator.attrgetter("address", "port")
-_new_object = object.__new__
-_set_attr = object.__setattr__
-
-
-def _plain_endpoint(lb: Any, priority: int, zone: str) -> model.Endpoint | None:
-    """The Endpoint of a slim LbEndpoint whose values are all acceptable, else None. It must accept exactly what
-    _endpoint accepts, and build the same Endpoint."""
-    sa = lb.endpoint.address.socket_address
-    address = canonical_ip(sa.address)
-    port = sa.port_value
-    if address is None or not 1 <= port <= 65535 or sa.protocol != address_pb2.SocketAddress.TCP:
-        return None
-    weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else 1
-    if not 1 <= weight <= 1_000_000:
-        return None
-    ep = _new_object(model.Endpoint)
-    _set_attr(ep, "__dict__", {"address": address, "port": port, "weight": weight, "priority": priority,
-                               "zone": zone, "health": _HEALTH.get(lb.health_status, "unhealthy")})
-    return ep
+    return Assignment(cla.cluster_name, tuple(out), overprovisioning)
 
 
 def _endpoint(ctx: Ctx, lb: endpoint_components_pb2.LbEndpoint, path: str, priority: int,
@@ -463,8 +330,8 @@ def _endpoint(ctx: Ctx, lb: endpoint_components_pb2.LbEndpoint, path: str, prior
         _check_health_check_config(ctx, lb.endpoint.health_check_config, f"{path}.endpoint")
     address, port = socket_address(ctx, lb.endpoint.address, f"{path}.endpoint.address", listening=False)
     weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else 1
-    if not 1 <= weight <= 1_000_000:
-        raise ctx.fail(f"{path}.load_balancing_weight", f"must be between 1 and 1000000, got {weight}")
+    if not 1 <= weight <= MAX_WEIGHT:
+        raise ctx.fail(f"{path}.load_balancing_weight", f"must be between 1 and {MAX_WEIGHT}, got {weight}")
     return model.Endpoint(address, port, weight, priority, zone, _HEALTH.get(lb.health_status, "unhealthy"))
 
 
@@ -623,15 +490,16 @@ def translate_secret(s: secret_pb2.Secret) -> SecretSpec:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def unpack(type_url: str, resource: any_pb2.Any) -> Message:
-    """The typed message inside an Any; ResourceError when it is not of the subscribed type."""
+def unpack(type_url: str, resource: any_pb2.Any) -> Message | Assignment:
+    """The typed message inside an Any; ResourceError when it is not of the subscribed type. A
+    ClusterLoadAssignment that decode_assignment takes comes back translated already (an Assignment)."""
     cls = MESSAGE_TYPES[type_url]
     if resource.type_url != type_url:
         raise ResourceError(KIND[type_url], "?", "", f"got a resource of type {resource.type_url!r}")
     if type_url == ENDPOINT:
-        slim = parse_assignment(resource.value)
-        if slim is not None:
-            return slim
+        assignment = decode_assignment(resource.value)
+        if assignment is not None:
+            return assignment
     msg = cls()
     try:
         msg.ParseFromString(resource.value)
@@ -640,8 +508,10 @@ def unpack(type_url: str, resource: any_pb2.Any) -> Message:
     return msg
 
 
-def resource_name(msg: Message) -> str:
-    if isinstance(msg, (endpoint_pb2.ClusterLoadAssignment, _SlimAssignment)):
+def resource_name(msg: Message | Assignment) -> str:
+    if isinstance(msg, Assignment):
+        return msg.name
+    if isinstance(msg, endpoint_pb2.ClusterLoadAssignment):
         return str(msg.cluster_name)
     return str(msg.name)
 

@@ -255,7 +255,7 @@ class Pipeline:
         for name in removed:
             new.pop(name, None)
         for name, msg in decoded.items():
-            new[name] = table[name] if msg is None else self._translate(type_url, msg, table.get(name))
+            new[name] = table[name] if msg is None else self._translate(type_url, msg)
         if type_url == r.CLUSTER:
             for name in new:
                 if name in self.static.clusters:
@@ -291,11 +291,12 @@ class Pipeline:
         return tables[type_url]
 
     @staticmethod
-    def _translate(type_url: str, msg: Any, previous: Any) -> Any:
+    def _translate(type_url: str, msg: Any) -> Any:
         if type_url == r.CLUSTER:
             return r.translate_cluster(msg)
         if type_url == r.ENDPOINT:
-            return r.translate_assignment(msg, previous)
+            # unpack translated the common case already (csrc/eds.c).
+            return msg if isinstance(msg, r.Assignment) else r.translate_assignment(msg)
         if type_url == r.LISTENER:
             return r.translate_listener(msg)
         if type_url == r.ROUTE:
