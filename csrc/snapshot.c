@@ -511,18 +511,41 @@ int zlb_snap_add_specs(zlb_snap_builder *b, int cluster, const zlb_ep_spec *spec
     return 0;
 }
 
-/* qsort comparators for endpoint pointers. Pointer order is insertion
+/* qsort comparator for endpoint pointers. Pointer order is insertion
  * order (they point into one array), which keeps the grouping stable. */
-static int cmp_ep_name(const void *a, const void *b)
-{
-    return strcmp((*(zlb_endpoint *const *)a)->name, (*(zlb_endpoint *const *)b)->name);
-}
 static int cmp_ep_prio(const void *a, const void *b)
 {
     const zlb_endpoint *x = *(zlb_endpoint *const *)a, *y = *(zlb_endpoint *const *)b;
     if (x->priority != y->priority)
         return x->priority < y->priority ? -1 : 1;
     return x < y ? -1 : x > y;
+}
+
+/* Sets *dup to an endpoint of c that shares its registry state with an
+ * earlier one, i.e. has the same name, or NULL. States are unique per
+ * (cluster, name), so comparing pointers in a hash set replaces sorting
+ * names. 0, or -1 on allocation failure. */
+static int find_shared_state(const zlb_cluster *c, const zlb_endpoint **dup)
+{
+    *dup = NULL;
+    if (c->n_endpoints < 2)
+        return 0;
+    size_t size = 16;
+    while (size < 2 * (size_t)c->n_endpoints)
+        size *= 2;
+    const zlb_ep_state **set = calloc(size, sizeof(*set));
+    if (!set)
+        return -1;
+    for (uint32_t i = 0; i < c->n_endpoints && !*dup; i++) {
+        const zlb_ep_state *st = c->endpoints[i].state;
+        size_t k = (size_t)(st->key_hash & (size - 1));
+        for (; set[k]; k = (k + 1) & (size - 1))
+            if (set[k] == st)
+                *dup = &c->endpoints[i];
+        set[k] = st;
+    }
+    free(set);
+    return 0;
 }
 
 static _Atomic int64_t snapshots_alive;
@@ -556,18 +579,25 @@ static int build_cluster(zlb_cluster *c, zlb_ep_registry *reg, char *err, size_t
         set_err(err, errlen, "cluster '%s': out of memory", cn);
         return -1;
     }
-    for (uint32_t i = 0; i < c->n_endpoints; i++)
-        all[i] = &c->endpoints[i];
     /* Duplicates would share one state and skew every policy: reject. */
-    qsort(all, c->n_endpoints, sizeof(*all), cmp_ep_name);
-    for (uint32_t i = 1; i < c->n_endpoints; i++) {
-        if (strcmp(all[i - 1]->name, all[i]->name) == 0) {
-            set_err(err, errlen, "cluster '%s': duplicate endpoint '%s'", cn, all[i]->name);
-            free(all);
-            return -1;
-        }
+    const zlb_endpoint *dup = NULL;
+    if (find_shared_state(c, &dup) < 0) {
+        set_err(err, errlen, "cluster '%s': out of memory", cn);
+        free(all);
+        return -1;
     }
-    qsort(all, c->n_endpoints, sizeof(*all), cmp_ep_prio);
+    if (dup) {
+        set_err(err, errlen, "cluster '%s': duplicate endpoint '%s'", cn, dup->name);
+        free(all);
+        return -1;
+    }
+    int sorted = 1;
+    for (uint32_t i = 0; i < c->n_endpoints; i++) {
+        all[i] = &c->endpoints[i];
+        sorted &= i == 0 || all[i - 1]->priority <= all[i]->priority;
+    }
+    if (!sorted) /* most clusters have one priority, or list them in order */
+        qsort(all, c->n_endpoints, sizeof(*all), cmp_ep_prio);
     uint32_t np = 1;
     for (uint32_t i = 1; i < c->n_endpoints; i++)
         np += all[i]->priority != all[i - 1]->priority;
