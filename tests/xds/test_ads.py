@@ -116,6 +116,18 @@ def test_route_configuration_is_translated(ads_server, agent_factory):
     assert table == r.RouteTable("r1", (r.VirtualHost("all", ("*",), (r.Route("prefix", "/api", "api"),)),))
 
 
+def test_initial_fetch_timeout_names_only_clusters_still_waiting(ads_server, agent_factory, backends, caplog):
+    (b0,) = backends(1)
+    ads_server.set(r.CLUSTER, {"w": eds_cluster("w"), "late": eds_cluster("late")})
+    ads_server.set(r.ENDPOINT, {"w": assignment("w", [(b0.host, b0.port)])})
+    agent = agent_factory(ads_server, fetch_timeout="1s")
+    wait_for(lambda: "w" in agent.call(agent.agent.engine.endpoints), what="cluster w with its endpoints")
+    wait_for(lambda: any("initial fetch timeout" in m for m in caplog.messages), what="the timeout's warning")
+    assert [m for m in caplog.messages if "initial fetch timeout" in m] == [
+        "initial fetch timeout: clusters late start without endpoints"]
+    wait_for(lambda: "late" in agent.call(agent.agent.engine.endpoints), what="cluster late, empty")
+
+
 def test_cluster_warming_and_initial_fetch_timeout(ads_server, agent_factory, backends):
     """An EDS cluster is not installed before its endpoints arrive; after initial_fetch_timeout it is
     installed empty (connections to it fail fast) and its listener comes up."""
