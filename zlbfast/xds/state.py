@@ -26,6 +26,7 @@ from typing import Any
 from google.protobuf import any_pb2
 
 from zlbfast import _native, model
+from zlbfast.config import ConfigError
 from zlbfast.runtime import ApplyError, Engine
 from zlbfast.xds import resources as r
 
@@ -270,8 +271,7 @@ class Pipeline:
             self._install_identities(new)
         else:
             staged = {type_url: new}
-            cfg = self._compose(staged)
-            self.engine.apply(cfg)  # raises ApplyError; the engine keeps the previous config
+            self._apply(self._compose(staged))
 
         # Commit.
         table.clear()
@@ -284,6 +284,15 @@ class Pipeline:
         self.updates += 1
         self.last_update_s = time.monotonic()
         self._schedule_save()
+
+    def _apply(self, cfg: model.Config) -> None:
+        """Engine.apply; raises ApplyError (a NACK) and the engine keeps the previous config. The model's
+        validation has the last word on values the translators pass through (a zone with a space, say): its
+        ConfigError is a NACK too, not an error that would end the stream."""
+        try:
+            self.engine.apply(cfg)
+        except ConfigError as exc:
+            raise ApplyError(str(exc)) from exc
 
     def _table(self, type_url: str) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {r.LISTENER: self.listeners, r.ROUTE: self.routes, r.CLUSTER: self.clusters,
@@ -421,7 +430,7 @@ class Pipeline:
         if expired:
             log.warning("initial fetch timeout: clusters %s start without endpoints", ", ".join(expired))
             try:
-                self.engine.apply(self._compose({}))
+                self._apply(self._compose({}))
             except ApplyError as exc:
                 log.error("could not activate clusters after the initial fetch timeout: %s", exc)
         self._arm_warm_timer()
