@@ -1358,8 +1358,11 @@ def _validate_peer_match(match: PeerMatch, path: str, source: str) -> None:
 
 def _validate_tls(tls: ListenerTls | ClusterTls, path: str, source: str) -> None:
     for key in ("cert", "key", "bundle"):
-        if not getattr(tls, key):
-            _fail(source, f"{path}.{key}", "expected a file path")
+        if bool(getattr(tls, key)) == bool(tls.identity):
+            _fail(source, f"{path}.{key}", "expected a file path" if not tls.identity else
+                  f"not with an identity installed by name ({tls.identity!r})")
+    if len(tls.identity.encode()) > MAX_NAME_BYTES:
+        _fail(source, f"{path}.identity", f"must be at most {MAX_NAME_BYTES} bytes long")
     _check_choice(tls.min_version, TLS_VERSIONS, "min_version", f"{path}.min_version", source)
     if tls.peer is not None:
         _validate_peer_match(tls.peer, f"{path}.peer", source)

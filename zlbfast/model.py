@@ -114,7 +114,9 @@ class AuthzRule:
 @dataclass(frozen=True)
 class ListenerTls:
     """TLS termination on a TCP listener. cert/key/bundle are files (spiffe-helper layout), watched for rotation;
-    listeners and clusters naming the same three files share one identity."""
+    listeners and clusters naming the same three files share one identity. Instead of files, `identity` may name
+    an identity that its source installs and rotates itself (xDS: from SDS secrets); cert/key/bundle are then
+    empty."""
 
     cert: str
     key: str
@@ -126,11 +128,13 @@ class ListenerTls:
     allow: tuple[AuthzRule, ...] = ()  # any allow rule makes the default deny
     deny: tuple[AuthzRule, ...] = ()  # deny rules win over allow rules
     handshake_timeout_ms: int = 10000
+    identity: str = ""  # an installed identity by name, instead of the files
 
 
 @dataclass(frozen=True)
 class ClusterTls:
-    """TLS origination to every endpoint of a cluster (mTLS with our SVID)."""
+    """TLS origination to every endpoint of a cluster (mTLS with our SVID); cert/key/bundle or `identity` as for
+    ListenerTls."""
 
     cert: str
     key: str
@@ -139,6 +143,7 @@ class ClusterTls:
     min_version: str = "1.3"
     alpn: tuple[str, ...] = ()
     sni: str = ""
+    identity: str = ""  # an installed identity by name, instead of the files
 
 
 @dataclass(frozen=True)
