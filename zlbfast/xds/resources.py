@@ -13,9 +13,11 @@ EndpointTable; anything else takes the exact path here, which names what it refu
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
@@ -26,7 +28,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
     http_connection_manager_pb2,  # registered so that JSON sources with an HTTP listener get a clear refusal
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError, Message
 
@@ -140,10 +142,12 @@ _POLICIES = {
 @dataclass(frozen=True)
 class ClusterSpec:
     """A translated Cluster: the model cluster (with its static endpoints) and, for EDS clusters, the name
-    of the ClusterLoadAssignment that supplies its endpoints."""
+    of the ClusterLoadAssignment that supplies its endpoints; for upstream TLS, the Secrets it takes its identity
+    from (the cluster waits for them)."""
 
     cluster: model.Cluster
     eds_name: str | None
+    sds: SdsRef | None = None
 
 
 def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
@@ -152,8 +156,11 @@ def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
         raise ctx.fail("name", "must not be empty")
     ctx.only(c, "", ("name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment",
                      "outlier_detection", "common_lb_config", "ring_hash_lb_config", "maglev_lb_config",
-                     "metadata", "alt_stat_name"))
+                     "metadata", "alt_stat_name", "transport_socket"))
     kw: dict[str, object] = {}
+    sds: SdsRef | None = None
+    if c.HasField("transport_socket"):
+        kw["tls"], sds = _upstream_tls(ctx, c.transport_socket, "transport_socket")
     if c.HasField("connect_timeout"):
         kw["connect_timeout_ms"] = duration_ms(c.connect_timeout)
     if c.lb_policy not in _POLICIES:
@@ -194,7 +201,7 @@ def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
     else:
         raise ctx.fail("type", f"{cluster_pb2.Cluster.DiscoveryType.Name(c.type)} is not supported; use STATIC "
                        "or EDS (zlbfast resolves no names)")
-    return ClusterSpec(model.Cluster(c.name, endpoints, **kw), eds_name)  # type: ignore[arg-type]
+    return ClusterSpec(model.Cluster(c.name, endpoints, **kw), eds_name, sds)  # type: ignore[arg-type]
 
 
 def _outlier(ctx: Ctx, od: cluster_pb2.OutlierDetection) -> model.OutlierDetection:
@@ -348,9 +355,10 @@ def _check_health_check_config(ctx: Ctx, hc: endpoint_components_pb2.Endpoint.He
 
 @dataclass(frozen=True)
 class ListenerSpec:
-    """A TCP proxy listener; `cluster` may not exist yet (the listener waits for it)."""
+    """A TCP proxy listener; `cluster` may not exist yet, nor the Secrets of its TLS (it waits for them)."""
 
     listener: model.Listener
+    sds: SdsRef | None = None
 
 
 def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
@@ -362,7 +370,11 @@ def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
     if len(lst.filter_chains) != 1:
         raise ctx.fail("filter_chains", f"exactly one filter chain is supported, got {len(lst.filter_chains)}")
     chain: listener_components_pb2.FilterChain = lst.filter_chains[0]
-    ctx.only(chain, "filter_chains[0]", ("filters", "name"))
+    ctx.only(chain, "filter_chains[0]", ("filters", "name", "transport_socket"))
+    kw: dict[str, object] = {}
+    sds: SdsRef | None = None
+    if chain.HasField("transport_socket"):
+        kw["tls"], sds = _downstream_tls(ctx, chain.transport_socket, "filter_chains[0].transport_socket")
     if len(chain.filters) != 1:
         raise ctx.fail("filter_chains[0].filters", f"exactly one network filter is supported, got {len(chain.filters)}")
     f = chain.filters[0]
@@ -381,10 +393,157 @@ def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
     ctx.only(tp, tpath, ("stat_prefix", "cluster", "idle_timeout"))
     if not tp.cluster:
         raise ctx.fail(f"{tpath}.cluster", "a tcp_proxy needs a cluster (weighted_clusters is not supported)")
-    kw: dict[str, int] = {}
     if tp.HasField("idle_timeout"):
         kw["idle_timeout_ms"] = duration_ms(tp.idle_timeout)
-    return ListenerSpec(model.Listener(lst.name, address, port, tp.cluster, **kw))  # type: ignore[arg-type]
+    return ListenerSpec(model.Listener(lst.name, address, port, tp.cluster, **kw), sds)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Transport sockets: TLS contexts -> the model's tls sections, with the identity from SDS Secrets.
+
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+_M = TypeVar("_M", bound=Message)
+
+
+@dataclass(frozen=True)
+class SdsRef:
+    """The Secrets a TLS context names: its tls_certificate and its validation context (trust bundle)."""
+
+    certificate: str
+    validation: str
+
+    @property
+    def identity(self) -> str:
+        """Name of the engine identity made of the two (zlbfast.xds.state installs it); distinct for any two
+        pairs of names."""
+        return "sds:" + json.dumps([self.certificate, self.validation], separators=(",", ":"))
+
+
+# Envoy's minimum when tls_params leaves it open (TLS_AUTO), for clients and servers alike.
+_ENVOY_DEFAULT_MIN = "1.2"
+_TLS_VERSIONS = {common_pb2.TlsParameters.TLS_AUTO: _ENVOY_DEFAULT_MIN, common_pb2.TlsParameters.TLSv1_2: "1.2",
+                 common_pb2.TlsParameters.TLSv1_3: "1.3"}
+
+
+@dataclass(frozen=True)
+class _CommonTls:
+    sds: SdsRef
+    min_version: str
+    alpn: tuple[str, ...]
+    peer: model.PeerMatch | None
+
+
+def _tls_context(ctx: Ctx, ts: base_pb2.TransportSocket, path: str, context: type[_M]) -> tuple[_M, str]:
+    """The TLS context message inside a transport socket, and its field path."""
+    ctx.only(ts, path, ("name", "typed_config"))
+    want = context.DESCRIPTOR.full_name
+    short = want.rsplit(".", 1)[-1]
+    if ts.typed_config.TypeName() != want:
+        got = ts.name or ts.typed_config.TypeName()
+        raise ctx.fail(f"{path}.typed_config", f"unsupported transport socket {got!r}; "
+                       f"only {TLS_TRANSPORT_SOCKET} with a {short} is supported")
+    msg = context()
+    try:
+        ts.typed_config.Unpack(msg)
+    except DecodeError as exc:
+        raise ctx.fail(f"{path}.typed_config", f"cannot decode the {short}: {exc}") from exc
+    return msg, f"{path}.typed_config"
+
+
+def _downstream_tls(ctx: Ctx, ts: base_pb2.TransportSocket, path: str) -> tuple[model.ListenerTls, SdsRef]:
+    dtc, path = _tls_context(ctx, ts, path, tls_pb2.DownstreamTlsContext)
+    ctx.only(dtc, path, ("common_tls_context", "require_client_certificate"))
+    if not dtc.require_client_certificate.value:
+        raise ctx.fail(f"{path}.require_client_certificate", "zlbfast listeners are mutual TLS only: it must be true")
+    common = _common_tls(ctx, dtc.common_tls_context, f"{path}.common_tls_context")
+    return model.ListenerTls("", "", "", mode="strict", min_version=common.min_version, alpn=common.alpn,
+                             peer=common.peer, identity=common.sds.identity), common.sds
+
+
+def _upstream_tls(ctx: Ctx, ts: base_pb2.TransportSocket, path: str) -> tuple[model.ClusterTls, SdsRef]:
+    utc, path = _tls_context(ctx, ts, path, tls_pb2.UpstreamTlsContext)
+    ctx.only(utc, path, ("common_tls_context", "sni"))
+    common = _common_tls(ctx, utc.common_tls_context, f"{path}.common_tls_context")
+    return model.ClusterTls("", "", "", peer=common.peer, min_version=common.min_version, alpn=common.alpn,
+                            sni=utc.sni, identity=common.sds.identity), common.sds
+
+
+def _common_tls(ctx: Ctx, common: tls_pb2.CommonTlsContext, path: str) -> _CommonTls:
+    """zlbfast always presents an identity and verifies the peer's SPIFFE ID: a certificate and a validation
+    context, both SDS Secrets over ADS, are required."""
+    ctx.only(common, path, ("tls_params", "tls_certificate_sds_secret_configs", "validation_context_sds_secret_config",
+                            "combined_validation_context", "alpn_protocols"))
+    min_version = _ENVOY_DEFAULT_MIN
+    if common.HasField("tls_params"):
+        min_version = _tls_params(ctx, common.tls_params, f"{path}.tls_params")
+    certs = common.tls_certificate_sds_secret_configs
+    if len(certs) != 1:
+        raise ctx.fail(f"{path}.tls_certificate_sds_secret_configs", f"exactly one is supported, got {len(certs)} "
+                       "(inline tls_certificates are not: identities come from SDS)")
+    certificate = _sds_secret(ctx, certs[0], f"{path}.tls_certificate_sds_secret_configs[0]")
+    peer: model.PeerMatch | None = None
+    if common.HasField("combined_validation_context"):
+        cvc = common.combined_validation_context
+        cpath = f"{path}.combined_validation_context"
+        ctx.only(cvc, cpath, ("default_validation_context", "validation_context_sds_secret_config"))
+        if not cvc.HasField("validation_context_sds_secret_config"):
+            raise ctx.fail(f"{cpath}.validation_context_sds_secret_config", "required: the trust bundle comes from SDS")
+        validation = _sds_secret(ctx, cvc.validation_context_sds_secret_config,
+                                 f"{cpath}.validation_context_sds_secret_config")
+        peer = _peer_match(ctx, cvc.default_validation_context, f"{cpath}.default_validation_context")
+    elif common.HasField("validation_context_sds_secret_config"):
+        validation = _sds_secret(ctx, common.validation_context_sds_secret_config,
+                                 f"{path}.validation_context_sds_secret_config")
+    else:
+        raise ctx.fail(path, "needs validation_context_sds_secret_config or combined_validation_context: zlbfast "
+                       "verifies every peer's SPIFFE ID against a trust bundle")
+    alpn = tuple(common.alpn_protocols)
+    return _CommonTls(SdsRef(certificate, validation), min_version, alpn, peer)
+
+
+def _tls_params(ctx: Ctx, tp: common_pb2.TlsParameters, path: str) -> str:
+    ctx.only(tp, path, ("tls_minimum_protocol_version", "tls_maximum_protocol_version"))
+    if tp.tls_minimum_protocol_version not in _TLS_VERSIONS:
+        name = common_pb2.TlsParameters.TlsProtocol.Name(tp.tls_minimum_protocol_version)
+        raise ctx.fail(f"{path}.tls_minimum_protocol_version", f"{name} is not supported; use TLSv1_2 or TLSv1_3")
+    if tp.tls_maximum_protocol_version not in (common_pb2.TlsParameters.TLS_AUTO, common_pb2.TlsParameters.TLSv1_3):
+        raise ctx.fail(f"{path}.tls_maximum_protocol_version", "zlbfast always allows TLS 1.3: use TLS_AUTO or TLSv1_3")
+    return _TLS_VERSIONS[tp.tls_minimum_protocol_version]
+
+
+def _sds_secret(ctx: Ctx, cfg: secret_pb2.SdsSecretConfig, path: str) -> str:
+    ctx.only(cfg, path, ("name", "sds_config"))
+    if not cfg.name:
+        raise ctx.fail(f"{path}.name", "must name a Secret")
+    src = cfg.sds_config
+    ctx.only(src, f"{path}.sds_config", ("ads", "resource_api_version"))
+    if not src.HasField("ads"):
+        raise ctx.fail(f"{path}.sds_config", "Secrets come over the ADS stream: use sds_config {ads: {}}")
+    return cfg.name
+
+
+def _peer_match(ctx: Ctx, vc: common_pb2.CertificateValidationContext, path: str) -> model.PeerMatch | None:
+    """The one SPIFFE ID (exact) or ID prefix a peer must have; None: any ID the trust bundle verifies."""
+    ctx.only(vc, path, ("match_typed_subject_alt_names",))
+    matchers = vc.match_typed_subject_alt_names
+    if not matchers:
+        return None
+    mpath = f"{path}.match_typed_subject_alt_names"
+    if len(matchers) > 1:
+        raise ctx.fail(mpath, f"at most one matcher is supported, got {len(matchers)}")
+    m = matchers[0]
+    mpath += "[0]"
+    ctx.only(m, mpath, ("san_type", "matcher"))
+    if m.san_type != common_pb2.SubjectAltNameMatcher.URI:
+        name = common_pb2.SubjectAltNameMatcher.SanType.Name(m.san_type)
+        raise ctx.fail(f"{mpath}.san_type", f"{name} is not supported: zlbfast matches the SPIFFE ID (URI)")
+    ctx.only(m.matcher, f"{mpath}.matcher", ("exact", "prefix"))
+    kind = m.matcher.WhichOneof("match_pattern")
+    value = getattr(m.matcher, kind) if kind else ""
+    if not value.startswith("spiffe://") or len(value.encode()) > 255:
+        raise ctx.fail(f"{mpath}.matcher.{kind or 'exact'}", f"expected a spiffe:// ID of at most 255 bytes, "
+                       f"got {value!r}")
+    return model.PeerMatch("spiffe_id" if kind == "exact" else "spiffe_prefix", value)
 
 
 # ---------------------------------------------------------------------------------------------------------
