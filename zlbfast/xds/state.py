@@ -305,6 +305,9 @@ class Pipeline:
         if type_url == r.SECRET:
             # SDS: secrets change identities of the data plane, not the model.
             self._install_identities(new, self._sds_refs({}))
+            if not identity_bundles(new):
+                for name in sorted(n for n, spec in new.items() if spec.certificate_chain):
+                    log.warning("SDS secret %s waits for a validation_context secret (trust bundle)", name)
         else:
             staged = {type_url: new}
             if type_url in (r.LISTENER, r.CLUSTER):
@@ -396,8 +399,6 @@ class Pipeline:
             self._identities[name] = material
             info = self.engine.identity_info(name) or {}
             log.info("SDS identity %s installed: %s serial %s", name, info.get("spiffe_id"), info.get("serial"))
-        for name in sorted(n for n, m in wanted.items() if m is None and n in secrets):
-            log.warning("SDS secret %s waits for a validation_context secret (trust bundle)", name)
 
     def _activate_waiting(self) -> None:
         """After new Secrets: listeners and clusters that waited for their identities apply now. Their problems
