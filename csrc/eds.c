@@ -122,6 +122,136 @@ static int decode_u32_value(rd m, uint32_t *value)
     return ZLB_EDS_OK;
 }
 
+/* ---- metadata ------------------------------------------------------------- */
+
+/* envoy.config.core.v3.Metadata and the google.protobuf.Struct/Value/ListValue/
+ * Any inside it: labels zlbfast does not read, walked only so that the
+ * decoder accepts no metadata the exact path's parser would refuse (strings
+ * must be UTF-8 there: ASCII here; anything unusual is left to it). */
+#define METADATA_MAX_DEPTH 32
+
+static int check_value(rd m, int depth);
+static int check_struct(rd m, int depth);
+
+static int rd_skip_fixed64(rd *r)
+{
+    if (r->end - r->p < 8)
+        return ZLB_EDS_SLOW;
+    r->p += 8;
+    return ZLB_EDS_OK;
+}
+
+/* A map entry: key (1, a string), value (2, checked by `value`). */
+static int check_entry(rd m, int depth, int (*value)(rd, int))
+{
+    uint32_t field, wt, seen = 0;
+    rd sub;
+    if (depth > METADATA_MAX_DEPTH)
+        return ZLB_EDS_SLOW;
+    while (m.p < m.end) {
+        TRY(rd_tag(&m, &field, &wt));
+        if (wt != WT_LEN || (field != 1 && field != 2))
+            return ZLB_EDS_SLOW;
+        TRY(once(&seen, field));
+        TRY(rd_sub(&m, &sub));
+        TRY(field == 1 ? ascii(&sub) : value(sub, depth + 1));
+    }
+    return ZLB_EDS_OK;
+}
+
+/* google.protobuf.Any: type_url (1), value (2, opaque). */
+static int check_any(rd m, int depth)
+{
+    uint32_t field, wt, seen = 0;
+    rd sub;
+    (void)depth;
+    while (m.p < m.end) {
+        TRY(rd_tag(&m, &field, &wt));
+        if (wt != WT_LEN || (field != 1 && field != 2))
+            return ZLB_EDS_SLOW;
+        TRY(once(&seen, field));
+        TRY(rd_sub(&m, &sub));
+        if (field == 1)
+            TRY(ascii(&sub));
+    }
+    return ZLB_EDS_OK;
+}
+
+static int check_list(rd m, int depth)
+{
+    uint32_t field, wt;
+    rd sub;
+    if (depth > METADATA_MAX_DEPTH)
+        return ZLB_EDS_SLOW;
+    while (m.p < m.end) {
+        TRY(rd_tag(&m, &field, &wt));
+        if (field != 1 || wt != WT_LEN)
+            return ZLB_EDS_SLOW;
+        TRY(rd_sub(&m, &sub));
+        TRY(check_value(sub, depth + 1));
+    }
+    return ZLB_EDS_OK;
+}
+
+/* google.protobuf.Value: one of null (1), number (2), string (3), bool (4),
+ * struct (5), list (6). */
+static int check_value(rd m, int depth)
+{
+    uint32_t field, wt;
+    uint64_t scalar;
+    rd sub;
+    int fields = 0;
+    if (depth > METADATA_MAX_DEPTH)
+        return ZLB_EDS_SLOW;
+    while (m.p < m.end) {
+        if (fields++) /* a oneof set twice: the last wins, left to the exact path */
+            return ZLB_EDS_SLOW;
+        TRY(rd_tag(&m, &field, &wt));
+        if ((field == 1 || field == 4) && wt == WT_VARINT) {
+            TRY(rd_varint(&m, &scalar));
+        } else if (field == 2 && wt == WT_I64) {
+            TRY(rd_skip_fixed64(&m));
+        } else if (field >= 3 && field <= 6 && field != 4 && wt == WT_LEN) {
+            TRY(rd_sub(&m, &sub));
+            TRY(field == 3 ? ascii(&sub) : field == 5 ? check_struct(sub, depth + 1) : check_list(sub, depth + 1));
+        } else {
+            return ZLB_EDS_SLOW;
+        }
+    }
+    return ZLB_EDS_OK;
+}
+
+/* google.protobuf.Struct: fields (1), a map of string to Value. */
+static int check_struct(rd m, int depth)
+{
+    uint32_t field, wt;
+    rd sub;
+    while (m.p < m.end) {
+        TRY(rd_tag(&m, &field, &wt));
+        if (field != 1 || wt != WT_LEN)
+            return ZLB_EDS_SLOW;
+        TRY(rd_sub(&m, &sub));
+        TRY(check_entry(sub, depth, check_value));
+    }
+    return ZLB_EDS_OK;
+}
+
+/* envoy.config.core.v3.Metadata: filter_metadata (1, string to Struct) and
+ * typed_filter_metadata (2, string to Any). */
+static int check_metadata(rd m)
+{
+    uint32_t field, wt;
+    rd sub;
+    while (m.p < m.end) {
+        TRY(rd_tag(&m, &field, &wt));
+        if (wt != WT_LEN || (field != 1 && field != 2))
+            return ZLB_EDS_SLOW;
+        TRY(rd_sub(&m, &sub));
+        TRY(check_entry(sub, 0, field == 1 ? check_struct : check_any));
+    }
+    return ZLB_EDS_OK;
+}
+
 /* ---- endpoints ----------------------------------------------------------- */
 
 /* The rule of zlbfast.config._plain_backend_ip: a backend address that is
@@ -205,7 +335,7 @@ static int decode_endpoint(rd m, zlb_ep_spec *s)
 }
 
 /* envoy.config.endpoint.v3.LbEndpoint: endpoint, health_status, metadata
- * (a label, kept opaque as before), load_balancing_weight. */
+ * (a label), load_balancing_weight. */
 static int decode_lb_endpoint(rd m, const zlb_eds_limits *lim, zlb_ep_spec *s)
 {
     uint32_t field, wt, seen = 0, health = 0, weight = 1;
@@ -222,6 +352,7 @@ static int decode_lb_endpoint(rd m, const zlb_eds_limits *lim, zlb_ep_spec *s)
         } else if (field == 3 && wt == WT_LEN) {
             TRY(once(&seen, 3));
             TRY(rd_sub(&m, &sub));
+            TRY(check_metadata(sub));
         } else if (field == 4 && wt == WT_LEN) {
             TRY(once(&seen, 4));
             TRY(rd_sub(&m, &sub));

@@ -181,6 +181,66 @@ static void test_leaves_the_unusual_to_the_exact_path(void)
     zlb_eds_free(&out);
 }
 
+/* The sample plus one endpoint carrying `metadata` (LbEndpoint field 3). */
+static int sample_with_metadata(const uint8_t *md, size_t len)
+{
+    wb w, loc = {0}, lb = {0}, sa = {0}, addr = {0}, ep = {0};
+    sample(&w);
+    put_str(&sa, 2, "10.0.0.9");
+    put_u(&sa, 3, 80);
+    put_msg(&addr, 1, &sa);
+    put_msg(&ep, 1, &addr);
+    put_msg(&lb, 1, &ep);
+    put_bytes(&lb, 3, md, len);
+    put_msg(&loc, 2, &lb);
+    put_msg(&w, 2, &loc);
+    zlb_eds out;
+    int rc = zlb_eds_decode(w.b, w.n, &LIMITS, &out);
+    zlb_eds_free(&out);
+    return rc;
+}
+
+/* filter_metadata {"k": Struct{fields {"a": Value}}} with Value a list in a list ... `levels` deep. */
+static size_t nested_metadata(wb *out, int levels)
+{
+    wb value = {0}, entry = {0}, st = {0}, top = {0};
+    for (int i = 0; i < levels; i++) {
+        wb list = {0}, outer = {0};
+        put_msg(&list, 1, &value);  /* ListValue.values */
+        put_msg(&outer, 6, &list);  /* Value.list_value */
+        value = outer;
+    }
+    put_str(&entry, 1, "a");
+    put_msg(&entry, 2, &value);
+    put_msg(&st, 1, &entry);
+    put_str(&top, 1, "k");
+    put_msg(&top, 2, &st);
+    memset(out, 0, sizeof(*out));
+    put_msg(out, 1, &top);
+    return out->n;
+}
+
+static void test_metadata_is_walked_not_trusted(void)
+{
+    wb nested;
+    /* filter_metadata {"k": Struct{fields {"a": Value{string_value: "b"}}}} */
+    const uint8_t good[] = {0x0a, 0x0e, 0x0a, 0x01, 'k', 0x12, 0x09, 0x0a, 0x07, 0x0a, 0x01, 'a',
+                            0x12, 0x02, 0x1a, 0x00};
+    ZT_CHECK(sample_with_metadata(good, sizeof(good)) == ZLB_EDS_OK);
+    uint8_t bad[sizeof(good)];
+    memcpy(bad, good, sizeof(good));
+    bad[8] = 0x09; /* the Struct's entry claims more bytes than it has */
+    ZT_CHECK(sample_with_metadata(bad, sizeof(bad)) == ZLB_EDS_SLOW);
+    memcpy(bad, good, sizeof(good));
+    bad[15] = 0x01; /* string_value "" -> a length running past the end */
+    ZT_CHECK(sample_with_metadata(bad, sizeof(bad)) == ZLB_EDS_SLOW);
+    const uint8_t non_ascii[] = {0x0a, 0x05, 0x0a, 0x03, 0xc3, 0xa9, 'x'};
+    ZT_CHECK(sample_with_metadata(non_ascii, sizeof(non_ascii)) == ZLB_EDS_SLOW);
+    /* Lists nested deeper than the decoder walks are left to the exact path. */
+    ZT_CHECK(sample_with_metadata(nested.b, nested_metadata(&nested, 10)) == ZLB_EDS_OK);
+    ZT_CHECK(sample_with_metadata(nested.b, nested_metadata(&nested, 20)) == ZLB_EDS_SLOW);
+}
+
 static void test_no_prefix_reads_past_the_end(void)
 {
     wb w;
@@ -230,6 +290,7 @@ int main(void)
 {
     ZT_RUN(test_decodes_the_plain_subset);
     ZT_RUN(test_leaves_the_unusual_to_the_exact_path);
+    ZT_RUN(test_metadata_is_walked_not_trusted);
     ZT_RUN(test_no_prefix_reads_past_the_end);
     ZT_RUN(test_specs_go_into_a_snapshot);
     return zt_summary();

@@ -215,6 +215,10 @@ def _random_cla(rng: random.Random) -> endpoint_pb2.ClusterLoadAssignment:
                 e["load_balancing_weight"] = rng.choice([0, 1, 5, 1_000_000, 1_000_001])
             if rng.random() < 0.3:
                 e["health_status"] = rng.choice(["UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED"])
+            if rng.random() < 0.3:  # labels the decoder walks without reading (mutations land in them too)
+                e["metadata"] = {"filter_metadata": {"istio": {"uid": "kubernetes://p", "n": 1.5,
+                                                               "l": [True, None, {"k": "v"}]}},
+                                 "typed_filter_metadata": {"t": {"@type": "type.googleapis.com/google.protobuf.Empty"}}}
             eps.append(e)
         loc: dict[str, Any] = {"lb_endpoints": eps, "priority": rng.choice([0, 0, 1, 127, 128])}
         if rng.random() < 0.5:
