@@ -33,17 +33,17 @@ typedef struct rd {
     const uint8_t *p, *end;
 } rd;
 
-/* A varint of at most 10 bytes that fits 64 bits; SLOW when truncated or
- * longer (the exact decoder then reports it). */
-static int rd_varint(rd *r, uint64_t *v)
+/* A varint of at most max_bytes bytes that fits 64 bits; SLOW when
+ * truncated or longer (the exact decoder then reports it). */
+static int rd_varint_max(rd *r, uint64_t *v, int max_bytes)
 {
     uint64_t x = 0;
-    for (int i = 0; i < 10; i++) {
+    for (int i = 0; i < max_bytes; i++) {
         if (r->p >= r->end)
             return ZLB_EDS_SLOW;
         uint8_t b = *r->p++;
         if (i == 9 && b > 1)
-            return ZLB_EDS_SLOW;
+            return ZLB_EDS_SLOW; /* beyond 64 bits */
         x |= (uint64_t)(b & 0x7f) << (7 * i);
         if (!(b & 0x80)) {
             *v = x;
@@ -51,6 +51,12 @@ static int rd_varint(rd *r, uint64_t *v)
         }
     }
     return ZLB_EDS_SLOW;
+}
+
+/* A value: up to 10 bytes, as protobuf allows. */
+static int rd_varint(rd *r, uint64_t *v)
+{
+    return rd_varint_max(r, v, 10);
 }
 
 static int rd_u32(rd *r, uint32_t *v)
@@ -63,13 +69,16 @@ static int rd_u32(rd *r, uint32_t *v)
     return ZLB_EDS_OK;
 }
 
-/* Next field's number and wire type. */
+/* Next field's number and wire type. Tags and lengths are 32-bit varints
+ * of at most 5 bytes to the exact decoder (upb), which refuses longer ones. */
 static int rd_tag(rd *r, uint32_t *field, uint32_t *wt)
 {
-    uint32_t tag;
-    TRY(rd_u32(r, &tag));
-    *field = tag >> 3;
-    *wt = tag & 7;
+    uint64_t tag;
+    TRY(rd_varint_max(r, &tag, 5));
+    if (tag > UINT32_MAX)
+        return ZLB_EDS_SLOW;
+    *field = (uint32_t)(tag >> 3);
+    *wt = (uint32_t)(tag & 7);
     return *field ? ZLB_EDS_OK : ZLB_EDS_SLOW;
 }
 
@@ -77,7 +86,7 @@ static int rd_tag(rd *r, uint32_t *field, uint32_t *wt)
 static int rd_sub(rd *r, rd *sub)
 {
     uint64_t len;
-    TRY(rd_varint(r, &len));
+    TRY(rd_varint_max(r, &len, 5));
     if (len > (uint64_t)(r->end - r->p))
         return ZLB_EDS_SLOW;
     sub->p = r->p;

@@ -176,6 +176,16 @@ static void test_leaves_the_unusual_to_the_exact_path(void)
                                 0xff, 0xff, 0xff, 0xff, 0xff, 0x02}; /* priority: a varint over 64 bits */
     ZT_CHECK(zlb_eds_decode(overlong, sizeof(overlong), &LIMITS, &out) == ZLB_EDS_SLOW);
     zlb_eds_free(&out);
+    /* Tags and lengths: upb takes 5-byte varints, refuses 6-byte ones (zero either way here). */
+    const uint8_t len5[] = {0x0a, 0x01, 'c', 0x12, 0x80, 0x80, 0x80, 0x80, 0x00};
+    ZT_CHECK(zlb_eds_decode(len5, sizeof(len5), &LIMITS, &out) == ZLB_EDS_OK);
+    zlb_eds_free(&out);
+    const uint8_t len6[] = {0x0a, 0x01, 'c', 0x12, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00};
+    ZT_CHECK(zlb_eds_decode(len6, sizeof(len6), &LIMITS, &out) == ZLB_EDS_SLOW);
+    zlb_eds_free(&out);
+    const uint8_t tag6[] = {0x0a, 0x01, 'c', 0x92, 0x80, 0x80, 0x80, 0x80, 0x00, 0x00};
+    ZT_CHECK(zlb_eds_decode(tag6, sizeof(tag6), &LIMITS, &out) == ZLB_EDS_SLOW);
+    zlb_eds_free(&out);
     const uint8_t nameless[] = {0x12, 0x00};
     ZT_CHECK(zlb_eds_decode(nameless, sizeof(nameless), &LIMITS, &out) == ZLB_EDS_SLOW);
     zlb_eds_free(&out);

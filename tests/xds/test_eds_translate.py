@@ -151,6 +151,8 @@ def test_non_canonical_encodings_take_the_exact_path():
     # cluster_name twice: protobuf keeps the last one; a serializer never writes that, so the exact path decides.
     twice = b"\x0a\x01x" + plain.SerializeToString()
     assert r.decode_assignment(twice) is None
+    # Found by tests/fuzz/fuzz_eds.py: a length written in 7 bytes, which protobuf's parser refuses.
+    assert r.decode_assignment(b"\x12\x00\x0a\x013\x12\x80\x80\x80\x80\x80\x80\x00") is None
     for value in (explicit, twice):
         msg = endpoint_pb2.ClusterLoadAssignment.FromString(value)
         assert translate_any(msg).endpoints == r.translate_assignment(plain).endpoints
