@@ -390,13 +390,37 @@ int zlb_snap_add_cluster(zlb_snap_builder *b, const zlb_cluster_opts *o, char *e
     return (int)b->n_clusters++;
 }
 
-/* Fills ep->addr/addrlen/name from a numeric literal. 0 or -1. */
-static int parse_addr(zlb_endpoint *ep, const char *host, uint16_t port)
+/* Checks the values of one endpoint (ep->name already set) and fills them
+ * in. Both ways of adding endpoints go through here. 0 or -1. */
+static int set_values(zlb_endpoint *ep, const char *cn, uint16_t port, uint32_t weight, uint32_t priority,
+                      uint32_t zone_id, int health, char *err, size_t errlen)
 {
-    if (zlb_sockaddr_parse(host, port, &ep->addr, &ep->addrlen) != 0)
+    if (port == 0) {
+        set_err(err, errlen, "cluster '%s': endpoint '%s': port 0", cn, ep->name);
         return -1;
-    zlb_sockaddr_format((const struct sockaddr *)&ep->addr, ep->name, sizeof(ep->name));
+    }
+    if (weight == 0) {
+        set_err(err, errlen, "cluster '%s': endpoint '%s': weight must be >= 1", cn, ep->name);
+        return -1;
+    }
+    if (health < ZLB_HEALTHY || health > ZLB_UNHEALTHY) {
+        set_err(err, errlen, "cluster '%s': endpoint '%s': bad health %d", cn, ep->name, health);
+        return -1;
+    }
+    ep->weight = weight;
+    ep->priority = priority;
+    ep->zone_id = zone_id;
+    ep->health = (uint8_t)health;
     return 0;
+}
+
+static bcluster *builder_cluster(zlb_snap_builder *b, int cluster, char *err, size_t errlen)
+{
+    if (cluster < 0 || (uint32_t)cluster >= b->n_clusters) {
+        set_err(err, errlen, "no cluster with index %d", cluster);
+        return NULL;
+    }
+    return &b->clusters[cluster];
 }
 
 /* Control thread. Validates and records one endpoint; the state reference
@@ -405,55 +429,123 @@ int zlb_snap_add_endpoint(zlb_snap_builder *b, int cluster, const char *host, ui
                           uint32_t weight, uint32_t priority, const char *zone, int health,
                           char *err, size_t errlen)
 {
-    if (cluster < 0 || (uint32_t)cluster >= b->n_clusters) {
-        set_err(err, errlen, "endpoint %s:%u: no cluster with index %d", host, (unsigned)port, cluster);
+    bcluster *bc = builder_cluster(b, cluster, err, errlen);
+    if (!bc)
         return -1;
-    }
-    bcluster *bc = &b->clusters[cluster];
     const char *cn = bc->opts.name;
-    if (port == 0) {
-        set_err(err, errlen, "cluster '%s': endpoint '%s': port 0", cn, host);
-        return -1;
-    }
-    if (weight == 0) {
-        set_err(err, errlen, "cluster '%s': endpoint '%s:%u': weight must be >= 1", cn, host, (unsigned)port);
-        return -1;
-    }
-    if (health < ZLB_HEALTHY || health > ZLB_UNHEALTHY) {
-        set_err(err, errlen, "cluster '%s': endpoint '%s:%u': bad health %d", cn, host, (unsigned)port, health);
-        return -1;
-    }
     zlb_endpoint ep;
     memset(&ep, 0, sizeof(ep));
-    if (parse_addr(&ep, host, port) < 0) {
+    if (zlb_sockaddr_parse(host, port, &ep.addr, &ep.addrlen) != 0) {
         set_err(err, errlen, "cluster '%s': endpoint '%s': not a numeric IPv4/IPv6 address", cn, host);
         return -1;
     }
+    zlb_sockaddr_format((const struct sockaddr *)&ep.addr, ep.name, sizeof(ep.name));
     int64_t zid = intern_zone(b, zone);
     if (zid < 0 || grow((void **)&bc->eps, &bc->cap, bc->n, sizeof(zlb_endpoint)) < 0) {
         set_err(err, errlen, "cluster '%s': endpoint '%s': out of memory", cn, ep.name);
         return -1;
     }
-    ep.weight = weight;
-    ep.priority = priority;
-    ep.zone_id = (uint32_t)zid;
-    ep.health = (uint8_t)health;
+    if (set_values(&ep, cn, port, weight, priority, (uint32_t)zid, health, err, errlen) < 0)
+        return -1;
     bc->eps[bc->n++] = ep;
     return 0;
 }
 
-/* qsort comparators for endpoint pointers. Pointer order is insertion
- * order (they point into one array), which keeps the grouping stable. */
-static int cmp_ep_name(const void *a, const void *b)
+int64_t zlb_snap_zone_id(zlb_snap_builder *b, const char *zone)
 {
-    return strcmp((*(zlb_endpoint *const *)a)->name, (*(zlb_endpoint *const *)b)->name);
+    return intern_zone(b, zone);
 }
+
+/* Control thread, GIL not needed. See snapshot.h. */
+int zlb_snap_add_specs(zlb_snap_builder *b, int cluster, const zlb_ep_spec *specs, uint32_t n,
+                       const uint32_t *zone_ids, uint32_t n_zones, char *err, size_t errlen)
+{
+    bcluster *bc = builder_cluster(b, cluster, err, errlen);
+    if (!bc)
+        return -1;
+    const char *cn = bc->opts.name;
+    if (n > UINT32_MAX - bc->n) {
+        set_err(err, errlen, "cluster '%s': too many endpoints", cn);
+        return -1;
+    }
+    if (bc->n + n > bc->cap) {
+        zlb_endpoint *eps = realloc(bc->eps, (size_t)(bc->n + n) * sizeof(*eps));
+        if (!eps) {
+            set_err(err, errlen, "cluster '%s': out of memory", cn);
+            return -1;
+        }
+        bc->eps = eps;
+        bc->cap = bc->n + n;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const zlb_ep_spec *sp = &specs[i];
+        zlb_endpoint *ep = &bc->eps[bc->n + i];
+        memset(ep, 0, sizeof(*ep));
+        if (sp->family == 4) {
+            struct sockaddr_in *a4 = (struct sockaddr_in *)&ep->addr;
+            a4->sin_family = AF_INET;
+            a4->sin_port = htons(sp->port);
+            memcpy(&a4->sin_addr, sp->addr, 4);
+            ep->addrlen = sizeof(*a4);
+        } else if (sp->family == 6) {
+            struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ep->addr;
+            a6->sin6_family = AF_INET6;
+            a6->sin6_port = htons(sp->port);
+            memcpy(&a6->sin6_addr, sp->addr, 16);
+            ep->addrlen = sizeof(*a6);
+        } else {
+            set_err(err, errlen, "cluster '%s': endpoint %u: address family %u", cn, i, (unsigned)sp->family);
+            return -1;
+        }
+        zlb_sockaddr_format((const struct sockaddr *)&ep->addr, ep->name, sizeof(ep->name));
+        if (sp->zone >= n_zones) {
+            set_err(err, errlen, "cluster '%s': endpoint '%s': zone %u of %u", cn, ep->name, (unsigned)sp->zone,
+                    n_zones);
+            return -1;
+        }
+        if (set_values(ep, cn, sp->port, sp->weight, sp->priority, zone_ids[sp->zone], sp->health, err,
+                       errlen) < 0)
+            return -1;
+    }
+    bc->n += n; /* only now: on failure nothing was added */
+    return 0;
+}
+
+/* qsort comparator for endpoint pointers. Pointer order is insertion
+ * order (they point into one array), which keeps the grouping stable. */
 static int cmp_ep_prio(const void *a, const void *b)
 {
     const zlb_endpoint *x = *(zlb_endpoint *const *)a, *y = *(zlb_endpoint *const *)b;
     if (x->priority != y->priority)
         return x->priority < y->priority ? -1 : 1;
     return x < y ? -1 : x > y;
+}
+
+/* Sets *dup to an endpoint of c that shares its registry state with an
+ * earlier one, i.e. has the same name, or NULL. States are unique per
+ * (cluster, name), so comparing pointers in a hash set replaces sorting
+ * names. 0, or -1 on allocation failure. */
+static int find_shared_state(const zlb_cluster *c, const zlb_endpoint **dup)
+{
+    *dup = NULL;
+    if (c->n_endpoints < 2)
+        return 0;
+    size_t size = 16;
+    while (size < 2 * (size_t)c->n_endpoints)
+        size *= 2;
+    const zlb_ep_state **set = calloc(size, sizeof(*set));
+    if (!set)
+        return -1;
+    for (uint32_t i = 0; i < c->n_endpoints && !*dup; i++) {
+        const zlb_ep_state *st = c->endpoints[i].state;
+        size_t k = (size_t)(st->key_hash & (size - 1));
+        for (; set[k]; k = (k + 1) & (size - 1))
+            if (set[k] == st)
+                *dup = &c->endpoints[i];
+        set[k] = st;
+    }
+    free(set);
+    return 0;
 }
 
 static _Atomic int64_t snapshots_alive;
@@ -487,18 +579,25 @@ static int build_cluster(zlb_cluster *c, zlb_ep_registry *reg, char *err, size_t
         set_err(err, errlen, "cluster '%s': out of memory", cn);
         return -1;
     }
-    for (uint32_t i = 0; i < c->n_endpoints; i++)
-        all[i] = &c->endpoints[i];
     /* Duplicates would share one state and skew every policy: reject. */
-    qsort(all, c->n_endpoints, sizeof(*all), cmp_ep_name);
-    for (uint32_t i = 1; i < c->n_endpoints; i++) {
-        if (strcmp(all[i - 1]->name, all[i]->name) == 0) {
-            set_err(err, errlen, "cluster '%s': duplicate endpoint '%s'", cn, all[i]->name);
-            free(all);
-            return -1;
-        }
+    const zlb_endpoint *dup = NULL;
+    if (find_shared_state(c, &dup) < 0) {
+        set_err(err, errlen, "cluster '%s': out of memory", cn);
+        free(all);
+        return -1;
     }
-    qsort(all, c->n_endpoints, sizeof(*all), cmp_ep_prio);
+    if (dup) {
+        set_err(err, errlen, "cluster '%s': duplicate endpoint '%s'", cn, dup->name);
+        free(all);
+        return -1;
+    }
+    int sorted = 1;
+    for (uint32_t i = 0; i < c->n_endpoints; i++) {
+        all[i] = &c->endpoints[i];
+        sorted &= i == 0 || all[i - 1]->priority <= all[i]->priority;
+    }
+    if (!sorted) /* most clusters have one priority, or list them in order */
+        qsort(all, c->n_endpoints, sizeof(*all), cmp_ep_prio);
     uint32_t np = 1;
     for (uint32_t i = 1; i < c->n_endpoints; i++)
         np += all[i]->priority != all[i - 1]->priority;

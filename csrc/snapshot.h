@@ -78,6 +78,19 @@ zlb_ep_state *zlb_ep_registry_get(zlb_ep_registry *r, const char *cluster, const
 void zlb_ep_registry_sweep(zlb_ep_registry *r);
 size_t zlb_ep_registry_count(zlb_ep_registry *r);
 
+/* One endpoint in compact form: what the EDS decoder (eds.h) produces and
+ * zlb_snap_add_specs() takes, so that a large update never goes through one
+ * call (or one Python object) per endpoint. */
+typedef struct zlb_ep_spec {
+    uint8_t addr[16];   /* network order; IPv4 uses the first 4 bytes */
+    uint16_t port;      /* host order */
+    uint8_t family;     /* 4 or 6 */
+    uint8_t health;     /* zlb_health */
+    uint32_t weight;
+    uint16_t priority;
+    uint16_t zone;      /* index into the zone ids given with the specs */
+} zlb_ep_spec;
+
 typedef struct zlb_endpoint {
     struct sockaddr_storage addr;
     socklen_t addrlen;
@@ -170,6 +183,14 @@ int zlb_snap_add_cluster(zlb_snap_builder *b, const zlb_cluster_opts *o, char *e
 int zlb_snap_add_endpoint(zlb_snap_builder *b, int cluster, const char *host, uint16_t port,
                           uint32_t weight, uint32_t priority, const char *zone, int health,
                           char *err, size_t errlen);
+/* Id of zone name z in the snapshots this builder makes (added when new),
+ * for zlb_snap_add_specs. -1 on allocation failure. */
+int64_t zlb_snap_zone_id(zlb_snap_builder *b, const char *zone);
+/* Adds n endpoints at once; spec zone k is zone id zone_ids[k] (k < n_zones).
+ * Checks each like zlb_snap_add_endpoint. Needs no Python: callers release
+ * the GIL around it. 0 or -1 (nothing added). */
+int zlb_snap_add_specs(zlb_snap_builder *b, int cluster, const zlb_ep_spec *specs, uint32_t n,
+                       const uint32_t *zone_ids, uint32_t n_zones, char *err, size_t errlen);
 /* Adds an HTTP route table; ownership passes to the builder (freed on
  * failure too). Route clusters are cluster indices of this builder. 0/-1. */
 int zlb_snap_add_router(zlb_snap_builder *b, struct zlb_router *r, char *err, size_t errlen);

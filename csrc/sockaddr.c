@@ -1,5 +1,6 @@
 /* sockaddr.c - see sockaddr.h. */
 #include "sockaddr.h"
+#include "zlb_common.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -25,13 +26,38 @@ int zlb_sockaddr_parse(const char *host, uint16_t port, struct sockaddr_storage 
     return -1;
 }
 
+/* Writes v in decimal at p; returns the end. */
+static char *put_decimal(char *p, unsigned v)
+{
+    char digits[10];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = digits[--n];
+    return p;
+}
+
 void zlb_sockaddr_format(const struct sockaddr *sa, char *out, size_t outlen)
 {
     char buf[INET6_ADDRSTRLEN];
     if (sa->sa_family == AF_INET) {
+        /* By hand: glibc's inet_ntop and snprintf were most of the cost of
+         * adding 10,000 endpoints to a snapshot. The same dotted decimal. */
         const struct sockaddr_in *a4 = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &a4->sin_addr, buf, sizeof(buf));
-        snprintf(out, outlen, "%s:%u", buf, (unsigned)ntohs(a4->sin_port));
+        const unsigned char *b = (const unsigned char *)&a4->sin_addr;
+        char text[sizeof("255.255.255.255:65535")];
+        char *p = text;
+        for (int i = 0; i < 4; i++) {
+            p = put_decimal(p, b[i]);
+            *p++ = i < 3 ? '.' : ':';
+        }
+        p = put_decimal(p, ntohs(a4->sin_port));
+        *p = '\0';
+        if (outlen > 0)
+            zlb_strlcpy(out, text, outlen);
     } else if (sa->sa_family == AF_INET6) {
         /* inet_ntop gives the canonical form, so "::0001" and "::1" name the
          * same endpoint. */

@@ -27,9 +27,11 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.netutil import DEADLINE_S, Backend, connect, free_port, wait_for
+from tests.xds.envoy_res import assignment
 from zlbfast.admin import REDACTED, AdminServer, redact
 from zlbfast.metrics import ObservedEngine
 from zlbfast.model import Cluster, Config, Endpoint, Listener
+from zlbfast.xds.resources import decode_assignment
 
 T = TypeVar("T")
 
@@ -242,6 +244,15 @@ def test_config_dump_holds_no_key_material(loop_thread: LoopThread, backends) ->
     assert got["updates"] == 1
     assert [ep["port"] for ep in got["config"]["clusters"][0]["endpoints"]] == [ep.port for ep in
                                                                                 cfg.clusters[0].endpoints]
+
+
+def test_config_dump_lists_endpoints_from_eds() -> None:
+    # EDS endpoints are a native EndpointTable, not a tuple; the dump lists them like any others.
+    decoded = decode_assignment(assignment("c", [("10.0.0.1", 80), ("2001:db8::2", 81)], zone="z").SerializeToString())
+    assert decoded is not None and not isinstance(decoded.endpoints, tuple)
+    dump = json.loads(json.dumps(redact(Cluster("c", decoded.endpoints))))
+    assert [(e["address"], e["port"], e["zone"]) for e in dump["endpoints"]] == [("10.0.0.1", 80, "z"),
+                                                                                 ("2001:db8::2", 81, "z")]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,12 +23,14 @@ from zlbfast.config import (
 )
 from zlbfast.model import (
     Cluster,
+    ClusterTls,
     Config,
     Endpoint,
     HeaderOps,
     HealthCheck,
     HttpOptions,
     Listener,
+    ListenerTls,
     OutlierDetection,
     Redirect,
     RetryPolicy,
@@ -1082,3 +1084,16 @@ def test_proxy_config_http_mode() -> None:
         proxy_config("0.0.0.0:8080", ["10.0.0.1:80"], mode="htp")
     assert (info.value.path, info.value.problem) == (
         "--mode", "unknown protocol 'htp' (did you mean 'http'?); expected one of: tcp, http")
+
+
+def test_tls_names_files_or_an_installed_identity_not_both() -> None:
+    # xDS sets `identity` (an identity SDS installs); YAML sets the three files. One or the other.
+    def cfg(tls: ListenerTls) -> Config:
+        return Config(listeners=(Listener("l", "127.0.0.1", 0, "c", tls=tls),),
+                      clusters=(Cluster("c", (Endpoint("127.0.0.1", 1),), tls=ClusterTls("", "", "", identity="x")),))
+
+    validate(cfg(ListenerTls("", "", "", identity='sds:["default","ROOTCA"]')))
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.tls\.cert: not with an identity installed by name"):
+        validate(cfg(ListenerTls("a.pem", "", "", identity="x")))
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.tls\.key: expected a file path"):
+        validate(cfg(ListenerTls("a.pem", "", "b.pem")))

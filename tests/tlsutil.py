@@ -121,6 +121,14 @@ def write_svid_files(directory: Path, svid: Svid, bundle_pem: str) -> tuple[Path
     return cert, key, bundle
 
 
+def _load_svid(ctx: ssl.SSLContext, svid: Svid) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        cert, key = Path(d) / "c.pem", Path(d) / "k.pem"
+        cert.write_text(svid.cert_pem)
+        key.write_text(svid.key_pem)
+        ctx.load_cert_chain(cert, key)
+
+
 def client_context(svid: Svid | None, bundle_pem: str) -> ssl.SSLContext:
     """A Python client context that trusts bundle_pem, checks no host name (SPIFFE IDs are URIs) and
     presents svid when given."""
@@ -129,12 +137,26 @@ def client_context(svid: Svid | None, bundle_pem: str) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=bundle_pem)
     if svid is not None:
-        with tempfile.TemporaryDirectory() as d:
-            cert, key = Path(d) / "c.pem", Path(d) / "k.pem"
-            cert.write_text(svid.cert_pem)
-            key.write_text(svid.key_pem)
-            ctx.load_cert_chain(cert, key)
+        _load_svid(ctx, svid)
     return ctx
+
+
+def server_context(svid: Svid, bundle_pem: str) -> ssl.SSLContext:
+    """A Python server context presenting svid that requires a client certificate verifying against bundle_pem."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=bundle_pem)
+    _load_svid(ctx, svid)
+    return ctx
+
+
+def peer_spiffe_id(sock: ssl.SSLSocket) -> str:
+    """The URI SAN of the verified peer's certificate."""
+    cert = sock.getpeercert()
+    assert cert, "no verified peer certificate"
+    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
+    assert len(uris) == 1, cert
+    return str(uris[0])
 
 
 def tls_connect(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:

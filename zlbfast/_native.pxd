@@ -60,6 +60,15 @@ cdef extern from "snapshot.h" nogil:
         zlb_outlier_opts outlier
         zlb_breaker_opts breakers
 
+    ctypedef struct zlb_ep_spec:
+        uint8_t addr[16]
+        uint16_t port
+        uint8_t family
+        uint8_t health
+        uint32_t weight
+        uint16_t priority
+        uint16_t zone
+
     ctypedef struct zlb_endpoint:
         uint32_t weight
         uint32_t priority
@@ -91,10 +100,42 @@ cdef extern from "snapshot.h" nogil:
     int zlb_snap_add_endpoint(zlb_snap_builder *b, int cluster, const char *host, uint16_t port,
                               uint32_t weight, uint32_t priority, const char *zone, int health,
                               char *err, size_t errlen)
+    int64_t zlb_snap_zone_id(zlb_snap_builder *b, const char *zone)
+    int zlb_snap_add_specs(zlb_snap_builder *b, int cluster, const zlb_ep_spec *specs, uint32_t n,
+                           const uint32_t *zone_ids, uint32_t n_zones, char *err, size_t errlen)
     int zlb_snap_add_router(zlb_snap_builder *b, zlb_router *r, char *err, size_t errlen)
     zlb_snapshot *zlb_snap_build(zlb_snap_builder *b, uint64_t version, char *err, size_t errlen)
     void zlb_snapshot_free(zlb_snapshot *s)
     int64_t zlb_debug_snapshots_alive()
+
+
+cdef extern from "eds.h" nogil:
+    ctypedef struct zlb_eds_limits:
+        uint32_t max_weight
+        uint32_t max_priority
+        uint32_t max_zone_len
+        uint8_t health_of[6]
+        uint8_t health_other
+
+    ctypedef struct zlb_eds_span:
+        const char *p
+        uint32_t len
+
+    ctypedef struct zlb_eds:
+        zlb_eds_span name
+        int64_t overprovisioning
+        zlb_ep_spec *eps
+        uint32_t n
+        zlb_eds_span *zones
+        uint32_t n_zones
+
+    enum:
+        ZLB_EDS_NOMEM
+        ZLB_EDS_SLOW
+        ZLB_EDS_OK
+
+    int zlb_eds_decode(const uint8_t *buf, size_t len, const zlb_eds_limits *lim, zlb_eds *out)
+    void zlb_eds_free(zlb_eds *out)
 
 
 cdef extern from "router.h" nogil:

@@ -1,7 +1,9 @@
 """Type stubs for the Cython boundary module (zlbfast/_native.pyx)."""
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, overload
+
+from zlbfast.model import Endpoint
 
 STAT_FIELDS: tuple[str, ...]
 CLUSTER_STAT_FIELDS: tuple[str, ...]
@@ -41,6 +43,22 @@ class RouteTable:
         backoff_base_ms: int = 25,
         backoff_max_ms: int = 250,
     ) -> None: ...
+
+class EndpointTable(Sequence[Endpoint]):
+    zones: tuple[str, ...]
+    def __len__(self) -> int: ...
+    @overload
+    def __getitem__(self, index: int) -> Endpoint: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Endpoint, ...]: ...
+    def __iter__(self) -> Iterator[Endpoint]: ...
+    def __hash__(self) -> int: ...
+    def priority_counts(self) -> dict[int, int]: ...
+
+class EdsDecoder:
+    def __init__(self, max_weight: int, max_priority: int, max_zone_bytes: int, health_of: dict[int, str],
+                 health_other: str) -> None: ...
+    def decode(self, value: bytes) -> tuple[str, int | None, EndpointTable] | None: ...
 
 class SnapshotBuilder:
     def __init__(self, engine: NativeEngine, local_zone: str = "") -> None: ...

@@ -249,7 +249,7 @@ cdef class SnapshotBuilder:
 
     def __cinit__(self, NativeEngine engine not None, str local_zone=""):
         self.engine = engine
-        self.b = zlb_snap_builder_new(zlb_engine_registry(engine.e), _b(local_zone, 128))
+        self.b = zlb_snap_builder_new(zlb_engine_registry(engine._live()), _b(local_zone, 128))
         if self.b == NULL:
             raise MemoryError()
 
@@ -300,16 +300,38 @@ cdef class SnapshotBuilder:
 
     def add_endpoints(self, int cluster, endpoints):
         """add_endpoint for each object with address, port, weight, priority, zone and health
-        attributes (zlbfast.model.Endpoint): one call for a whole cluster, since xDS pushes
-        tens of thousands at once."""
+        attributes (zlbfast.model.Endpoint): one call for a whole cluster. An EndpointTable (EDS)
+        goes in as one array, without the GIL."""
         cdef char err[512]
         cdef bytes host, zone
+        if isinstance(endpoints, EndpointTable):
+            self._add_table(cluster, <EndpointTable>endpoints)
+            return
         for ep in endpoints:
             host = _b(ep.address, 64)
             zone = _b(ep.zone, 128)
             if zlb_snap_add_endpoint(self.b, cluster, host, ep.port, ep.weight, ep.priority, zone,
                                      HEALTH[ep.health], err, sizeof(err)) != 0:
                 raise NativeError(err.decode(errors="replace"))
+
+    cdef _add_table(self, int cluster, EndpointTable table):
+        cdef char err[512]
+        cdef int rc
+        cdef uint32_t n_zones = len(table.zones)
+        cdef uint32_t *zone_ids = <uint32_t *>PyMem_Malloc(max(n_zones, 1) * sizeof(uint32_t))
+        if zone_ids == NULL:
+            raise MemoryError()
+        try:
+            for k, zone in enumerate(table.zones):
+                zid = zlb_snap_zone_id(self.b, _b(zone, 128))
+                if zid < 0:
+                    raise MemoryError()
+                zone_ids[k] = zid
+            with nogil:
+                rc = zlb_snap_add_specs(self.b, cluster, table.eps, table.n, zone_ids, n_zones, err, sizeof(err))
+            _raise_if(rc, err)
+        finally:
+            PyMem_Free(zone_ids)
 
     def add_endpoint(self, int cluster, str host, int port, *, int weight=1, int priority=0,
                      str zone="", str health="healthy"):
@@ -372,11 +394,18 @@ cdef class NativeEngine:
         """Builds the snapshot and makes it the one workers use."""
         cdef char err[512]
         cdef zlb_engine *e = self._live()
+        cdef zlb_snap_builder *b = builder.b
+        cdef zlb_snapshot *s
         self.version += 1
-        cdef zlb_snapshot *s = zlb_snap_build(builder.b, self.version, err, sizeof(err))
+        cdef uint64_t version = self.version
+        # Building takes milliseconds for large clusters (registry lookups, policy tables): other Python
+        # threads may run meanwhile.
+        with nogil:
+            s = zlb_snap_build(b, version, err, sizeof(err))
+            if s != NULL:
+                zlb_engine_publish(e, s)
         if s == NULL:
             raise NativeError(err.decode(errors="replace"))
-        zlb_engine_publish(e, s)
         return self.version
 
     def reclaim(self):
@@ -669,5 +698,6 @@ def total_ejections():
     return zlb_lb_total_ejections()
 
 
+include "_eds.pxi"
 include "_loadgen.pxi"
 include "_http1.pxi"

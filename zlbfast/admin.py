@@ -31,7 +31,7 @@ import logging
 import re
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,7 +122,8 @@ def redact(value: Any, name: str = "") -> Any:
         value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {str(k): redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    # Sequence, not just list and tuple: endpoints from EDS are an EndpointTable (zlbfast._native).
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return [redact(v, name) for v in value]
     if isinstance(value, (bytes, str)) and value and (_SECRET_NAME.search(name) or _PEM_PRIVATE.search(
             value.decode("latin-1") if isinstance(value, bytes) else value)):

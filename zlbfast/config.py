@@ -33,6 +33,7 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
+from ._native import EndpointTable
 from .model import (
     AUTHZ_METHODS,
     AUTHZ_PATH_KINDS,
@@ -927,15 +928,9 @@ def _validate_health_check(check: HealthCheck, path: str, source: str) -> None:
 
 
 # Clusters that passed validation, by identity (the rules do not depend on path or source). An xDS update replaces
-# one cluster, or some endpoints of one, among thousands, and Engine.apply validates the whole config; the unchanged
-# parts are the very same frozen objects, and judging them again would cost microseconds per endpoint on every
-# update.
+# one cluster among thousands, and Engine.apply validates the whole config; the unchanged clusters are the very
+# same frozen objects, and judging them again would cost microseconds per endpoint on every update.
 _VALIDATED: dict[int, weakref.ref[Any]] = {}
-# The latest cluster of each name that passed validation. Its endpoints are valid, and keep their ids while it is
-# alive, so the next version of the cluster (an EDS update) judges only the endpoints it does not share with it.
-# One weak reference per cluster, not one per endpoint: registering 10,000 new endpoints one by one cost more than
-# judging them.
-_LAST_VALID: dict[str, weakref.ref[Cluster]] = {}
 
 
 def _validated_once(check: Callable[[T, str, str], None]) -> Callable[[T, str, str], None]:
@@ -951,10 +946,8 @@ def _validated_once(check: Callable[[T, str, str], None]) -> Callable[[T, str, s
     return run
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _ip_key(address: str) -> bytes:
-    """The address as bytes for the duplicate check, which runs on every validation of a cluster: cached because
-    xDS updates repeat the same addresses, bytes because they hash in C (IPv4 and IPv6 differ in length)."""
+    """The address as bytes for the duplicate check: they hash in C, and IPv4 and IPv6 differ in length."""
     return _packed(address) or ipaddress.ip_address(address).packed
 
 
@@ -992,16 +985,6 @@ def _plain_endpoint(endpoint: Endpoint) -> bool:
     )
 
 
-def _remember_valid(cluster: Cluster) -> None:
-    name = cluster.name
-
-    def forget(ref: weakref.ref[Cluster]) -> None:
-        if _LAST_VALID.get(name) is ref:
-            del _LAST_VALID[name]
-
-    _LAST_VALID[name] = weakref.ref(cluster, forget)
-
-
 def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
     _check_label(cluster.name, f"{path}.name", source, required=True)
     if cluster.tls is not None:
@@ -1024,14 +1007,31 @@ def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
         _validate_health_check(cluster.health_check, f"{path}.health_check", source)
 
     endpoints = cluster.endpoints
-    last_ref = _LAST_VALID.get(cluster.name)
-    last = last_ref() if last_ref is not None else None
-    shared = set(map(id, last.endpoints)) if last is not None else set()
+    # An EndpointTable (EDS, decoded in C) holds only endpoints that _plain_endpoint passes, with this module's
+    # limits (zlbfast.xds.resources gives them to the decoder), and no duplicates: checked as it was decoded.
+    if not isinstance(endpoints, EndpointTable):
+        _validate_endpoints(cluster, path, source)
+
+    if cluster.policy == "maglev" and cluster.endpoints:
+        # The table is built per priority level; with fewer slots than endpoints some get no traffic at all.
+        counts = (endpoints.priority_counts() if isinstance(endpoints, EndpointTable)
+                  else collections.Counter(e.priority for e in endpoints))
+        priority, count = max(counts.items(), key=operator.itemgetter(1))
+        if count > cluster.maglev_table_size:
+            _fail(
+                source,
+                size_path,
+                f"{cluster.maglev_table_size} slots cannot hold the {count} endpoints of priority {priority}",
+            )
+
+
+def _validate_endpoints(cluster: Cluster, path: str, source: str) -> None:
+    endpoints = cluster.endpoints
     for i, endpoint in enumerate(endpoints):
-        if id(endpoint) not in shared and not _plain_endpoint(endpoint):
+        if not _plain_endpoint(endpoint):
             _validate_endpoint(endpoint, f"{path}.endpoints[{i}]", source)
     # Compared as packed IPs so that "::1" and "0::1" built in code are still caught. The set is built without a
-    # Python-level loop (10,000 endpoints: 2 ms instead of 9), and only a cluster with a duplicate is walked to name it.
+    # Python-level loop, and only a cluster with a duplicate is walked to name it.
     keys = list(zip(map(_ip_key, map(_ADDRESS, endpoints)), map(_PORT, endpoints), strict=True))
     if len(set(keys)) != len(keys):
         seen: set[tuple[bytes, int]] = set()
@@ -1042,23 +1042,8 @@ def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
                       f"duplicate endpoint {shown} in cluster {cluster.name!r}")
             seen.add(key)
 
-    if cluster.policy == "maglev" and cluster.endpoints:
-        # The table is built per priority level; with fewer slots than endpoints some get no traffic at all.
-        priority, count = collections.Counter(e.priority for e in cluster.endpoints).most_common(1)[0]
-        if count > cluster.maglev_table_size:
-            _fail(
-                source,
-                size_path,
-                f"{cluster.maglev_table_size} slots cannot hold the {count} endpoints of priority {priority}",
-            )
 
-
-def _validate_and_remember(cluster: Cluster, path: str, source: str) -> None:
-    _validate_cluster(cluster, path, source)
-    _remember_valid(cluster)
-
-
-_validate_cluster_once = _validated_once(_validate_and_remember)
+_validate_cluster_once = _validated_once(_validate_cluster)
 
 
 def _check_cluster_ref(name: str, path: str, source: str, clusters: dict[str, None]) -> None:
@@ -1425,8 +1410,11 @@ def _validate_authz_rule(rule: AuthzRule, protocol: str, path: str, source: str)
 
 def _validate_tls(tls: ListenerTls | ClusterTls, path: str, source: str, protocol: str = "tcp") -> None:
     for key in ("cert", "key", "bundle"):
-        if not getattr(tls, key):
-            _fail(source, f"{path}.{key}", "expected a file path")
+        if bool(getattr(tls, key)) == bool(tls.identity):
+            _fail(source, f"{path}.{key}", "expected a file path" if not tls.identity else
+                  f"not with an identity installed by name ({tls.identity!r})")
+    if len(tls.identity.encode()) > MAX_NAME_BYTES:
+        _fail(source, f"{path}.identity", f"must be at most {MAX_NAME_BYTES} bytes long")
     _check_choice(tls.min_version, TLS_VERSIONS, "min_version", f"{path}.min_version", source)
     if tls.peer is not None:
         _validate_peer_match(tls.peer, f"{path}.peer", source)

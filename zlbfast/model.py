@@ -13,6 +13,7 @@ Defaults are the documented defaults of docs/config.md and mirror
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 POLICIES: tuple[str, ...] = (
@@ -128,8 +129,10 @@ class AuthzRule:
 
 @dataclass(frozen=True)
 class ListenerTls:
-    """TLS termination on a TCP or HTTP listener. cert/key/bundle are files (spiffe-helper layout), watched for
-    rotation; listeners and clusters naming the same three files share one identity."""
+    """TLS termination on a TCP or HTTP listener. cert/key/bundle are files (spiffe-helper layout), watched for rotation;
+    listeners and clusters naming the same three files share one identity. Instead of files, `identity` may name
+    an identity that its source installs and rotates itself (xDS: from SDS secrets); cert/key/bundle are then
+    empty."""
 
     cert: str
     key: str
@@ -141,11 +144,13 @@ class ListenerTls:
     allow: tuple[AuthzRule, ...] = ()  # any allow rule makes the default deny
     deny: tuple[AuthzRule, ...] = ()  # deny rules win over allow rules
     handshake_timeout_ms: int = 10000
+    identity: str = ""  # an installed identity by name, instead of the files
 
 
 @dataclass(frozen=True)
 class ClusterTls:
-    """TLS origination to every endpoint of a cluster (mTLS with our SVID)."""
+    """TLS origination to every endpoint of a cluster (mTLS with our SVID); cert/key/bundle or `identity` as for
+    ListenerTls."""
 
     cert: str
     key: str
@@ -154,12 +159,14 @@ class ClusterTls:
     min_version: str = "1.3"
     alpn: tuple[str, ...] = ()
     sni: str = ""
+    identity: str = ""  # an installed identity by name, instead of the files
 
 
 @dataclass(frozen=True)
 class Cluster:
     name: str
-    endpoints: tuple[Endpoint, ...]
+    # A tuple, or (from EDS) a zlbfast._native.EndpointTable: the same Endpoints, stored compactly.
+    endpoints: Sequence[Endpoint]
     policy: str = "round_robin"  # one of POLICIES
     connect_timeout_ms: int = 5000
     connect_retries: int = 2  # extra endpoints tried after a failed connect

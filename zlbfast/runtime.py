@@ -265,21 +265,22 @@ class Engine:
         out: dict[str, dict[str, object]] = {}
         for listener in cfg.listeners:
             if listener.tls is not None:
-                t = listener.tls
-                name = self.use_identity_files(IdentityFiles(t.cert, t.key, t.bundle))
-                out[listener.name] = _tls_options(t, name, listener.protocol)
+                out[listener.name] = _tls_options(listener.tls, self._use_identity(listener.tls), listener.protocol)
         for cluster in cfg.clusters:
             if cluster.tls is not None:
-                t2 = cluster.tls
-                self.use_identity_files(IdentityFiles(t2.cert, t2.key, t2.bundle))
+                self._use_identity(cluster.tls)
         return out
+
+    def _use_identity(self, tls: ListenerTls | ClusterTls) -> str:
+        """The identity a tls section names: installed by its source (SDS), or loaded from its files."""
+        return tls.identity or self.use_identity_files(IdentityFiles(tls.cert, tls.key, tls.bundle))
 
     def _apply_cluster_tls(self, cfg: Config, previous: Config | None) -> None:
         """Upstream TLS per cluster name; clusters that lost their tls section go back to plaintext."""
         for cluster in cfg.clusters:
             t = cluster.tls
             if t is not None:
-                name = IdentityFiles(t.cert, t.key, t.bundle).name
+                name = t.identity or IdentityFiles(t.cert, t.key, t.bundle).name
                 self.native.set_cluster_tls(cluster.name, _tls_options(t, name))
         now_tls = {c.name for c in cfg.clusters if c.tls is not None}
         for cluster in previous.clusters if previous is not None else ():

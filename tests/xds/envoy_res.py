@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from google.protobuf import json_format
+
+from tests.tlsutil import CA, Svid
 
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
@@ -35,6 +39,53 @@ def tcp_listener(name: str, port: int, cluster: str) -> listener_pb2.Listener:
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
             "@type": TCP_PROXY_TYPE, "stat_prefix": name, "cluster": cluster}}]}],
     }, listener_pb2.Listener())
+
+
+def tls_secret(name: str, svid: Svid, key_pem: str | None = None) -> secret_pb2.Secret:
+    return secret_pb2.Secret(name=name, tls_certificate=common_pb2.TlsCertificate(
+        certificate_chain=base_pb2.DataSource(inline_string=svid.cert_pem),
+        private_key=base_pb2.DataSource(inline_string=key_pem if key_pem is not None else svid.key_pem)))
+
+
+def ca_secret(name: str, ca: CA) -> secret_pb2.Secret:
+    return secret_pb2.Secret(name=name, validation_context=common_pb2.CertificateValidationContext(
+        trusted_ca=base_pb2.DataSource(inline_string=ca.pem)))
+
+
+def sds(name: str) -> dict[str, Any]:
+    """An SdsSecretConfig naming a Secret that comes over ADS."""
+    return {"name": name, "sds_config": {"ads": {}, "resource_api_version": "V3"}}
+
+
+def common_tls(certificate: str, validation: str, *, spiffe_exact: str = "", spiffe_prefix: str = "",
+               **extra: Any) -> dict[str, Any]:
+    """A CommonTlsContext: identity and trust bundle from SDS, the peer's SPIFFE ID matched exactly or by
+    prefix when given."""
+    matchers = [{"san_type": "URI", "matcher": {"exact": spiffe_exact} if spiffe_exact else {"prefix": spiffe_prefix}}]
+    return {"tls_certificate_sds_secret_configs": [sds(certificate)],
+            "combined_validation_context": {
+                "default_validation_context": {"match_typed_subject_alt_names": matchers}
+                if spiffe_exact or spiffe_prefix else {},
+                "validation_context_sds_secret_config": sds(validation)}, **extra}
+
+
+def tls_socket(context: str, **fields: Any) -> dict[str, Any]:
+    """An envoy.transport_sockets.tls transport socket; `context` is DownstreamTlsContext or UpstreamTlsContext."""
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": f"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{context}", **fields}}
+
+
+def tls_listener(name: str, port: int, cluster: str, common: dict[str, Any], **fields: Any) -> listener_pb2.Listener:
+    """A tcp_proxy listener terminating mutual TLS."""
+    msg = tcp_listener(name, port, cluster)
+    json_format.ParseDict(tls_socket("DownstreamTlsContext", common_tls_context=common, require_client_certificate=True,
+                                     **fields), msg.filter_chains[0].transport_socket)
+    return msg
+
+
+def tls_cluster(name: str, common: dict[str, Any], **fields: Any) -> cluster_pb2.Cluster:
+    """An EDS cluster originating mutual TLS."""
+    return eds_cluster(name, transport_socket=tls_socket("UpstreamTlsContext", common_tls_context=common, **fields))
 
 
 def tcp_proxy(cluster: str) -> tcp_proxy_pb2.TcpProxy:

@@ -104,6 +104,22 @@ def test_ads_lifecycle(ads_server, agent_factory, backends, delta):
         assert sorted(eds_requests[-1].resource_names) == ["a"]
 
 
+def test_a_value_the_model_refuses_is_nacked(ads_server, agent_factory, backends):
+    """The model's validation judges what translation passes through (here a zone with a space): a NACK naming it,
+    the stream stays up and the old endpoints keep serving."""
+    b = backends(1)
+    port = free_port()
+    serve_basic(ads_server, b, port)
+    agent = agent_factory(ads_server)
+    wait_for(lambda: agent.has_listener("l"), what="listener from LDS")
+    ads_server.set(r.ENDPOINT, {"a": assignment("a", [(b[0].host, b[0].port)], zone="a b")})
+    wait_for(lambda: ads_server.nacks(r.ENDPOINT), what="NACK of the zone")
+    assert "endpoints[0].zone: must contain only printable characters and no spaces" in ads_server.nacks(r.ENDPOINT)[0]
+    st = agent.state()
+    assert st["connected"] and st["nacks"] == 1 and st["last_version"]["ClusterLoadAssignment"] == "1"
+    assert labels_seen(port, 5) == {"b0"}
+
+
 def test_route_configuration_is_translated(ads_server, agent_factory):
     agent = agent_factory(ads_server)
     ads_server.set(r.ROUTE, {"r1": json_format.ParseDict({"name": "r1", "virtual_hosts": [
@@ -114,6 +130,18 @@ def test_route_configuration_is_translated(ads_server, agent_factory):
     wait_for(lambda: "r1" in agent.call(lambda: dict(agent.agent.pipeline.routes)), what="RDS")
     table = agent.call(lambda: agent.agent.pipeline.routes["r1"])
     assert table == r.RouteTable("r1", (r.VirtualHost("all", ("*",), (r.Route("prefix", "/api", "api"),)),))
+
+
+def test_initial_fetch_timeout_names_only_clusters_still_waiting(ads_server, agent_factory, backends, caplog):
+    (b0,) = backends(1)
+    ads_server.set(r.CLUSTER, {"w": eds_cluster("w"), "late": eds_cluster("late")})
+    ads_server.set(r.ENDPOINT, {"w": assignment("w", [(b0.host, b0.port)])})
+    agent = agent_factory(ads_server, fetch_timeout="1s")
+    wait_for(lambda: "w" in agent.call(agent.agent.engine.endpoints), what="cluster w with its endpoints")
+    wait_for(lambda: any("initial fetch timeout" in m for m in caplog.messages), what="the timeout's warning")
+    assert [m for m in caplog.messages if "initial fetch timeout" in m] == [
+        "initial fetch timeout: clusters late start without endpoints"]
+    wait_for(lambda: "late" in agent.call(agent.agent.engine.endpoints), what="cluster late, empty")
 
 
 def test_cluster_warming_and_initial_fetch_timeout(ads_server, agent_factory, backends):

@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from envoy.config.core.v3 import base_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 
 from tests.netutil import DEADLINE_S, Backend, wait_for
 from tests.tlsutil import CA, Svid, client_context, peer_serial, tls_connect
 from tests.wrkutil import Wrk
 from tests.xds.adsserver import AdsServer
 from tests.xds.agentrun import AgentThread
-from tests.xds.envoy_res import assignment, eds_cluster
+from tests.xds.envoy_res import assignment, ca_secret, eds_cluster, tls_secret
 from zlbfast import _native
 from zlbfast.model import Cluster, Config, Endpoint, Listener
 from zlbfast.runtime import Engine
@@ -34,17 +32,6 @@ from zlbfast.xds import resources as r
 TD = "prod.example"
 ROTATE_EVERY_S = 1.0
 ROTATIONS_UNDER_WRK = 30  # seconds of wrk, one rotation per second
-
-
-def tls_secret(name: str, svid: Svid, key_pem: str | None = None) -> secret_pb2.Secret:
-    return secret_pb2.Secret(name=name, tls_certificate=common_pb2.TlsCertificate(
-        certificate_chain=base_pb2.DataSource(inline_string=svid.cert_pem),
-        private_key=base_pb2.DataSource(inline_string=key_pem if key_pem is not None else svid.key_pem)))
-
-
-def ca_secret(name: str, ca: CA) -> secret_pb2.Secret:
-    return secret_pb2.Secret(name=name, validation_context=common_pb2.CertificateValidationContext(
-        trusted_ca=base_pb2.DataSource(inline_string=ca.pem)))
 
 
 def echo(conn: socket.socket) -> None:

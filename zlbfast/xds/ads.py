@@ -1,10 +1,10 @@
 """ADS client over gRPC (grpclib): state-of-the-world and delta variants.
 
-One bidirectional stream carries every resource type (Aggregated Discovery Service). The client subscribes
-to all Clusters and Listeners (wildcard), to the ClusterLoadAssignments its EDS clusters name, and to any
-RouteConfiguration/Secret names given to ``subscribe``. Each response goes through Pipeline.update and is
-answered with an ACK (the new version and the response's nonce) or a NACK (the previous version, the nonce
-and an error_detail naming resource and field).
+One bidirectional stream carries every resource type (Aggregated Discovery Service). The client subscribes to all
+Clusters and Listeners (wildcard), to the ClusterLoadAssignments its EDS clusters name, to the Secrets their TLS
+contexts name, and to any RouteConfiguration/Secret names given to ``subscribe``. Each response goes through
+Pipeline.update and is answered with an ACK (the new version and the response's nonce) or a NACK (the previous
+version, the nonce and an error_detail naming resource and field).
 
 When the stream fails the client reconnects with exponential backoff and full jitter (like Envoy's
 JitteredExponentialBackOffStrategy, but never below half the base delay so that a flapping server is not
@@ -67,7 +67,8 @@ class AdsClient:
         self.targets = list(targets)
         self.delta = delta
         self.backoff = backoff or Backoff()
-        # Explicit subscriptions (RouteConfiguration, Secret); EDS names come from the pipeline.
+        # Explicit subscriptions (RouteConfiguration, Secret); EDS names, and the Secrets that listeners' and
+        # clusters' TLS contexts name, come from the pipeline.
         self._names: dict[str, set[str]] = {r.ROUTE: set(), r.SECRET: set()}
         self._session: _Session | None = None
 
@@ -83,6 +84,8 @@ class AdsClient:
             return None
         if type_url == r.ENDPOINT:
             return self.pipeline.eds_names()
+        if type_url == r.SECRET:
+            return self._names[r.SECRET] | self.pipeline.secret_names()
         return self._names.get(type_url, set())
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -205,8 +208,8 @@ class _Session:
             self.pipeline.mark_fresh()
         self._responded()
         self.outbox.put_nowait(ack)
-        if type_url == r.CLUSTER:
-            self.resubscribe()  # the set of EDS names may have changed
+        if type_url in (r.CLUSTER, r.LISTENER):
+            self.resubscribe()  # the EDS names, or the Secrets TLS contexts name, may have changed
 
     # -- delta ---------------------------------------------------------------------
 
@@ -242,7 +245,7 @@ class _Session:
             self.pipeline.mark_fresh()
         self._responded()
         self.outbox.put_nowait(ack)
-        if type_url == r.CLUSTER:
+        if type_url in (r.CLUSTER, r.LISTENER):
             self.resubscribe()
 
     def _responded(self) -> None:

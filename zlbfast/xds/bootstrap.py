@@ -122,7 +122,7 @@ def _control_plane_targets(c: Any) -> tuple[tuple[str, int], ...]:
     ctx = r.Ctx("Cluster", c.name)
     ctx.only(c, "", ("name", "type", "connect_timeout", "load_assignment", "typed_extension_protocol_options",
                      "http2_protocol_options"))
-    assignment = r.translate_assignment(c.load_assignment, None, field="load_assignment", owner=ctx)
+    assignment = r.translate_assignment(c.load_assignment, field="load_assignment", owner=ctx)
     return tuple((e.address, e.port) for e in assignment.endpoints)
 
 

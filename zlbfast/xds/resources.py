@@ -5,19 +5,19 @@ One translator per resource type. Each checks that the message uses only the fie
 naming the resource and the field path, which becomes a NACK (xDS) or a startup error (bootstrap). Fields that
 only label things (stat prefixes, metadata) are accepted and have no effect.
 
-Endpoints are the bulk of any large configuration, so ``translate_assignment`` reuses the model Endpoint
-objects of the previous version of the same assignment: unchanged endpoints keep their identity, which lets
-``zlbfast.config.validate`` skip them and keeps memory flat across updates.
+Endpoints are the bulk of any large configuration, so ``unpack`` hands a serialized ClusterLoadAssignment to the
+C decoder first (zlbfast._native.EdsDecoder, csrc/eds.c): when the message keeps to the fields and values the
+model takes as they are, which is the common case, it comes back translated and checked as one compact
+EndpointTable; anything else takes the exact path here, which names what it refuses.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import operator
+import json
 import socket
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, cast
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
@@ -28,12 +28,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
     http_connection_manager_pb2,  # registered so that JSON sources with an HTTP listener get a clear refusal
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
-from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2, message_factory
-from google.protobuf.descriptor import Descriptor
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError, Message
 
-from zlbfast import model
+from zlbfast import _native, model
+from zlbfast.config import MAX_NAME_BYTES, MAX_PRIORITY, MAX_WEIGHT
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -105,7 +105,7 @@ def canonical_ip(text: str) -> str | None:
     family = socket.AF_INET6 if ":" in text else socket.AF_INET
     try:
         return socket.inet_ntop(family, socket.inet_pton(family, text))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         return None
 
 
@@ -142,10 +142,12 @@ _POLICIES = {
 @dataclass(frozen=True)
 class ClusterSpec:
     """A translated Cluster: the model cluster (with its static endpoints) and, for EDS clusters, the name
-    of the ClusterLoadAssignment that supplies its endpoints."""
+    of the ClusterLoadAssignment that supplies its endpoints; for upstream TLS, the Secrets it takes its identity
+    from (the cluster waits for them)."""
 
     cluster: model.Cluster
     eds_name: str | None
+    sds: SdsRef | None = None
 
 
 def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
@@ -154,8 +156,11 @@ def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
         raise ctx.fail("name", "must not be empty")
     ctx.only(c, "", ("name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment",
                      "outlier_detection", "common_lb_config", "ring_hash_lb_config", "maglev_lb_config",
-                     "metadata", "alt_stat_name"))
+                     "metadata", "alt_stat_name", "transport_socket"))
     kw: dict[str, object] = {}
+    sds: SdsRef | None = None
+    if c.HasField("transport_socket"):
+        kw["tls"], sds = _upstream_tls(ctx, c.transport_socket, "transport_socket")
     if c.HasField("connect_timeout"):
         kw["connect_timeout_ms"] = duration_ms(c.connect_timeout)
     if c.lb_policy not in _POLICIES:
@@ -178,7 +183,7 @@ def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
     if c.HasField("outlier_detection"):
         kw["outlier"] = _outlier(ctx, c.outlier_detection)
 
-    endpoints: tuple[model.Endpoint, ...] = ()
+    endpoints: Sequence[model.Endpoint] = ()
     eds_name: str | None = None
     if c.type == cluster_pb2.Cluster.EDS:
         if c.HasField("load_assignment"):
@@ -189,14 +194,14 @@ def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
     elif c.type == cluster_pb2.Cluster.STATIC:
         if c.HasField("eds_cluster_config"):
             raise ctx.fail("eds_cluster_config", "only EDS clusters take eds_cluster_config")
-        assignment = translate_assignment(c.load_assignment, None, field="load_assignment", owner=ctx)
+        assignment = translate_assignment(c.load_assignment, field="load_assignment", owner=ctx)
         endpoints = assignment.endpoints
         if assignment.overprovisioning is not None:
             kw["overprovisioning"] = assignment.overprovisioning
     else:
         raise ctx.fail("type", f"{cluster_pb2.Cluster.DiscoveryType.Name(c.type)} is not supported; use STATIC "
                        "or EDS (zlbfast resolves no names)")
-    return ClusterSpec(model.Cluster(c.name, endpoints, **kw), eds_name)  # type: ignore[arg-type]
+    return ClusterSpec(model.Cluster(c.name, endpoints, **kw), eds_name, sds)  # type: ignore[arg-type]
 
 
 def _outlier(ctx: Ctx, od: cluster_pb2.OutlierDetection) -> model.OutlierDetection:
@@ -251,8 +256,8 @@ _HEALTH = {
 
 
 # The fields of the EDS messages that zlbfast implements or that only label things (locality region/sub_zone,
-# hostname, metadata). The exact path checks them message by message and names a field it refuses; the fast path
-# parses with message types that declare only these (see _slim_assignment_type).
+# hostname, metadata); the exact path checks them message by message and names a field it refuses. csrc/eds.c
+# decodes the same fields (tests/xds/test_eds_translate.py holds it to this list).
 _EDS_FIELDS: dict[str, tuple[str, ...]] = {
     "envoy.config.endpoint.v3.ClusterLoadAssignment": ("cluster_name", "endpoints", "policy"),
     "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy": ("overprovisioning_factor",),
@@ -270,90 +275,31 @@ def _eds_only(ctx: Ctx, msg: Message, path: str) -> None:
     ctx.only(msg, path, _EDS_FIELDS[msg.DESCRIPTOR.full_name])
 
 
-# Accepted only when empty: left to the exact path, which checks that.
-_EXACT_PATH_ONLY = frozenset({"health_check_config"})
-# Label-only message fields the fast path keeps as opaque bytes (same wire type) instead of declaring their types.
-_OPAQUE = frozenset({"metadata"})
-
-
-def _slim_assignment_type() -> type[Message]:
-    """A ClusterLoadAssignment type that declares only the fields of _EDS_FIELDS, with Envoy's field numbers and
-    wire types. A message parsed into it keeps every other field as an unknown field; dropping those and comparing
-    the size with the input tells, in C and for the whole message at once, whether the input uses only supported
-    fields. That replaces four ListFields calls per endpoint, a third of the cost of a large EDS update."""
-    fdp = descriptor_pb2.FileDescriptorProto(name="zlbfast/xds/slim_eds.proto", package="zlbfast.slim",
-                                             syntax="proto3")
-    FieldProto = descriptor_pb2.FieldDescriptorProto
-
-    def slim_name(full_name: str) -> str:
-        return full_name.replace(".", "_")
-
-    def declare(desc: Descriptor) -> None:
-        msg = fdp.message_type.add(name=slim_name(desc.full_name))
-        for name in _EDS_FIELDS[desc.full_name]:
-            if name in _EXACT_PATH_ONLY:
-                continue
-            fd = desc.fields_by_name[name]
-            label = FieldProto.LABEL_REPEATED if fd.is_repeated else FieldProto.LABEL_OPTIONAL
-            f = msg.field.add(name=name, number=fd.number, label=label)
-            if fd.message_type is not None and name not in _OPAQUE:
-                f.type = FieldProto.TYPE_MESSAGE
-                f.type_name = f".zlbfast.slim.{slim_name(fd.message_type.full_name)}"
-                if not any(m.name == slim_name(fd.message_type.full_name) for m in fdp.message_type):
-                    declare(fd.message_type)
-            elif fd.message_type is not None:
-                f.type = FieldProto.TYPE_BYTES
-            elif fd.enum_type is not None:
-                f.type = FieldProto.TYPE_INT32  # the same varint on the wire
-            else:
-                f.type = fd.type
-
-    declare(endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName(f"zlbfast.slim.{slim_name(endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR.full_name)}"))
-
-
-_SlimAssignment = _slim_assignment_type()
-
-
-def parse_assignment(value: bytes) -> Message | None:
-    """The ClusterLoadAssignment in `value` as a slim message when it uses only supported fields, else None (parse
-    it with the full type and translate it on the exact path)."""
-    slim = _SlimAssignment()
-    try:
-        slim.ParseFromString(value)
-    except DecodeError:
-        return None
-    slim.DiscardUnknownFields()
-    # A size difference is a dropped field, or an encoding that re-serializes shorter (an explicit default, a long
-    # varint): both are left to the exact path, which is only slower.
-    return slim if slim.ByteSize() == len(value) else None
+# The model's limits, so that what the decoder admits needs no second look from zlbfast.config.
+_EDS_DECODER = _native.EdsDecoder(MAX_WEIGHT, MAX_PRIORITY, MAX_NAME_BYTES, {int(k): v for k, v in _HEALTH.items()},
+                                  "unhealthy")
 
 
 @dataclass(frozen=True)
 class Assignment:
     name: str
-    endpoints: tuple[model.Endpoint, ...]
+    # An EndpointTable from the C decoder, or a tuple from the exact path.
+    endpoints: Sequence[model.Endpoint]
     overprovisioning: int | None  # percent, None = the cluster's default
-    # (priority, zone) -> serialized LbEndpoint -> its Endpoint, so that the next version of this assignment can
-    # skip translating and checking the endpoints it repeats (most of them, in a typical EDS update).
-    known: Mapping[tuple[int, str], Mapping[bytes, model.Endpoint]] = field(default_factory=dict, compare=False,
-                                                                          repr=False)
 
 
-def translate_assignment(cla: Message, previous: Assignment | None, *, field: str = "",
+def decode_assignment(value: bytes) -> Assignment | None:
+    """The translation of a serialized ClusterLoadAssignment that keeps to what the model takes as it is, else None
+    (parse it and translate it with translate_assignment, which names what it refuses)."""
+    decoded = _EDS_DECODER.decode(value)
+    if decoded is None:
+        return None
+    name, overprovisioning, table = decoded
+    return Assignment(name, table, overprovisioning)
+
+
+def translate_assignment(cla: endpoint_pb2.ClusterLoadAssignment, *, field: str = "",
                          owner: Ctx | None = None) -> Assignment:
-    """`cla` is a ClusterLoadAssignment, or the slim message of parse_assignment; `previous` is the assignment this
-    one replaces, whose Endpoint objects are reused where unchanged."""
-    if isinstance(cla, _SlimAssignment):
-        fast = _fast_assignment(cla, previous)
-        if fast is not None:
-            return fast
-        # Something to refuse (or an unusual value): the exact path finds it and names the field.
-        cla = endpoint_pb2.ClusterLoadAssignment.FromString(cla.SerializeToString())
-    assert isinstance(cla, endpoint_pb2.ClusterLoadAssignment)
     ctx = owner or Ctx("ClusterLoadAssignment", cla.cluster_name)
     if owner is None and not cla.cluster_name:
         raise ctx.fail("cluster_name", "must not be empty")
@@ -363,8 +309,6 @@ def translate_assignment(cla: Message, previous: Assignment | None, *, field: st
         _eds_only(ctx, cla.policy, _join(field, "policy"))
         if cla.policy.HasField("overprovisioning_factor"):
             overprovisioning = cla.policy.overprovisioning_factor.value
-    reuse = previous.known if previous is not None else {}
-    known: dict[tuple[int, str], dict[bytes, model.Endpoint]] = {}
     out: list[model.Endpoint] = []
     seen: set[tuple[str, int]] = set()
     for i, locality_eps in enumerate(cla.endpoints):
@@ -373,86 +317,16 @@ def translate_assignment(cla: Message, previous: Assignment | None, *, field: st
         # region and sub_zone are accepted as labels: the data plane prefers by zone only.
         zone = locality_eps.locality.zone
         priority = locality_eps.priority
-        if priority > 127:
-            raise ctx.fail(f"{lpath}.priority", f"must be at most 127, got {priority}")
-        level_reuse = reuse.get((priority, zone), {})
-        level_known = known.setdefault((priority, zone), {})
+        if priority > MAX_PRIORITY:
+            raise ctx.fail(f"{lpath}.priority", f"must be at most {MAX_PRIORITY}, got {priority}")
         for j, lb in enumerate(locality_eps.lb_endpoints):
-            key = lb.SerializeToString()
-            ep = level_reuse.get(key)
-            if ep is None:
-                ep = _endpoint(ctx, lb, f"{lpath}.lb_endpoints[{j}]", priority, zone)
+            ep = _endpoint(ctx, lb, f"{lpath}.lb_endpoints[{j}]", priority, zone)
             if (ep.address, ep.port) in seen:
                 raise ctx.fail(f"{lpath}.lb_endpoints[{j}].endpoint.address",
                                f"duplicate endpoint {ep.address}:{ep.port}")
             seen.add((ep.address, ep.port))
-            level_known[key] = ep
             out.append(ep)
-    return Assignment(cla.cluster_name, tuple(out), overprovisioning, known)
-
-
-def _fast_assignment(cla: Any, previous: Assignment | None) -> Assignment | None:
-    """The translation of a slim ClusterLoadAssignment when every value in it is acceptable, else None. Per
-    endpoint it serializes the LbEndpoint and looks it up among the previous version's (a repeated endpoint costs
-    that and nothing else); only new ones are read field by field."""
-    if not cla.cluster_name:
-        return None
-    overprovisioning: int | None = None
-    if cla.policy.HasField("overprovisioning_factor"):
-        overprovisioning = cla.policy.overprovisioning_factor.value
-    reuse = previous.known if previous is not None else {}
-    known: dict[tuple[int, str], dict[bytes, model.Endpoint]] = {}
-    out: list[model.Endpoint] = []
-    for locality_eps in cla.endpoints:
-        zone = locality_eps.locality.zone
-        priority = locality_eps.priority
-        if priority > 127:
-            return None
-        lbs = locality_eps.lb_endpoints
-        keys = [lb.SerializeToString() for lb in lbs]
-        found: list[model.Endpoint | None] = list(map(reuse.get((priority, zone), {}).get, keys))
-        for j, ep in enumerate(found):
-            if ep is None:
-                ep = _plain_endpoint(lbs[j], priority, zone)
-                if ep is None:
-                    return None
-                found[j] = ep
-        eps = cast(list[model.Endpoint], found)  # no None is left
-        known.setdefault((priority, zone), {}).update(zip(keys, eps, strict=True))
-        out.extend(eps)
-    if len(set(map(_ADDRESS_PORT, out))) != len(out):
-        return None  # a duplicate: the exact path names it
-    return Assignment(cla.cluster_name, tuple(out), overprovisioning, known)
-
-
-# model.Endpoint's generated __init__ stores each field with object.__setattr__ (the class is frozen): 1.3 us per
-# endpoint, a quarter of translating a new one. Setting the instance dict in one call takes 0.4 us and builds the
-# same object. The field names are checked against the model here, so that a field added there fails at import
-# instead of being left out.
-_ENDPOINT_FIELDS = ("address", "port", "weight", "priority", "zone", "health")
-if tuple(f.name for f in dataclasses.fields(model.Endpoint)) != _ENDPOINT_FIELDS or hasattr(model.Endpoint,
-                                                                                           "__slots__"):
-    raise ImportError("zlbfast.xds.resources builds model.Endpoint by its fields; update _ENDPOINT_FIELDS")
-_ADDRESS_PORT = operator.attrgetter("address", "port")
-_new_object = object.__new__
-_set_attr = object.__setattr__
-
-
-def _plain_endpoint(lb: Any, priority: int, zone: str) -> model.Endpoint | None:
-    """The Endpoint of a slim LbEndpoint whose values are all acceptable, else None. It must accept exactly what
-    _endpoint accepts, and build the same Endpoint."""
-    sa = lb.endpoint.address.socket_address
-    address = canonical_ip(sa.address)
-    port = sa.port_value
-    if address is None or not 1 <= port <= 65535 or sa.protocol != address_pb2.SocketAddress.TCP:
-        return None
-    weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else 1
-    if not 1 <= weight <= 1_000_000:
-        return None
-    ep = _new_object(model.Endpoint)
-    _set_attr(ep, "__dict__", {"address": address, "port": port, "weight": weight, "priority": priority,
-                               "zone": zone, "health": _HEALTH.get(lb.health_status, "unhealthy")})
-    return ep
+    return Assignment(cla.cluster_name, tuple(out), overprovisioning)
 
 
 def _endpoint(ctx: Ctx, lb: endpoint_components_pb2.LbEndpoint, path: str, priority: int,
@@ -463,8 +337,8 @@ def _endpoint(ctx: Ctx, lb: endpoint_components_pb2.LbEndpoint, path: str, prior
         _check_health_check_config(ctx, lb.endpoint.health_check_config, f"{path}.endpoint")
     address, port = socket_address(ctx, lb.endpoint.address, f"{path}.endpoint.address", listening=False)
     weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else 1
-    if not 1 <= weight <= 1_000_000:
-        raise ctx.fail(f"{path}.load_balancing_weight", f"must be between 1 and 1000000, got {weight}")
+    if not 1 <= weight <= MAX_WEIGHT:
+        raise ctx.fail(f"{path}.load_balancing_weight", f"must be between 1 and {MAX_WEIGHT}, got {weight}")
     return model.Endpoint(address, port, weight, priority, zone, _HEALTH.get(lb.health_status, "unhealthy"))
 
 
@@ -481,9 +355,10 @@ def _check_health_check_config(ctx: Ctx, hc: endpoint_components_pb2.Endpoint.He
 
 @dataclass(frozen=True)
 class ListenerSpec:
-    """A TCP proxy listener; `cluster` may not exist yet (the listener waits for it)."""
+    """A TCP proxy listener; `cluster` may not exist yet, nor the Secrets of its TLS (it waits for them)."""
 
     listener: model.Listener
+    sds: SdsRef | None = None
 
 
 def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
@@ -495,7 +370,11 @@ def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
     if len(lst.filter_chains) != 1:
         raise ctx.fail("filter_chains", f"exactly one filter chain is supported, got {len(lst.filter_chains)}")
     chain: listener_components_pb2.FilterChain = lst.filter_chains[0]
-    ctx.only(chain, "filter_chains[0]", ("filters", "name"))
+    ctx.only(chain, "filter_chains[0]", ("filters", "name", "transport_socket"))
+    kw: dict[str, object] = {}
+    sds: SdsRef | None = None
+    if chain.HasField("transport_socket"):
+        kw["tls"], sds = _downstream_tls(ctx, chain.transport_socket, "filter_chains[0].transport_socket")
     if len(chain.filters) != 1:
         raise ctx.fail("filter_chains[0].filters", f"exactly one network filter is supported, got {len(chain.filters)}")
     f = chain.filters[0]
@@ -514,10 +393,157 @@ def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
     ctx.only(tp, tpath, ("stat_prefix", "cluster", "idle_timeout"))
     if not tp.cluster:
         raise ctx.fail(f"{tpath}.cluster", "a tcp_proxy needs a cluster (weighted_clusters is not supported)")
-    kw: dict[str, int] = {}
     if tp.HasField("idle_timeout"):
         kw["idle_timeout_ms"] = duration_ms(tp.idle_timeout)
-    return ListenerSpec(model.Listener(lst.name, address, port, tp.cluster, **kw))  # type: ignore[arg-type]
+    return ListenerSpec(model.Listener(lst.name, address, port, tp.cluster, **kw), sds)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Transport sockets: TLS contexts -> the model's tls sections, with the identity from SDS Secrets.
+
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+_M = TypeVar("_M", bound=Message)
+
+
+@dataclass(frozen=True)
+class SdsRef:
+    """The Secrets a TLS context names: its tls_certificate and its validation context (trust bundle)."""
+
+    certificate: str
+    validation: str
+
+    @property
+    def identity(self) -> str:
+        """Name of the engine identity made of the two (zlbfast.xds.state installs it); distinct for any two
+        pairs of names."""
+        return "sds:" + json.dumps([self.certificate, self.validation], separators=(",", ":"))
+
+
+# Envoy's minimum when tls_params leaves it open (TLS_AUTO), for clients and servers alike.
+_ENVOY_DEFAULT_MIN = "1.2"
+_TLS_VERSIONS = {common_pb2.TlsParameters.TLS_AUTO: _ENVOY_DEFAULT_MIN, common_pb2.TlsParameters.TLSv1_2: "1.2",
+                 common_pb2.TlsParameters.TLSv1_3: "1.3"}
+
+
+@dataclass(frozen=True)
+class _CommonTls:
+    sds: SdsRef
+    min_version: str
+    alpn: tuple[str, ...]
+    peer: model.PeerMatch | None
+
+
+def _tls_context(ctx: Ctx, ts: base_pb2.TransportSocket, path: str, context: type[_M]) -> tuple[_M, str]:
+    """The TLS context message inside a transport socket, and its field path."""
+    ctx.only(ts, path, ("name", "typed_config"))
+    want = context.DESCRIPTOR.full_name
+    short = want.rsplit(".", 1)[-1]
+    if ts.typed_config.TypeName() != want:
+        got = ts.name or ts.typed_config.TypeName()
+        raise ctx.fail(f"{path}.typed_config", f"unsupported transport socket {got!r}; "
+                       f"only {TLS_TRANSPORT_SOCKET} with a {short} is supported")
+    msg = context()
+    try:
+        ts.typed_config.Unpack(msg)
+    except DecodeError as exc:
+        raise ctx.fail(f"{path}.typed_config", f"cannot decode the {short}: {exc}") from exc
+    return msg, f"{path}.typed_config"
+
+
+def _downstream_tls(ctx: Ctx, ts: base_pb2.TransportSocket, path: str) -> tuple[model.ListenerTls, SdsRef]:
+    dtc, path = _tls_context(ctx, ts, path, tls_pb2.DownstreamTlsContext)
+    ctx.only(dtc, path, ("common_tls_context", "require_client_certificate"))
+    if not dtc.require_client_certificate.value:
+        raise ctx.fail(f"{path}.require_client_certificate", "zlbfast listeners are mutual TLS only: it must be true")
+    common = _common_tls(ctx, dtc.common_tls_context, f"{path}.common_tls_context")
+    return model.ListenerTls("", "", "", mode="strict", min_version=common.min_version, alpn=common.alpn,
+                             peer=common.peer, identity=common.sds.identity), common.sds
+
+
+def _upstream_tls(ctx: Ctx, ts: base_pb2.TransportSocket, path: str) -> tuple[model.ClusterTls, SdsRef]:
+    utc, path = _tls_context(ctx, ts, path, tls_pb2.UpstreamTlsContext)
+    ctx.only(utc, path, ("common_tls_context", "sni"))
+    common = _common_tls(ctx, utc.common_tls_context, f"{path}.common_tls_context")
+    return model.ClusterTls("", "", "", peer=common.peer, min_version=common.min_version, alpn=common.alpn,
+                            sni=utc.sni, identity=common.sds.identity), common.sds
+
+
+def _common_tls(ctx: Ctx, common: tls_pb2.CommonTlsContext, path: str) -> _CommonTls:
+    """zlbfast always presents an identity and verifies the peer's SPIFFE ID: a certificate and a validation
+    context, both SDS Secrets over ADS, are required."""
+    ctx.only(common, path, ("tls_params", "tls_certificate_sds_secret_configs", "validation_context_sds_secret_config",
+                            "combined_validation_context", "alpn_protocols"))
+    min_version = _ENVOY_DEFAULT_MIN
+    if common.HasField("tls_params"):
+        min_version = _tls_params(ctx, common.tls_params, f"{path}.tls_params")
+    certs = common.tls_certificate_sds_secret_configs
+    if len(certs) != 1:
+        raise ctx.fail(f"{path}.tls_certificate_sds_secret_configs", f"exactly one is supported, got {len(certs)} "
+                       "(inline tls_certificates are not: identities come from SDS)")
+    certificate = _sds_secret(ctx, certs[0], f"{path}.tls_certificate_sds_secret_configs[0]")
+    peer: model.PeerMatch | None = None
+    if common.HasField("combined_validation_context"):
+        cvc = common.combined_validation_context
+        cpath = f"{path}.combined_validation_context"
+        ctx.only(cvc, cpath, ("default_validation_context", "validation_context_sds_secret_config"))
+        if not cvc.HasField("validation_context_sds_secret_config"):
+            raise ctx.fail(f"{cpath}.validation_context_sds_secret_config", "required: the trust bundle comes from SDS")
+        validation = _sds_secret(ctx, cvc.validation_context_sds_secret_config,
+                                 f"{cpath}.validation_context_sds_secret_config")
+        peer = _peer_match(ctx, cvc.default_validation_context, f"{cpath}.default_validation_context")
+    elif common.HasField("validation_context_sds_secret_config"):
+        validation = _sds_secret(ctx, common.validation_context_sds_secret_config,
+                                 f"{path}.validation_context_sds_secret_config")
+    else:
+        raise ctx.fail(path, "needs validation_context_sds_secret_config or combined_validation_context: zlbfast "
+                       "verifies every peer's SPIFFE ID against a trust bundle")
+    alpn = tuple(common.alpn_protocols)
+    return _CommonTls(SdsRef(certificate, validation), min_version, alpn, peer)
+
+
+def _tls_params(ctx: Ctx, tp: common_pb2.TlsParameters, path: str) -> str:
+    ctx.only(tp, path, ("tls_minimum_protocol_version", "tls_maximum_protocol_version"))
+    if tp.tls_minimum_protocol_version not in _TLS_VERSIONS:
+        name = common_pb2.TlsParameters.TlsProtocol.Name(tp.tls_minimum_protocol_version)
+        raise ctx.fail(f"{path}.tls_minimum_protocol_version", f"{name} is not supported; use TLSv1_2 or TLSv1_3")
+    if tp.tls_maximum_protocol_version not in (common_pb2.TlsParameters.TLS_AUTO, common_pb2.TlsParameters.TLSv1_3):
+        raise ctx.fail(f"{path}.tls_maximum_protocol_version", "zlbfast always allows TLS 1.3: use TLS_AUTO or TLSv1_3")
+    return _TLS_VERSIONS[tp.tls_minimum_protocol_version]
+
+
+def _sds_secret(ctx: Ctx, cfg: secret_pb2.SdsSecretConfig, path: str) -> str:
+    ctx.only(cfg, path, ("name", "sds_config"))
+    if not cfg.name:
+        raise ctx.fail(f"{path}.name", "must name a Secret")
+    src = cfg.sds_config
+    ctx.only(src, f"{path}.sds_config", ("ads", "resource_api_version"))
+    if not src.HasField("ads"):
+        raise ctx.fail(f"{path}.sds_config", "Secrets come over the ADS stream: use sds_config {ads: {}}")
+    return cfg.name
+
+
+def _peer_match(ctx: Ctx, vc: common_pb2.CertificateValidationContext, path: str) -> model.PeerMatch | None:
+    """The one SPIFFE ID (exact) or ID prefix a peer must have; None: any ID the trust bundle verifies."""
+    ctx.only(vc, path, ("match_typed_subject_alt_names",))
+    matchers = vc.match_typed_subject_alt_names
+    if not matchers:
+        return None
+    mpath = f"{path}.match_typed_subject_alt_names"
+    if len(matchers) > 1:
+        raise ctx.fail(mpath, f"at most one matcher is supported, got {len(matchers)}")
+    m = matchers[0]
+    mpath += "[0]"
+    ctx.only(m, mpath, ("san_type", "matcher"))
+    if m.san_type != common_pb2.SubjectAltNameMatcher.URI:
+        name = common_pb2.SubjectAltNameMatcher.SanType.Name(m.san_type)
+        raise ctx.fail(f"{mpath}.san_type", f"{name} is not supported: zlbfast matches the SPIFFE ID (URI)")
+    ctx.only(m.matcher, f"{mpath}.matcher", ("exact", "prefix"))
+    kind = m.matcher.WhichOneof("match_pattern")
+    value = getattr(m.matcher, kind) if kind else ""
+    if not value.startswith("spiffe://") or len(value.encode()) > 255:
+        raise ctx.fail(f"{mpath}.matcher.{kind or 'exact'}", f"expected a spiffe:// ID of at most 255 bytes, "
+                       f"got {value!r}")
+    return model.PeerMatch("spiffe_id" if kind == "exact" else "spiffe_prefix", value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -623,15 +649,16 @@ def translate_secret(s: secret_pb2.Secret) -> SecretSpec:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def unpack(type_url: str, resource: any_pb2.Any) -> Message:
-    """The typed message inside an Any; ResourceError when it is not of the subscribed type."""
+def unpack(type_url: str, resource: any_pb2.Any) -> Message | Assignment:
+    """The typed message inside an Any; ResourceError when it is not of the subscribed type. A
+    ClusterLoadAssignment that decode_assignment takes comes back translated already (an Assignment)."""
     cls = MESSAGE_TYPES[type_url]
     if resource.type_url != type_url:
         raise ResourceError(KIND[type_url], "?", "", f"got a resource of type {resource.type_url!r}")
     if type_url == ENDPOINT:
-        slim = parse_assignment(resource.value)
-        if slim is not None:
-            return slim
+        assignment = decode_assignment(resource.value)
+        if assignment is not None:
+            return assignment
     msg = cls()
     try:
         msg.ParseFromString(resource.value)
@@ -640,8 +667,10 @@ def unpack(type_url: str, resource: any_pb2.Any) -> Message:
     return msg
 
 
-def resource_name(msg: Message) -> str:
-    if isinstance(msg, (endpoint_pb2.ClusterLoadAssignment, _SlimAssignment)):
+def resource_name(msg: Message | Assignment) -> str:
+    if isinstance(msg, Assignment):
+        return msg.name
+    if isinstance(msg, endpoint_pb2.ClusterLoadAssignment):
         return str(msg.cluster_name)
     return str(msg.name)
 

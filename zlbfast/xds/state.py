@@ -26,6 +26,7 @@ from typing import Any
 from google.protobuf import any_pb2
 
 from zlbfast import _native, model
+from zlbfast.config import ConfigError
 from zlbfast.runtime import ApplyError, Engine
 from zlbfast.xds import resources as r
 
@@ -80,6 +81,16 @@ def identity_material(s: r.SecretSpec, bundles: dict[str, bytes]) -> Material | 
     if not bundles:
         return None
     return s.certificate_chain, s.private_key, tuple(sorted(bundles.items()))
+
+
+def pair_material(secrets: dict[str, r.SecretSpec], ref: r.SdsRef) -> Material | None:
+    """The identity of a TLS context (listener or cluster): its tls_certificate secret, trusting exactly the bundle
+    of its validation context secret (for the trust domain the secret's name gives, as identity_bundles does), as
+    Envoy trusts only the validation context it names. None until both secrets are here and of the right kinds."""
+    cert, validation = secrets.get(ref.certificate), secrets.get(ref.validation)
+    if cert is None or validation is None or not cert.certificate_chain or validation.certificate_chain:
+        return None
+    return cert.certificate_chain, cert.private_key, tuple(identity_bundles({ref.validation: validation}).items())
 
 
 class Cache:
@@ -181,6 +192,7 @@ class Pipeline:
             "updates": self.updates,
             "last_error": self.last_error,
             "warming_clusters": sorted(self.warming()),
+            "waiting_for_secrets": sorted(self.waiting_for_secrets()),
             "clusters": len(self.clusters) + len(self.static.clusters),
             "listeners": len(self.listeners) + len(self.static.listeners),
             "endpoints": sum(len(a.endpoints) for a in self.assignments.values()),
@@ -191,6 +203,31 @@ class Pipeline:
         now = time.monotonic()
         return {n for n, spec in self.clusters.items() if spec.eds_name and spec.eds_name not in self.assignments
                 and self._warm_deadline.get(n, 0.0) > now}
+
+    def waiting_for_secrets(self) -> set[str]:
+        """Listeners and clusters ("listener NAME", "cluster NAME") whose TLS identity is not installed yet."""
+        out: set[str] = set()
+        for kind, specs in (("listener", self._all_listeners()), ("cluster", self._all_clusters())):
+            out.update(f"{kind} {n}" for n, spec in specs.items() if not self._tls_ready(spec))
+        return out
+
+    def secret_names(self) -> set[str]:
+        """The Secrets the TLS contexts of listeners and clusters name (to subscribe to)."""
+        return {n for ref in self._sds_refs({}) for n in (ref.certificate, ref.validation)}
+
+    def _all_listeners(self, staged: dict[str, dict[str, Any]] | None = None) -> dict[str, r.ListenerSpec]:
+        return {**self.static.listeners, **(staged or {}).get(r.LISTENER, self.listeners)}
+
+    def _all_clusters(self, staged: dict[str, dict[str, Any]] | None = None) -> dict[str, r.ClusterSpec]:
+        return {**self.static.clusters, **(staged or {}).get(r.CLUSTER, self.clusters)}
+
+    def _sds_refs(self, staged: dict[str, dict[str, Any]]) -> set[r.SdsRef]:
+        specs: list[r.ListenerSpec | r.ClusterSpec] = [*self._all_listeners(staged).values(),
+                                                        *self._all_clusters(staged).values()]
+        return {spec.sds for spec in specs if spec.sds is not None}
+
+    def _tls_ready(self, spec: r.ListenerSpec | r.ClusterSpec) -> bool:
+        return spec.sds is None or spec.sds.identity in self._identities
 
     def eds_names(self) -> set[str]:
         specs = list(self.clusters.values()) + list(self.static.clusters.values())
@@ -207,9 +244,9 @@ class Pipeline:
     def update(self, type_url: str, version: str, resources: Sequence[any_pb2.Any], removed: Sequence[str] = (),
                *, full_state: bool, resource_versions: dict[str, str] | None = None) -> None:
         """Applies one response. Raises ResourceError/ApplyError (the NACK message) and keeps the old state."""
-        # A large update allocates tens of thousands of acyclic objects (endpoints, tuples); the cyclic
-        # collector would traverse them again and again mid-update (it doubled the latency of a 10,000-endpoint
-        # EDS update in bench/xds_scale.py). It runs after the snapshot is published instead.
+        # A full collection of the cyclic GC takes ~10 ms once a large configuration (and grpc, protobuf) is
+        # loaded; an update allocates enough (composed clusters, the config, exact-path endpoints) to set one
+        # off now and then, which would land in the update's latency. It runs after the snapshot is published.
         paused = gc.isenabled()
         gc.disable()
         try:
@@ -255,7 +292,7 @@ class Pipeline:
         for name in removed:
             new.pop(name, None)
         for name, msg in decoded.items():
-            new[name] = table[name] if msg is None else self._translate(type_url, msg, table.get(name))
+            new[name] = table[name] if msg is None else self._translate(type_url, msg)
         if type_url == r.CLUSTER:
             for name in new:
                 if name in self.static.clusters:
@@ -266,12 +303,17 @@ class Pipeline:
                     raise r.ResourceError(kind, name, "name", "a static listener of the bootstrap cannot be replaced")
 
         if type_url == r.SECRET:
-            # SDS: secrets change identities of the data plane, not the model; nothing else to apply.
-            self._install_identities(new)
+            # SDS: secrets change identities of the data plane, not the model.
+            self._install_identities(new, self._sds_refs({}))
+            if not identity_bundles(new):
+                for name in sorted(n for n, spec in new.items() if spec.certificate_chain):
+                    log.warning("SDS secret %s waits for a validation_context secret (trust bundle)", name)
         else:
             staged = {type_url: new}
-            cfg = self._compose(staged)
-            self.engine.apply(cfg)  # raises ApplyError; the engine keeps the previous config
+            if type_url in (r.LISTENER, r.CLUSTER):
+                # TLS contexts that name Secrets this proxy holds already get their identity before they apply.
+                self._install_identities(self.secrets, self._sds_refs(staged))
+            self._apply(self._compose(staged))
 
         # Commit.
         table.clear()
@@ -284,6 +326,17 @@ class Pipeline:
         self.updates += 1
         self.last_update_s = time.monotonic()
         self._schedule_save()
+        if type_url == r.SECRET:
+            self._activate_waiting()
+
+    def _apply(self, cfg: model.Config) -> None:
+        """Engine.apply; raises ApplyError (a NACK) and the engine keeps the previous config. The model's
+        validation has the last word on values the translators pass through (a zone with a space, say): its
+        ConfigError is a NACK too, not an error that would end the stream."""
+        try:
+            self.engine.apply(cfg)
+        except ConfigError as exc:
+            raise ApplyError(str(exc)) from exc
 
     def _table(self, type_url: str) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {r.LISTENER: self.listeners, r.ROUTE: self.routes, r.CLUSTER: self.clusters,
@@ -291,11 +344,12 @@ class Pipeline:
         return tables[type_url]
 
     @staticmethod
-    def _translate(type_url: str, msg: Any, previous: Any) -> Any:
+    def _translate(type_url: str, msg: Any) -> Any:
         if type_url == r.CLUSTER:
             return r.translate_cluster(msg)
         if type_url == r.ENDPOINT:
-            return r.translate_assignment(msg, previous)
+            # unpack translated the common case already (csrc/eds.c).
+            return msg if isinstance(msg, r.Assignment) else r.translate_assignment(msg)
         if type_url == r.LISTENER:
             return r.translate_listener(msg)
         if type_url == r.ROUTE:
@@ -304,16 +358,26 @@ class Pipeline:
 
     # -- SDS: secrets -> identities of the TLS data plane -------------------------
 
-    def _install_identities(self, secrets: dict[str, r.SecretSpec]) -> None:
-        """Installs or rotates one engine identity per tls_certificate secret, named after the secret, through
-        Engine.set_identity (the same call as the file watcher). Its trust bundles are the validation_context
-        secrets: one named `spiffe://<trust domain>` is that trust domain's bundle (SPIRE's federated bundles),
-        any other (SPIRE's "ROOTCA") is the SVID's own trust domain. A tls_certificate secret waits while no
-        validation context is known. All or nothing: when one identity is refused (key does not match the
-        certificate, no SPIFFE ID, a bundle does not parse) those already rotated by this update get their
-        previous material back, and ResourceError (the NACK) names the secret."""
+    def _install_identities(self, secrets: dict[str, r.SecretSpec], refs: set[r.SdsRef]) -> None:
+        """Installs or rotates the engine identities made of `secrets`, through Engine.set_identity (the same call
+        as the file watcher):
+
+        * one per tls_certificate secret, named after the secret, whose trust bundles are all the
+          validation_context secrets: one named `spiffe://<trust domain>` is that trust domain's bundle (SPIRE's
+          federated bundles), any other (SPIRE's "ROOTCA") is the SVID's own trust domain. It waits while no
+          validation context is known. (For native listeners and clusters that name an identity.)
+        * one per pair of secrets that a listener's or cluster's TLS context names (`refs`, see pair_material),
+          named SdsRef.identity; the listener or cluster waits until it is installed.
+
+        All or nothing: when one identity is refused (key does not match the certificate, no SPIFFE ID, a bundle
+        does not parse) those already rotated by this call get their previous material back, and ResourceError
+        (the NACK) names the secret."""
         bundles = identity_bundles(secrets)
         wanted = {name: identity_material(s, bundles) for name, s in secrets.items() if s.certificate_chain}
+        blame = {name: (name, "") for name in wanted}
+        for ref in refs:
+            wanted[ref.identity] = pair_material(secrets, ref)
+            blame[ref.identity] = (ref.certificate, f"with validation context {ref.validation!r}: ")
         changed = [name for name, m in wanted.items() if m is not None and self._identities.get(name) != m]
         done: list[str] = []
         for name in changed:
@@ -323,9 +387,11 @@ class Pipeline:
                 self.engine.set_identity(name, material[0], material[1], dict(material[2]))
             except _native.NativeError as exc:
                 for prev_name in done:
-                    prev = self._identities[prev_name]
-                    self.engine.set_identity(prev_name, prev[0], prev[1], dict(prev[2]))
-                raise r.ResourceError("Secret", name, "tls_certificate", str(exc)) from exc
+                    prev = self._identities.get(prev_name)
+                    if prev is not None:  # a new identity stays installed, unused: nothing refers to it yet
+                        self.engine.set_identity(prev_name, prev[0], prev[1], dict(prev[2]))
+                secret, detail = blame[name]
+                raise r.ResourceError("Secret", secret, "tls_certificate", f"{detail}{exc}") from exc
             done.append(name)
         for name in done:
             material = wanted[name]
@@ -333,18 +399,33 @@ class Pipeline:
             self._identities[name] = material
             info = self.engine.identity_info(name) or {}
             log.info("SDS identity %s installed: %s serial %s", name, info.get("spiffe_id"), info.get("serial"))
-        for name in sorted(n for n, m in wanted.items() if m is None):
-            log.warning("SDS secret %s waits for a validation_context secret (trust bundle)", name)
+
+    def _activate_waiting(self) -> None:
+        """After new Secrets: listeners and clusters that waited for their identities apply now. Their problems
+        are theirs, not the Secrets' (which are accepted): logged, and they wait for the next update."""
+        cfg = self._compose({})
+        if cfg == self.engine.config:
+            return
+        try:
+            self._apply(cfg)
+        except ApplyError as exc:
+            log.error("could not activate listeners or clusters that waited for Secrets: %s", exc)
 
     # -- composing the model ---------------------------------------------------
 
     def _compose(self, staged: dict[str, dict[str, Any]]) -> model.Config:
-        clusters: dict[str, r.ClusterSpec] = {**self.static.clusters, **staged.get(r.CLUSTER, self.clusters)}
+        clusters = self._all_clusters(staged)
         assignments: dict[str, r.Assignment] = staged.get(r.ENDPOINT, self.assignments)
-        listeners: dict[str, r.ListenerSpec] = {**self.static.listeners, **staged.get(r.LISTENER, self.listeners)}
+        listeners = self._all_listeners(staged)
         now = time.monotonic()
         installed: dict[str, model.Cluster] = {}
         for name, spec in clusters.items():
+            if not self._tls_ready(spec):
+                # Warming for its Secrets, like Envoy's; the version it replaces (if any) keeps serving.
+                previous = self._composed.get(name)
+                if previous is not None:
+                    installed[name] = previous[2]
+                continue
             assignment = assignments.get(spec.eds_name) if spec.eds_name else None
             if spec.eds_name and assignment is None:
                 previous = self._composed.get(name)
@@ -359,12 +440,21 @@ class Pipeline:
                         installed[name] = previous[2]
                     continue
             installed[name] = self._cluster_for(name, spec, assignment)
+        running = {lst.name: lst for lst in self.engine.config.listeners} if self.engine.config else {}
         ready = []
         for name, lspec in sorted(listeners.items()):
-            if lspec.listener.cluster in installed:
-                ready.append(lspec.listener)
+            listener = lspec.listener
+            if not self._tls_ready(lspec):
+                assert lspec.sds is not None
+                log.info("listener %s waits for Secrets %r and %r", name, lspec.sds.certificate, lspec.sds.validation)
+                replaced = running.get(name)  # the version it replaces keeps serving meanwhile
+                if replaced is None:
+                    continue
+                listener = replaced
+            if listener.cluster in installed:
+                ready.append(listener)
             else:
-                log.info("listener %s waits for cluster %s", name, lspec.listener.cluster)
+                log.info("listener %s waits for cluster %s", name, listener.cluster)
         return model.Config(listeners=tuple(ready), clusters=tuple(installed[n] for n in sorted(installed)),
                             workers=self.static.workers, local_zone=self.static.local_zone, source=self.source)
 
@@ -415,10 +505,12 @@ class Pipeline:
         expired = sorted(n for n, d in self._warm_deadline.items() if 0.0 < d <= now)
         for name in expired:
             self._warm_deadline[name] = 0.0  # expired: installed without endpoints, reported once
+        # Those whose endpoints came in time are installed already.
+        expired = [n for n in expired if self.clusters[n].eds_name not in self.assignments]
         if expired:
             log.warning("initial fetch timeout: clusters %s start without endpoints", ", ".join(expired))
             try:
-                self.engine.apply(self._compose({}))
+                self._apply(self._compose({}))
             except ApplyError as exc:
                 log.error("could not activate clusters after the initial fetch timeout: %s", exc)
         self._arm_warm_timer()
