@@ -129,10 +129,10 @@ class AuthzRule:
 
 @dataclass(frozen=True)
 class ListenerTls:
-    """TLS termination on a TCP or HTTP listener. cert/key/bundle are files (spiffe-helper layout), watched for rotation;
-    listeners and clusters naming the same three files share one identity. Instead of files, `identity` may name
-    an identity that its source installs and rotates itself (xDS: from SDS secrets); cert/key/bundle are then
-    empty."""
+    """TLS termination on a TCP or HTTP listener. cert/key/bundle are files (spiffe-helper layout), watched for
+    rotation; listeners and clusters naming the same three files share one identity. Instead of files, `identity`
+    may name an identity that its source installs and rotates itself (xDS: from SDS secrets); cert/key/bundle are
+    then empty."""
 
     cert: str
     key: str
