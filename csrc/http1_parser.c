@@ -119,23 +119,33 @@ static int chars_ok(const char *s, uint32_t n, unsigned mask)
 }
 
 /* The first position in buf[pos..stop) of a class-X byte (a control byte
- * other than HTAB, or DEL), or stop. Eight bytes at a time while a word
- * holds no byte below 0x20 and no DEL: the "has a byte less than n" test
- * ((w - n*ones) & ~w & highs, exact as to whether one exists, n <= 128) has
- * no false negatives, so a skipped word never hides an X byte. From the
- * first word that may hold one (an HTAB too), the table decides byte by
- * byte. Never reads at or past stop. */
+ * other than HTAB, or DEL), or stop. Eight bytes at a time: the "has a byte
+ * less than n" test ((w - n*ones) & ~w & highs, n <= 128) has no false
+ * negatives, and the lowest byte it flags is a true one (a wrong flag only
+ * comes from a borrow out of a true one below it), so on a little-endian
+ * load its trailing zero count finds the first byte below 0x20 or DEL in
+ * the word; the table then decides (HTAB is below 0x20 yet allowed, and the
+ * scan goes on after it). The last < 8 bytes go one at a time. Never reads
+ * at or past stop. */
 static size_t scan_line(const char *buf, size_t pos, size_t stop)
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
     while (pos + 8 <= stop) {
-        uint64_t w, d;
+        uint64_t w, d, hit;
         memcpy(&w, buf + pos, 8);
         d = w ^ (0x7f * ones); /* DEL bytes become zero bytes */
-        if (((w - 0x20 * ones) & ~w & highs) | ((d - ones) & ~d & highs))
-            break;
-        pos += 8;
+        hit = ((w - 0x20 * ones) & ~w & highs) | ((d - ones) & ~d & highs);
+        if (!hit) {
+            pos += 8;
+            continue;
+        }
+        pos += (size_t)__builtin_ctzll(hit) / 8;
+        if (IS(buf[pos], X))
+            return pos;
+        pos++;
     }
+#endif
     while (pos < stop && !IS(buf[pos], X))
         pos++;
     return pos;
@@ -460,11 +470,12 @@ static int apply_header(zlb_h1_parser *p, const char *buf, const zlb_h1_header *
     return 0;
 }
 
-/* header-field = field-name ":" OWS field-value OWS, at buf[s..e). */
+/* header-field = field-name ":" OWS field-value OWS, at buf[s..e), where
+ * buf[e] is the line's CR: it is no tchar, so the name scan needs no bound. */
 static int parse_header_line(zlb_h1_parser *p, const char *buf, size_t s, size_t e, zlb_h1_head *out)
 {
     size_t i = s;
-    while (i < e && IS(buf[i], T))
+    while (IS(buf[i], T))
         i++;
     if (i == s)
         return fail(p, out, 400, OWS(buf[s]) ? "obs-fold or whitespace before a header name" : "invalid header name");
@@ -585,12 +596,14 @@ int zlb_h1_parse(zlb_h1_parser *p, const char *buf, size_t len, zlb_h1_head *out
     size_t end = len < p->limits.max_head ? len : p->limits.max_head;
     size_t pos = p->scanned;
     while (pos < end) {
-        size_t stop = end;
-        size_t cap = (size_t)p->line_start + p->limits.max_request_line + 1;
-        if (p->state == ST_START_LINE && cap < stop)
-            stop = cap;
+        size_t stop = end, cap = SIZE_MAX; /* only the start line has its own limit */
+        if (p->state == ST_START_LINE) {
+            cap = (size_t)p->line_start + p->limits.max_request_line + 1;
+            if (cap < stop)
+                stop = cap;
+        }
         pos = scan_line(buf, pos, stop);
-        if (pos == cap && p->state == ST_START_LINE)
+        if (pos == cap)
             return fail(p, out, p->is_response ? 400 : 414,
                         p->is_response ? "status line too long" : "request line too long");
         if (pos == stop)
