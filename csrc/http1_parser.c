@@ -118,6 +118,39 @@ static int chars_ok(const char *s, uint32_t n, unsigned mask)
     return 1;
 }
 
+/* The first position in buf[pos..stop) of a class-X byte (a control byte
+ * other than HTAB, or DEL), or stop. Eight bytes at a time: the "has a byte
+ * less than n" test ((w - n*ones) & ~w & highs, n <= 128) has no false
+ * negatives, and the lowest byte it flags is a true one (a wrong flag only
+ * comes from a borrow out of a true one below it), so on a little-endian
+ * load its trailing zero count finds the first byte below 0x20 or DEL in
+ * the word; the table then decides (HTAB is below 0x20 yet allowed, and the
+ * scan goes on after it). The last < 8 bytes go one at a time. Never reads
+ * at or past stop. */
+static size_t scan_line(const char *buf, size_t pos, size_t stop)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    while (pos + 8 <= stop) {
+        uint64_t w, d, hit;
+        memcpy(&w, buf + pos, 8);
+        d = w ^ (0x7f * ones); /* DEL bytes become zero bytes */
+        hit = ((w - 0x20 * ones) & ~w & highs) | ((d - ones) & ~d & highs);
+        if (!hit) {
+            pos += 8;
+            continue;
+        }
+        pos += (size_t)__builtin_ctzll(hit) / 8;
+        if (IS(buf[pos], X))
+            return pos;
+        pos++;
+    }
+#endif
+    while (pos < stop && !IS(buf[pos], X))
+        pos++;
+    return pos;
+}
+
 /* ---- head parser ------------------------------------------------------------ */
 
 enum { ST_START_LINE = 0, ST_HEADERS, ST_DONE, ST_ERROR };
@@ -134,6 +167,7 @@ enum { ST_START_LINE = 0, ST_HEADERS, ST_DONE, ST_ERROR };
 #define HB_UPGRADE 0x08u
 #define HB_EXPECT_100 0x10u
 #define HB_HOST 0x20u
+#define HB_CONN_TOKENS 0x40u    /* becomes ZLB_H1_F_CONN_TOKENS */
 
 void zlb_h1_limits_defaults(zlb_h1_limits *l)
 {
@@ -285,6 +319,72 @@ static int parse_status_line(zlb_h1_parser *p, const char *buf, size_t s, size_t
     return 0;
 }
 
+/* Equality of the field name s[0..n) with `lo` (n bytes of lowercase letters
+ * and '-'), ignoring case. OR-ing 0x20 folds 'A'-'Z' onto 'a'-'z'; the only
+ * other byte it maps onto a letter or '-' is CR (onto '-'), and a name that
+ * reached here holds tchars only, so the fold is exact. Eight bytes at a time
+ * (the last word overlapping the one before it), never outside s[0..n). */
+static inline int name_folds_to(const char *s, const char *lo, uint32_t n)
+{
+    if (n < 8) {
+        for (uint32_t i = 0; i < n; i++)
+            if ((unsigned char)(s[i] | 0x20) != (unsigned char)lo[i])
+                return 0;
+        return 1;
+    }
+    const uint64_t fold = 0x2020202020202020ull;
+    uint64_t a, b;
+    for (uint32_t i = 0; i + 8 < n; i += 8) {
+        memcpy(&a, s + i, 8);
+        memcpy(&b, lo + i, 8);
+        if ((a | fold) != b)
+            return 0;
+    }
+    memcpy(&a, s + n - 8, 8);
+    memcpy(&b, lo + n - 8, 8);
+    return (a | fold) == b;
+}
+
+/* The enum zlb_h1_hdr of the token s[0..n): the length, and where two names
+ * share it their first letter, pick the only candidate; one folded
+ * comparison decides. Runs once per field, so every later question about
+ * these names is an integer compare. Pure. */
+static uint32_t classify_name(const char *s, uint32_t n)
+{
+#define NAME(lit, id) (name_folds_to(s, lit, n) ? (id) : ZLB_H1_HDR_OTHER)
+    switch (n) {
+    case 2:
+        return NAME("te", ZLB_H1_HDR_TE);
+    case 4:
+        return NAME("host", ZLB_H1_HDR_HOST);
+    case 6:
+        return NAME("expect", ZLB_H1_HDR_EXPECT);
+    case 7:
+        return (s[0] | 0x20) == 'u' ? NAME("upgrade", ZLB_H1_HDR_UPGRADE) : NAME("trailer", ZLB_H1_HDR_TRAILER);
+    case 10:
+        return (s[0] | 0x20) == 'c' ? NAME("connection", ZLB_H1_HDR_CONNECTION)
+                                    : NAME("keep-alive", ZLB_H1_HDR_KEEP_ALIVE);
+    case 11:
+        return NAME("traceparent", ZLB_H1_HDR_TRACEPARENT);
+    case 12:
+        return NAME("x-request-id", ZLB_H1_HDR_X_REQUEST_ID);
+    case 14:
+        return NAME("content-length", ZLB_H1_HDR_CONTENT_LENGTH);
+    case 15:
+        return NAME("x-forwarded-for", ZLB_H1_HDR_X_FORWARDED_FOR);
+    case 16:
+        return NAME("proxy-connection", ZLB_H1_HDR_PROXY_CONNECTION);
+    case 17:
+        return (s[0] | 0x20) == 't' ? NAME("transfer-encoding", ZLB_H1_HDR_TRANSFER_ENCODING)
+                                    : NAME("x-forwarded-proto", ZLB_H1_HDR_X_FORWARDED_PROTO);
+    case 23:
+        return NAME("x-forwarded-client-cert", ZLB_H1_HDR_X_FORWARDED_CLIENT_CERT);
+    default:
+        return ZLB_H1_HDR_OTHER;
+    }
+#undef NAME
+}
+
 /* Applies the meaning of the header just stored (framing, connection
  * options, Host). Called once per field, in order. */
 static int apply_header(zlb_h1_parser *p, const char *buf, const zlb_h1_header *h, zlb_h1_head *out)
@@ -292,7 +392,8 @@ static int apply_header(zlb_h1_parser *p, const char *buf, const zlb_h1_header *
     const char *v = buf + h->value.off;
     uint32_t n = h->value.len, pos = 0, eo, el;
 
-    if (zlb_h1_name_is(buf, h->name, "content-length")) {
+    switch (h->id) {
+    case ZLB_H1_HDR_CONTENT_LENGTH: {
         /* 1*DIGIT only: "+5", "5, 5" or " 5 5" are read differently by
          * different implementations. Duplicates must agree numerically,
          * which is what framing depends on. */
@@ -311,7 +412,9 @@ static int apply_header(zlb_h1_parser *p, const char *buf, const zlb_h1_header *
             return fail(p, out, 400, "conflicting Content-Length headers");
         out->content_length = cl;
         p->cl_count++;
-    } else if (zlb_h1_name_is(buf, h->name, "transfer-encoding")) {
+        break;
+    }
+    case ZLB_H1_HDR_TRANSFER_ENCODING:
         /* Several TE fields form one list (RFC 9110 5.3); chunked must be
          * last and only once, so anything after it is an error at once. */
         if (n == 0)
@@ -327,22 +430,30 @@ static int apply_header(zlb_h1_parser *p, const char *buf, const zlb_h1_header *
             else
                 p->te_seen |= TE_UNSUPPORTED;
         }
-    } else if (zlb_h1_name_is(buf, h->name, "connection")) {
+        break;
+    case ZLB_H1_HDR_CONNECTION:
         while (list_next(v, n, &pos, &eo, &el)) {
-            if (eq_lower(v + eo, el, "close"))
-                p->hdr_bits |= HB_CONN_CLOSE;
-            else if (eq_lower(v + eo, el, "keep-alive"))
+            if (eq_lower(v + eo, el, "keep-alive"))
                 p->hdr_bits |= HB_CONN_KEEP_ALIVE;
             else if (eq_lower(v + eo, el, "upgrade"))
                 p->hdr_bits |= HB_CONN_UPGRADE;
+            else if (eq_lower(v + eo, el, "close"))
+                p->hdr_bits |= HB_CONN_CLOSE | HB_CONN_TOKENS;
+            else if (el)
+                p->hdr_bits |= HB_CONN_TOKENS;
         }
-    } else if (zlb_h1_name_is(buf, h->name, "upgrade")) {
+        break;
+    case ZLB_H1_HDR_UPGRADE:
         p->hdr_bits |= HB_UPGRADE;
-    } else if (zlb_h1_name_is(buf, h->name, "expect")) {
+        break;
+    case ZLB_H1_HDR_EXPECT:
         while (list_next(v, n, &pos, &eo, &el))
             if (eq_lower(v + eo, el, "100-continue"))
                 p->hdr_bits |= HB_EXPECT_100;
-    } else if (!p->is_response && zlb_h1_name_is(buf, h->name, "host")) {
+        break;
+    case ZLB_H1_HDR_HOST:
+        if (p->is_response)
+            break;
         /* The router picks a cluster by Host: two of them, or one with
          * bytes no authority can contain, would let the proxy and the
          * upstream disagree about the destination. */
@@ -352,15 +463,19 @@ static int apply_header(zlb_h1_parser *p, const char *buf, const zlb_h1_header *
             return fail(p, out, 400, "invalid Host header");
         p->hdr_bits |= HB_HOST;
         out->host = h->value;
+        break;
+    default:
+        break;
     }
     return 0;
 }
 
-/* header-field = field-name ":" OWS field-value OWS, at buf[s..e). */
+/* header-field = field-name ":" OWS field-value OWS, at buf[s..e), where
+ * buf[e] is the line's CR: it is no tchar, so the name scan needs no bound. */
 static int parse_header_line(zlb_h1_parser *p, const char *buf, size_t s, size_t e, zlb_h1_head *out)
 {
     size_t i = s;
-    while (i < e && IS(buf[i], T))
+    while (IS(buf[i], T))
         i++;
     if (i == s)
         return fail(p, out, 400, OWS(buf[s]) ? "obs-fold or whitespace before a header name" : "invalid header name");
@@ -377,6 +492,7 @@ static int parse_header_line(zlb_h1_parser *p, const char *buf, size_t s, size_t
     zlb_h1_header *h = &out->headers[out->n_headers++];
     h->name = span(s, i - s);
     h->value = span(vs, ve - vs);
+    h->id = classify_name(buf + s, (uint32_t)(i - s));
     return apply_header(p, buf, h, out);
 }
 
@@ -426,6 +542,8 @@ static int finish_head(zlb_h1_parser *p, zlb_h1_head *out, size_t head_len)
         out->flags |= ZLB_H1_F_KEEP_ALIVE;
     if ((hb & HB_CONN_UPGRADE) && (hb & HB_UPGRADE))
         out->flags |= ZLB_H1_F_UPGRADE;
+    if (hb & HB_CONN_TOKENS)
+        out->flags |= ZLB_H1_F_CONN_TOKENS;
     p->state = ST_DONE;
     p->scanned = (uint32_t)head_len;
     return ZLB_H1_OK;
@@ -478,13 +596,14 @@ int zlb_h1_parse(zlb_h1_parser *p, const char *buf, size_t len, zlb_h1_head *out
     size_t end = len < p->limits.max_head ? len : p->limits.max_head;
     size_t pos = p->scanned;
     while (pos < end) {
-        size_t stop = end;
-        size_t cap = (size_t)p->line_start + p->limits.max_request_line + 1;
-        if (p->state == ST_START_LINE && cap < stop)
-            stop = cap;
-        while (pos < stop && !IS(buf[pos], X))
-            pos++;
-        if (pos == cap && p->state == ST_START_LINE)
+        size_t stop = end, cap = SIZE_MAX; /* only the start line has its own limit */
+        if (p->state == ST_START_LINE) {
+            cap = (size_t)p->line_start + p->limits.max_request_line + 1;
+            if (cap < stop)
+                stop = cap;
+        }
+        pos = scan_line(buf, pos, stop);
+        if (pos == cap)
             return fail(p, out, p->is_response ? 400 : 414,
                         p->is_response ? "status line too long" : "request line too long");
         if (pos == stop)

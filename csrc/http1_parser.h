@@ -23,9 +23,37 @@ typedef struct zlb_span {
     uint32_t len;
 } zlb_span;
 
+/* Field names the parser or the proxy acts on. The parser classifies each
+ * name once, case-insensitively, as it stores the field (zlb_h1_header.id),
+ * so that later code switches on a small integer instead of comparing the
+ * same bytes against many names again. Every other name is OTHER. */
+enum zlb_h1_hdr {
+    ZLB_H1_HDR_OTHER = 0,
+    /* framing and connection management (the parser's own) */
+    ZLB_H1_HDR_CONTENT_LENGTH,
+    ZLB_H1_HDR_TRANSFER_ENCODING,
+    ZLB_H1_HDR_CONNECTION,
+    ZLB_H1_HDR_UPGRADE,
+    ZLB_H1_HDR_EXPECT,
+    ZLB_H1_HDR_HOST,
+    /* the other hop-by-hop fields (RFC 9110 7.6.1) */
+    ZLB_H1_HDR_KEEP_ALIVE,
+    ZLB_H1_HDR_PROXY_CONNECTION,
+    ZLB_H1_HDR_TE,
+    ZLB_H1_HDR_TRAILER,
+    /* fields the proxy adds, replaces or extends */
+    ZLB_H1_HDR_X_FORWARDED_FOR,
+    ZLB_H1_HDR_X_FORWARDED_PROTO,
+    ZLB_H1_HDR_X_FORWARDED_CLIENT_CERT,
+    ZLB_H1_HDR_X_REQUEST_ID,
+    ZLB_H1_HDR_TRACEPARENT,
+    ZLB_H1_HDR_COUNT
+};
+
 typedef struct zlb_h1_header {
     zlb_span name;
     zlb_span value; /* leading/trailing OWS removed */
+    uint32_t id;    /* enum zlb_h1_hdr of the name */
 } zlb_h1_header;
 
 typedef struct zlb_h1_limits {
@@ -49,6 +77,9 @@ enum zlb_h1_body {
 #define ZLB_H1_F_UPGRADE     0x04u  /* Connection: upgrade + Upgrade header present */
 #define ZLB_H1_F_HAS_HOST    0x08u  /* request: exactly one Host header */
 #define ZLB_H1_F_KEEP_ALIVE  0x10u  /* HTTP/1.0 with Connection: keep-alive */
+#define ZLB_H1_F_CONN_TOKENS 0x20u  /* a Connection element other than keep-alive and upgrade (close
+                                     * included): it may name more hop-by-hop fields (RFC 9110 7.6.1);
+                                     * without this flag the ids alone say which fields are hop-by-hop */
 
 typedef struct zlb_h1_head {
     /* request */
@@ -107,7 +138,8 @@ void zlb_h1_parser_init_response(zlb_h1_parser *p, const zlb_h1_limits *limits, 
  * and responses to HEAD have no body; no framing = close-delimited). */
 int zlb_h1_parse(zlb_h1_parser *p, const char *buf, size_t len, zlb_h1_head *out);
 
-/* Case-insensitive comparison of a header name span with a lowercase name. */
+/* Case-insensitive comparison of a header name span with a lowercase name.
+ * For names outside enum zlb_h1_hdr; callers compare lengths first. */
 int zlb_h1_name_is(const char *buf, zlb_span name, const char *lower);
 
 /* ---- chunked bodies ------------------------------------------------------ */

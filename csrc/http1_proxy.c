@@ -897,50 +897,87 @@ static int name_in_list(const char *buf, zlb_span name, const char *list, uint32
     return 0;
 }
 
-static int is_hop_by_hop(const char *buf, const zlb_h1_head *h, zlb_span name, int keep_upgrade)
+/* Is field f of head h hop-by-hop (RFC 9110 7.6.1), i.e. not to be
+ * forwarded? The standard hop-by-hop names are known by their id; the
+ * Connection lists are searched only when the parser saw one naming
+ * something besides keep-alive and upgrade (ZLB_H1_F_CONN_TOKENS). */
+static int is_hop_by_hop(const char *buf, const zlb_h1_head *h, const zlb_h1_header *f, int keep_upgrade)
 {
-    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                                      "upgrade", NULL};
-    /* On an upgrade the Upgrade field travels on; Connection never does:
-     * the caller writes its own "connection: upgrade", and passing the
-     * peer's too would send two Connection fields (one maybe listing
-     * keep-alive or other hop-by-hop names). */
-    for (int i = 0; hop[i]; i++)
-        if (zlb_h1_name_is(buf, name, hop[i]))
-            return !(keep_upgrade && i == 5);
-    for (uint32_t i = 0; i < h->n_headers; i++) {
-        if (zlb_h1_name_is(buf, h->headers[i].name, "connection") &&
-            name_in_list(buf, name, buf + h->headers[i].value.off, h->headers[i].value.len))
-            return 1;
+    switch (f->id) {
+    case ZLB_H1_HDR_CONNECTION:
+    case ZLB_H1_HDR_KEEP_ALIVE:
+    case ZLB_H1_HDR_PROXY_CONNECTION:
+    case ZLB_H1_HDR_TE:
+    case ZLB_H1_HDR_TRAILER:
+        return 1;
+    case ZLB_H1_HDR_UPGRADE:
+        /* On an upgrade the Upgrade field travels on; Connection never
+         * does: the caller writes its own "connection: upgrade", and
+         * passing the peer's too would send two Connection fields (one
+         * maybe listing keep-alive or other hop-by-hop names). */
+        return !keep_upgrade;
+    default:
+        break;
     }
+    if (!(h->flags & ZLB_H1_F_CONN_TOKENS))
+        return 0;
+    for (uint32_t i = 0; i < h->n_headers; i++)
+        if (h->headers[i].id == ZLB_H1_HDR_CONNECTION &&
+            name_in_list(buf, f->name, buf + h->headers[i].value.off, h->headers[i].value.len))
+            return 1;
     return 0;
 }
 
+/* Does one of the route's header operations name this field? Names of ops
+ * are lowercase (router.c), so only those of the field's length are
+ * compared. */
 static int op_named(const zlb_header_op *ops, uint32_t n, const char *buf, zlb_span name)
 {
     for (uint32_t i = 0; i < n; i++)
-        if (zlb_h1_name_is(buf, name, ops[i].name.p))
+        if (ops[i].name.len == name.len && zlb_h1_name_is(buf, name, ops[i].name.p))
             return 1;
     return 0;
 }
 
-static void hex_random(uint64_t *rng, char *out, int nbytes)
+/* Eight values 0..15, one per byte of v, as eight lowercase hex digits at
+ * out: '0' + v, plus 39 more ('a' - '0' - 10) in the bytes where v > 9
+ * (there v + 6 reaches bit 4). No byte carries into the next. */
+static void nibbles_to_hex(uint64_t v, char *out)
 {
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < nbytes; i += 8) {
-        uint64_t r = zlb_rand64(rng);
-        for (int k = 0; k < 8 && i + k < nbytes; k++) {
-            out[2 * (i + k)] = hex[(r >> (8 * k + 4)) & 15];
-            out[2 * (i + k) + 1] = hex[(r >> (8 * k)) & 15];
-        }
-    }
-    out[2 * nbytes] = '\0';
+    const uint64_t ones = 0x0101010101010101ull;
+    uint64_t above9 = ((v + 6 * ones) >> 4) & ones;
+    uint64_t digits = v + '0' * ones + 39 * above9;
+    memcpy(out, &digits, 8);
 }
 
+/* Writes 16 * n lowercase hex digits of fresh randomness at out (no NUL):
+ * each 64-bit draw gives 16 digits, its low and its high nibbles, computed
+ * eight at a time. Random bits need no particular digit order. */
+static void hex_random(uint64_t *rng, char *out, int n)
+{
+    const uint64_t low_nibbles = 0x0f0f0f0f0f0f0f0full;
+    for (int i = 0; i < n; i++) {
+        uint64_t r = zlb_rand64(rng);
+        nibbles_to_hex(r & low_nibbles, out + 16 * i);
+        nibbles_to_hex((r >> 4) & low_nibbles, out + 16 * i + 8);
+    }
+}
+
+/* Appends the field line "name: value\r\n" to b: one room check for the
+ * whole line (it runs for every forwarded field). 0, or -1 when out of
+ * memory (b unchanged). Both lengths come from heads and route config,
+ * far below 2^31, so their sum cannot wrap. */
 static int append_header(hbuf *b, const char *name, uint32_t nlen, const char *value, uint32_t vlen)
 {
-    return hbuf_append(b, name, nlen) | hbuf_append(b, ": ", 2) | hbuf_append(b, value, vlen) |
-           hbuf_append(b, "\r\n", 2);
+    if (hbuf_reserve(b, nlen + vlen + 4) != 0)
+        return -1;
+    char *p = b->p + b->len;
+    memcpy(p, name, nlen);
+    memcpy(p + nlen, ": ", 2);
+    memcpy(p + nlen + 2, value, vlen);
+    memcpy(p + nlen + 2 + vlen, "\r\n", 2);
+    b->len += nlen + vlen + 4;
+    return 0;
 }
 
 /* Writes the upstream request head into c->replay. */
@@ -968,22 +1005,26 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
      * come over mutual TLS is sanitized whatever the mode (as Envoy does). */
     const htls *t = c->tls;
     int xfcc = t && t->peer.id[0] ? c->l->opts.http.forward_client_cert : ZLB_XFCC_SANITIZE;
-    uint32_t last_xfcc = UINT32_MAX;
-    for (uint32_t i = 0; xfcc == ZLB_XFCC_APPEND_FORWARD && i < h->n_headers; i++)
-        if (zlb_h1_name_is(buf, h->headers[i].name, "x-forwarded-client-cert"))
-            last_xfcc = i;
     /* Several X-Forwarded-For fields form one list (RFC 9110 5.3): the
-     * client goes once, after the last of them. */
-    uint32_t last_xff = UINT32_MAX;
-    for (uint32_t i = 0; i < h->n_headers; i++)
-        if (zlb_h1_name_is(buf, h->headers[i].name, "x-forwarded-for"))
-            last_xff = i;
+     * client goes once, after the last of them; likewise this hop's XFCC
+     * element in append_forward mode. */
+    uint32_t last_xfcc = UINT32_MAX, last_xff = UINT32_MAX;
     for (uint32_t i = 0; i < h->n_headers; i++) {
-        zlb_span name = h->headers[i].name, value = h->headers[i].value;
-        if (is_hop_by_hop(buf, h, name, c->upgrade) || op_named(set, n_set, buf, name) ||
-            op_named(rem, n_rem, buf, name) || zlb_h1_name_is(buf, name, "x-forwarded-proto"))
+        if (h->headers[i].id == ZLB_H1_HDR_X_FORWARDED_FOR)
+            last_xff = i;
+        else if (h->headers[i].id == ZLB_H1_HDR_X_FORWARDED_CLIENT_CERT && xfcc == ZLB_XFCC_APPEND_FORWARD)
+            last_xfcc = i;
+    }
+    for (uint32_t i = 0; i < h->n_headers; i++) {
+        const zlb_h1_header *f = &h->headers[i];
+        zlb_span name = f->name, value = f->value;
+        if (is_hop_by_hop(buf, h, f, c->upgrade) || op_named(set, n_set, buf, name) ||
+            op_named(rem, n_rem, buf, name))
             continue;
-        if (name.len == 23 && zlb_h1_name_is(buf, name, "x-forwarded-client-cert")) {
+        switch (f->id) {
+        case ZLB_H1_HDR_X_FORWARDED_PROTO:
+            continue; /* ours replaces it */
+        case ZLB_H1_HDR_X_FORWARDED_CLIENT_CERT:
             if (xfcc == ZLB_XFCC_SANITIZE || xfcc == ZLB_XFCC_SANITIZE_SET)
                 continue;
             if (i == last_xfcc) {
@@ -993,20 +1034,31 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
                 rc |= hbuf_append(b, t->xfcc, t->xfcc_len) | hbuf_append(b, "\r\n", 2);
                 continue;
             }
+            break;
+        case ZLB_H1_HDR_HOST:
+            if (rt->host_rewrite.len) {
+                rc |= append_header(b, "host", 4, rt->host_rewrite.p, rt->host_rewrite.len);
+                continue;
+            }
+            break;
+        case ZLB_H1_HDR_X_FORWARDED_FOR:
+            if (i == last_xff) {
+                /* Append the client to the chain, Envoy/nginx style. */
+                rc |= hbuf_append(b, buf + name.off, name.len) | hbuf_append(b, ": ", 2);
+                rc |= hbuf_append(b, buf + value.off, value.len) | hbuf_puts(b, ", ") | hbuf_puts(b, c->peer_ip);
+                rc |= hbuf_append(b, "\r\n", 2);
+                continue;
+            }
+            break;
+        case ZLB_H1_HDR_X_REQUEST_ID:
+            have_rid = 1;
+            break;
+        case ZLB_H1_HDR_TRACEPARENT:
+            have_tp = 1;
+            break;
+        default:
+            break;
         }
-        if (zlb_h1_name_is(buf, name, "host") && rt->host_rewrite.len) {
-            rc |= append_header(b, "host", 4, rt->host_rewrite.p, rt->host_rewrite.len);
-            continue;
-        }
-        if (i == last_xff) {
-            /* Append the client to the chain, Envoy/nginx style. */
-            rc |= hbuf_append(b, buf + name.off, name.len) | hbuf_append(b, ": ", 2);
-            rc |= hbuf_append(b, buf + value.off, value.len) | hbuf_puts(b, ", ") | hbuf_puts(b, c->peer_ip);
-            rc |= hbuf_append(b, "\r\n", 2);
-            continue;
-        }
-        have_rid |= zlb_h1_name_is(buf, name, "x-request-id");
-        have_tp |= zlb_h1_name_is(buf, name, "traceparent");
         rc |= append_header(b, buf + name.off, name.len, buf + value.off, value.len);
     }
     if (last_xff == UINT32_MAX)
@@ -1014,17 +1066,17 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
     if (xfcc == ZLB_XFCC_SANITIZE_SET || (xfcc == ZLB_XFCC_APPEND_FORWARD && last_xfcc == UINT32_MAX))
         rc |= append_header(b, "x-forwarded-client-cert", 23, t->xfcc, t->xfcc_len);
     rc |= hbuf_puts(b, "x-forwarded-proto: http\r\n");
-    char id[40];
     if (!have_rid) {
-        hex_random(&c->w->rng, id, 16);
+        char id[32];
+        hex_random(&c->w->rng, id, 2);
         rc |= append_header(b, "x-request-id", 12, id, 32);
     }
     if (!have_tp) {
         /* W3C trace context: version 00, 16-byte trace id, 8-byte parent id, sampled. */
-        char tp[56] = "00-";
-        hex_random(&c->w->rng, tp + 3, 16);
+        char tp[55] = "00-";
+        hex_random(&c->w->rng, tp + 3, 2);
         tp[35] = '-';
-        hex_random(&c->w->rng, tp + 36, 8);
+        hex_random(&c->w->rng, tp + 36, 1);
         memcpy(tp + 52, "-01", 3);
         rc |= append_header(b, "traceparent", 11, tp, 55);
     }
@@ -1100,7 +1152,7 @@ static int forward_response_head(zlb_hconn *c, const char *buf)
     int upgrade = h->status == 101;
     for (uint32_t i = 0; i < h->n_headers; i++) {
         zlb_span name = h->headers[i].name, value = h->headers[i].value;
-        if (is_hop_by_hop(buf, h, name, upgrade) || resp_op_names(c, buf, name))
+        if (is_hop_by_hop(buf, h, &h->headers[i], upgrade) || resp_op_names(c, buf, name))
             continue;
         rc |= append_header(b, buf + name.off, name.len, buf + value.off, value.len);
     }
@@ -1329,11 +1381,11 @@ static void request_hash(zlb_hconn *c, const zlb_route *rt, const char *buf)
     c->has_hash = 1;
     switch (rt->hash) {
     case ZLB_HASH_HEADER:
-        v = zlb_h1_find_header(buf, &c->rq, rt->hash_name.p, &len);
+        v = zlb_h1_find_header(buf, &c->rq, rt->hash_name.p, rt->hash_name.len, &len);
         break;
     case ZLB_HASH_COOKIE: {
         uint32_t clen = 0;
-        const char *ck = zlb_h1_find_header(buf, &c->rq, "cookie", &clen);
+        const char *ck = zlb_h1_find_header(buf, &c->rq, "cookie", 6, &clen);
         for (uint32_t i = 0; ck && i < clen;) {
             while (i < clen && (ck[i] == ' ' || ck[i] == ';'))
                 i++;

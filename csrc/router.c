@@ -387,10 +387,11 @@ int zlb_route_set_policy(zlb_router *r, int vh, int rt_i, uint32_t timeout_ms, c
 
 /* ---- matching ------------------------------------------------------------ */
 
-const char *zlb_h1_find_header(const char *buf, const zlb_h1_head *h, const char *lower, uint32_t *len)
+const char *zlb_h1_find_header(const char *buf, const zlb_h1_head *h, const char *lower, uint32_t lower_len,
+                               uint32_t *len)
 {
     for (uint32_t i = 0; i < h->n_headers; i++) {
-        if (zlb_h1_name_is(buf, h->headers[i].name, lower)) {
+        if (h->headers[i].name.len == lower_len && zlb_h1_name_is(buf, h->headers[i].name, lower)) {
             *len = h->headers[i].value.len;
             return buf + h->headers[i].value.off;
         }
@@ -479,7 +480,7 @@ static int route_matches(const zlb_route *rt, const char *buf, const zlb_h1_head
     }
     for (uint32_t i = 0; i < rt->n_headers; i++) {
         uint32_t len = 0;
-        const char *v = zlb_h1_find_header(buf, h, rt->headers[i].name.p, &len);
+        const char *v = zlb_h1_find_header(buf, h, rt->headers[i].name.p, rt->headers[i].name.len, &len);
         if (!value_matches(&rt->headers[i], v, len))
             return 0;
     }

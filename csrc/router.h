@@ -133,7 +133,9 @@ int zlb_route_set_policy(zlb_router *r, int vh, int rt, uint32_t timeout_ms, con
 const zlb_route *zlb_router_match(const zlb_router *r, const char *buf, const zlb_h1_head *h);
 /* Weighted choice among the route's clusters; -1 when it has none. */
 int zlb_route_pick_cluster(const zlb_route *rt, uint64_t *rng);
-/* Value of the first header named `lower` (lowercase) or NULL; *len set. */
-const char *zlb_h1_find_header(const char *buf, const zlb_h1_head *h, const char *lower, uint32_t *len);
+/* Value of the first header named `lower` (lowercase, lower_len bytes) or
+ * NULL; *len set. Only fields of lower_len bytes are compared. */
+const char *zlb_h1_find_header(const char *buf, const zlb_h1_head *h, const char *lower, uint32_t lower_len,
+                               uint32_t *len);
 
 #endif

@@ -19,7 +19,17 @@ from dataclasses import dataclass, field
 import h11
 
 from tests.netutil import DEADLINE_S, Backend
-from zlbfast.model import Cluster, Config, Endpoint, HttpOptions, Listener, OutlierDetection, Route, VirtualHost
+from zlbfast.model import (
+    Cluster,
+    Config,
+    Endpoint,
+    HttpOptions,
+    Listener,
+    OutlierDetection,
+    Route,
+    VirtualHost,
+    WeightedCluster,
+)
 
 MIB = 1024 * 1024
 
@@ -47,6 +57,11 @@ def http_config(clusters: Iterable[Cluster], routes: Iterable[Route] = (), *,
     listener = Listener("web", "127.0.0.1", 0, "", idle_timeout_ms=idle_timeout_ms, protocol="http",
                         virtual_hosts=hosts, http=http or HttpOptions())
     return Config(listeners=(listener,), clusters=clusters, workers=1)
+
+
+def routes_to(cluster: str) -> tuple[VirtualHost, ...]:
+    """Virtual hosts that send every request to `cluster`."""
+    return (VirtualHost("all", ("*",), (Route(clusters=(WeightedCluster(cluster),)),)),)
 
 
 def start(engine_factory: Callable[..., object], cfg: Config) -> tuple[object, int]:

@@ -14,7 +14,7 @@ import re
 
 import h11
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from zlbfast import _native
@@ -260,6 +260,41 @@ def test_valid_responses_match_h11(resp, cut):
         body = b""
     assert body == h11_body == want_body
 
+
+# ---- header name ids ------------------------------------------------------------------
+
+
+@st.composite
+def near_known_names(draw) -> bytes:
+    """A name the parser gives an id, in random case, sometimes one tchar
+    edit (replace, insert, delete) away from it."""
+    name = draw(st.sampled_from(sorted(_native.H1_HEADER_IDS)))
+    name = bytes(c ^ 0x20 if chr(c).isalpha() and draw(st.booleans()) else c for c in name)
+    edit = draw(st.sampled_from(["none", "replace", "insert", "delete"]))
+    i = draw(st.integers(0, len(name) - 1))
+    c = draw(st.sampled_from(TCHAR)).encode()
+    if edit == "replace":
+        name = name[:i] + c + name[i + 1 :]
+    elif edit == "insert":
+        name = name[:i] + c + name[i:]
+    elif edit == "delete" and len(name) > 1:
+        name = name[:i] + name[i + 1 :]
+    return name
+
+
+@H1_SETTINGS
+@given(st.lists(st.one_of(near_known_names(), tokens), min_size=1, max_size=8))
+def test_header_ids_match_names(names):
+    # A response, so that any number of Host fields is fine; the framing
+    # fields get the only values that keep the head valid.
+    lowered = [n.lower() for n in names]
+    assume(not (b"transfer-encoding" in lowered and b"content-length" in lowered))
+    data = b"HTTP/1.1 200 OK\r\n" + b"".join(
+        n + (b": chunked\r\n" if n.lower() == b"transfer-encoding" else b": 0\r\n") for n in names
+    )
+    head = _native.h1_parse_response(data + b"\r\n")
+    assert isinstance(head, dict), head
+    assert head["header_ids"] == [_native.H1_HEADER_IDS.get(n, _native.H1_HDR_OTHER) for n in lowered]
 
 # ---- invalid messages -----------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.httputil import MIB, Client, Reader, RecordingUpstream, Response, read_head
+from tests.httputil import MIB, Client, Reader, RecordingUpstream, Response, read_head, routes_to
 from tests.netutil import DEADLINE_S, Backend, wait_for
 from tests.test_admin import running
 from tests.tlsutil import CA, Svid, cert_sha256, client_context, wait_event, write_svid_files
@@ -35,9 +35,6 @@ from zlbfast.model import (
     ListenerTls,
     PathMatch,
     PeerMatch,
-    Route,
-    VirtualHost,
-    WeightedCluster,
 )
 from zlbfast.runtime import Engine
 
@@ -47,10 +44,6 @@ PROXY_ID = f"spiffe://{TD}/ns/shop/sa/proxy"  # engine A's SVID (a client of B)
 CLIENT_ID = f"spiffe://{TD}/ns/shop/sa/client"  # the Python client's SVID
 ADMIN_ID = f"spiffe://{TD}/ns/ops/sa/admin"
 XFCC = "x-forwarded-client-cert"
-
-
-def routes_to(cluster: str) -> tuple[VirtualHost, ...]:
-    return (VirtualHost("all", ("*",), (Route(clusters=(WeightedCluster(cluster),)),)),)
 
 
 @dataclass

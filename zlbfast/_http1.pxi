@@ -23,12 +23,31 @@ cdef extern from "http1_parser.h":
         ZLB_H1_F_UPGRADE
         ZLB_H1_F_HAS_HOST
         ZLB_H1_F_KEEP_ALIVE
+        ZLB_H1_F_CONN_TOKENS
+    enum zlb_h1_hdr:
+        ZLB_H1_HDR_OTHER
+        ZLB_H1_HDR_CONTENT_LENGTH
+        ZLB_H1_HDR_TRANSFER_ENCODING
+        ZLB_H1_HDR_CONNECTION
+        ZLB_H1_HDR_UPGRADE
+        ZLB_H1_HDR_EXPECT
+        ZLB_H1_HDR_HOST
+        ZLB_H1_HDR_KEEP_ALIVE
+        ZLB_H1_HDR_PROXY_CONNECTION
+        ZLB_H1_HDR_TE
+        ZLB_H1_HDR_TRAILER
+        ZLB_H1_HDR_X_FORWARDED_FOR
+        ZLB_H1_HDR_X_FORWARDED_PROTO
+        ZLB_H1_HDR_X_FORWARDED_CLIENT_CERT
+        ZLB_H1_HDR_X_REQUEST_ID
+        ZLB_H1_HDR_TRACEPARENT
     ctypedef struct zlb_span:
         uint32_t off
         uint32_t len
     ctypedef struct zlb_h1_header:
         zlb_span name
         zlb_span value
+        uint32_t id
     ctypedef struct zlb_h1_limits:
         uint32_t max_request_line
         uint32_t max_head
@@ -66,6 +85,28 @@ H1_F_EXPECT_100 = ZLB_H1_F_EXPECT_100
 H1_F_UPGRADE = ZLB_H1_F_UPGRADE
 H1_F_HAS_HOST = ZLB_H1_F_HAS_HOST
 H1_F_KEEP_ALIVE = ZLB_H1_F_KEEP_ALIVE
+H1_F_CONN_TOKENS = ZLB_H1_F_CONN_TOKENS
+# The lowercase field names the parser gives an id (enum zlb_h1_hdr); every
+# other name gets H1_HDR_OTHER. Spelled out here, apart from the C switch
+# that classifies them, so that tests can hold one against the other.
+H1_HDR_OTHER = ZLB_H1_HDR_OTHER
+H1_HEADER_IDS = {
+    b"content-length": ZLB_H1_HDR_CONTENT_LENGTH,
+    b"transfer-encoding": ZLB_H1_HDR_TRANSFER_ENCODING,
+    b"connection": ZLB_H1_HDR_CONNECTION,
+    b"upgrade": ZLB_H1_HDR_UPGRADE,
+    b"expect": ZLB_H1_HDR_EXPECT,
+    b"host": ZLB_H1_HDR_HOST,
+    b"keep-alive": ZLB_H1_HDR_KEEP_ALIVE,
+    b"proxy-connection": ZLB_H1_HDR_PROXY_CONNECTION,
+    b"te": ZLB_H1_HDR_TE,
+    b"trailer": ZLB_H1_HDR_TRAILER,
+    b"x-forwarded-for": ZLB_H1_HDR_X_FORWARDED_FOR,
+    b"x-forwarded-proto": ZLB_H1_HDR_X_FORWARDED_PROTO,
+    b"x-forwarded-client-cert": ZLB_H1_HDR_X_FORWARDED_CLIENT_CERT,
+    b"x-request-id": ZLB_H1_HDR_X_REQUEST_ID,
+    b"traceparent": ZLB_H1_HDR_TRACEPARENT,
+}
 # Indexed by enum zlb_h1_body.
 H1_BODY_KINDS = ("none", "length", "chunked", "close")
 
@@ -81,6 +122,7 @@ cdef dict _h1_head_dict(const char *buf, const zlb_h1_head *h, bint response):
         "version_minor": h.version_minor,
         "headers": [(_h1_span(buf, h.headers[i].name), _h1_span(buf, h.headers[i].value))
                     for i in range(h.n_headers)],
+        "header_ids": [h.headers[i].id for i in range(h.n_headers)],
         "body": H1_BODY_KINDS[h.body],
         "content_length": h.content_length,
         "head_len": h.head_len,

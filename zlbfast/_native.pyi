@@ -242,9 +242,13 @@ H1_F_EXPECT_100: int
 H1_F_UPGRADE: int
 H1_F_HAS_HOST: int
 H1_F_KEEP_ALIVE: int
+H1_F_CONN_TOKENS: int
 H1_BODY_KINDS: tuple[str, ...]
+H1_HDR_OTHER: int
+H1_HEADER_IDS: dict[bytes, int]  # lowercase name -> id (enum zlb_h1_hdr); others are H1_HDR_OTHER
 
-# A parsed head: version_minor, headers (list of (name, value) bytes), body
+# A parsed head: version_minor, headers (list of (name, value) bytes),
+# header_ids (the id of each header's name, in the same order), body
 # (one of H1_BODY_KINDS), content_length, head_len, flags; requests add
 # method, target, host (bytes), responses add status (int) and reason (bytes).
 # Errors come back as (error_status, message); None means "incomplete".
