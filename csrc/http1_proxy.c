@@ -1065,7 +1065,9 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
         rc |= append_header(b, "x-forwarded-for", 15, c->peer_ip, (uint32_t)strlen(c->peer_ip));
     if (xfcc == ZLB_XFCC_SANITIZE_SET || (xfcc == ZLB_XFCC_APPEND_FORWARD && last_xfcc == UINT32_MAX))
         rc |= append_header(b, "x-forwarded-client-cert", 23, t->xfcc, t->xfcc_len);
-    rc |= hbuf_puts(b, "x-forwarded-proto: http\r\n");
+    /* The scheme the client used to reach us: a permissive listener serves
+     * both, so it is per connection, not per listener. */
+    rc |= hbuf_puts(b, c->s.ssl ? "x-forwarded-proto: https\r\n" : "x-forwarded-proto: http\r\n");
     if (!have_rid) {
         char id[32];
         hex_random(&c->w->rng, id, 2);

@@ -210,6 +210,8 @@ def test_permissive_listener_serves_plaintext_and_tls(mesh: Mesh) -> None:
     plain, tls = mesh.upstream.requests
     assert plain.get(XFCC) is None  # not mutual TLS: sanitized whatever the mode
     assert tls.get(XFCC) == f"By={SERVER_ID};Hash={cert_sha256(mesh.client_svid.cert_pem)};URI={CLIENT_ID}"
+    # The scheme each client used, per connection on the one port.
+    assert (plain.all("x-forwarded-proto"), tls.all("x-forwarded-proto")) == (["http"], ["https"])
     # TLS on a permissive listener is still mutual.
     assert refused(port, client_context(None, mesh.ca.pem))
 
