@@ -208,14 +208,6 @@ static void set_rst_on_close(int fd)
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
-/* Wall clock for access logs (CLOCK_REALTIME is a vDSO call too). */
-static int64_t unix_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 /* Pushes the connection's access-log record when logging is on; a full ring
  * drops it (counted) rather than making the worker wait. */
 static void push_record(zlb_worker *w, const zlb_access_record *rec)
@@ -611,7 +603,7 @@ static void tls_event(zlb_conn *c, int kind, int fail_kind, int side, const char
     zlb_worker *w = c->w;
     zlb_tls_event ev;
     memset(&ev, 0, sizeof(ev));
-    ev.unix_ns = unix_now_ns();
+    ev.unix_ns = zlb_worker_unix_ns(w);
     ev.kind = kind;
     ev.fail_kind = fail_kind;
     ev.listener_id = c->l->id;
@@ -915,7 +907,7 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
             atomic_fetch_sub(&l->active, 1);
             ZLB_STAT_ADD(w, conns_overflow, 1);
             if (atomic_load_explicit(&w->eng->access_log, memory_order_acquire)) {
-                zlb_access_record rec = {.start_unix_ns = unix_now_ns(), .listener_id = l->id,
+                zlb_access_record rec = {.start_unix_ns = zlb_worker_unix_ns(w), .listener_id = l->id,
                                          .flags = ZLB_AL_UO};
                 memcpy(&rec.down, &ss, len < sizeof(rec.down) ? len : sizeof(rec.down));
                 zlb_strlcpy(rec.listener, l->opts.name, sizeof(rec.listener));
@@ -943,7 +935,7 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
         c->up_fd = -1;
         c->state = CONN_CONNECTING;
         c->start_ns = w->now_ns;
-        c->start_unix_ns = unix_now_ns();
+        c->start_unix_ns = zlb_worker_unix_ns(w);
         memcpy(&c->down_addr, &ss, len < sizeof(c->down_addr) ? len : sizeof(c->down_addr));
         zlb_timer_init(&c->timer, on_timer);
         for (int k = 0; k < 2; k++)

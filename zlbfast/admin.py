@@ -168,7 +168,7 @@ class AdminServer:
 
     def __init__(self, engine: ObservedEngine, *, host: str = "127.0.0.1", port: int = 9901,
                  allow_remote: bool = False, health: HealthChecker | None = None,
-                 access_log: logs.AccessLogWriter | None = None,
+                 access_log: logs.AccessLog | None = None,
                  on_drain: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self.host = host
@@ -361,7 +361,7 @@ class Operations:
         self.opts = opts
         self.health = HealthChecker(engine)
         self.ejections = EjectionWatcher(engine)
-        self.access_log: logs.AccessLogWriter | None = None
+        self.access_log: logs.AccessLog | None = None
         self.admin: AdminServer | None = None
         self._on_drain = on_drain
         self._closing = asyncio.Event()
@@ -390,11 +390,11 @@ class Operations:
 
     def _start_access_log(self) -> None:
         assert self.opts.access_log is not None
-        self.access_log = logs.AccessLogWriter(self.opts.access_log, sample=self.opts.access_log_sample)
-        self.engine.native.set_access_log(True)
-        drain = self.engine.native.drain_access_log
-        self._tasks.append(asyncio.get_running_loop().create_task(
-            logs.drain_access_log(drain, self.access_log, self._closing), name="access log"))
+        self.access_log = logs.AccessLog(self.engine.native, self.opts.access_log,
+                                         sample=self.opts.access_log_sample)
+        self.access_log.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self.access_log.run(self._closing),
+                                                                  name="access log"))
 
     def draining(self) -> None:
         """Marks the proxy as draining (/ready answers 503 from now on)."""
@@ -406,7 +406,6 @@ class Operations:
 
     async def _stop(self) -> None:
         self._closing.set()
-        # The access-log task drains the rings once more on its way out: connections closed by the drain count.
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -415,6 +414,7 @@ class Operations:
             self.engine.on_apply.remove(self.health.reconcile)
         if self.admin is not None:
             await self.admin.close()
-        if self.access_log is not None and not await asyncio.to_thread(self.access_log.close):
-            log.warning("access log %s: writer still blocked at exit; %d queued records lost", self.opts.access_log,
-                        self.access_log.stats()["queued"])
+        # Last, once nothing else calls the engine: the writer drains the rings once more on its way out, so
+        # connections closed by the drain are logged too.
+        if self.access_log is not None and not await self.access_log.close():
+            log.warning("access log %s: writer still blocked at exit; its records are lost", self.opts.access_log)
