@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -172,9 +173,9 @@ static void *writer_main(void *arg)
 zlb_alog_writer *zlb_alog_writer_start(zlb_access_ring *const *rings, uint32_t n_rings, int wake_fd,
                                        const zlb_alog_writer_opts *o, char *err, size_t errlen)
 {
-    if (o->buffer_bytes < ZLB_ALOG_MIN_BUFFER || o->flush_interval_ms < 1) {
-        snprintf(err, errlen, "access log buffer must be at least %zu bytes and the flush interval at least 1 ms",
-                 (size_t)ZLB_ALOG_MIN_BUFFER);
+    if (o->buffer_bytes < ZLB_ALOG_MIN_BUFFER || o->flush_interval_ms < 1 || o->flush_interval_ms > INT_MAX) {
+        snprintf(err, errlen, "access log buffer must be at least %zu bytes and the flush interval 1 to %d ms",
+                 (size_t)ZLB_ALOG_MIN_BUFFER, INT_MAX);
         return NULL;
     }
     zlb_alog_writer *w = calloc(1, sizeof(*w));

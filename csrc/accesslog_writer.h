@@ -27,7 +27,7 @@ typedef struct zlb_alog_writer_opts {
     int fd;                     /* destination; owned by the writer once started (closed when it ends) */
     uint64_t sample_threshold;  /* keep a record when zlb_rand64 < this; 0 keeps every record */
     uint64_t rng_seed;          /* sampling generator (non-zero after mixing, any value is fine) */
-    uint32_t flush_interval_ms; /* longest a record waits in its ring before it is written (>= 1) */
+    uint32_t flush_interval_ms; /* longest a record waits in its ring before it is written (1 to INT_MAX) */
     uint32_t buffer_bytes;      /* largest single write; >= ZLB_ALOG_MIN_BUFFER */
 } zlb_alog_writer_opts;
 

@@ -4,6 +4,7 @@ give N lines that match them field by field, in a file, on stdout or in a FIFO o
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import select
@@ -18,6 +19,7 @@ from tests.httputil import Client, cluster, http_config, start
 from tests.netutil import DEADLINE_S, Backend, connect, free_port, wait_for
 from tests.test_admin import l4_yaml, running
 from zlbfast import _native
+from zlbfast.admin import OpsOptions, add_arguments
 from zlbfast.model import Route, WeightedCluster
 
 
@@ -195,7 +197,8 @@ def test_stdout_gets_the_lines_with_dash(tmp_path: Path) -> None:
     out = tmp_path / "stdout"
     try:
         with out.open("wb") as stdout, running(tmp_path, l4_yaml({"l": "c"}, {"c": [echo.address]}),
-                                               "--access-log", "-", stdout=stdout) as p:
+                                               "--access-log", "-", "--access-log-flush-ms", "10",
+                                               "--access-log-buffer", "65536", stdout=stdout) as p:
             clients = [echo_once(p.ports["l"]) for _ in range(3)]
             wait_for(lambda: len(out.read_text().splitlines()) == 3, what="three lines on stdout")
     finally:
@@ -240,3 +243,14 @@ def test_an_unopenable_destination_is_reported_and_traffic_flows(tmp_path: Path)
             echo_once(p.ports["l"])
     finally:
         echo.stop()
+
+
+def test_writer_settings_are_bounded_on_the_command_line() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, admin_default=None)
+    opts = OpsOptions.from_args(parser.parse_args(["--access-log", "-", "--access-log-flush-ms", "5",
+                                                   "--access-log-buffer", "65536"]))
+    assert (opts.access_log_flush_ms, opts.access_log_buffer) == (5, 65536)
+    for bad in (["--access-log-flush-ms", "0"], ["--access-log-flush-ms", "x"], ["--access-log-buffer", "1024"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
