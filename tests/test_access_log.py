@@ -254,3 +254,20 @@ def test_writer_settings_are_bounded_on_the_command_line() -> None:
     for bad in (["--access-log-flush-ms", "0"], ["--access-log-flush-ms", "x"], ["--access-log-buffer", "1024"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
+
+
+def test_failed_writes_are_logged_and_counted(tmp_path: Path) -> None:
+    echo = echo_backend()
+    try:
+        # /dev/full refuses every write with ENOSPC, like a full disk.
+        with running(tmp_path, l4_yaml({"l": "c"}, {"c": [echo.address]}), "--access-log", "/dev/full",
+                     "--access-log-flush-ms", "10") as p:
+            for _ in range(3):
+                echo_once(p.ports["l"])
+            wait_for(lambda: 'zlbfast_access_log_records_total{outcome="write_errors"} 3.0' in p.get(
+                "/stats/prometheus")[1], what="three write errors counted")
+            assert 'zlbfast_access_log_records_total{outcome="written"} 0.0' in p.get("/stats/prometheus")[1]
+            wait_for(lambda: p.find("write failed") is not None, what="the failed write logged")
+            assert "No space left on device" in p.find("write failed")["msg"]  # type: ignore[index]
+    finally:
+        echo.stop()
