@@ -6,6 +6,7 @@
  * closes its descriptors. That is what lets stop give up on a thread
  * blocked in write(2) without a use-after-free when the write returns.
  */
+#define _GNU_SOURCE /* SCHED_BATCH */
 #include "accesslog_writer.h"
 
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,6 +157,11 @@ static void *writer_main(void *arg)
 {
     zlb_alog_writer *w = arg;
     prctl(PR_SET_NAME, "zlb-accesslog"); /* top -H, perf, the benchmarks */
+    /* Batch work that can wait: SCHED_BATCH keeps its wake-ups from
+     * preempting a worker on a shared CPU (the rings absorb the delay); it
+     * still gets its fair share of the CPU. Best effort. */
+    struct sched_param batch = {.sched_priority = 0};
+    sched_setscheduler(0, SCHED_BATCH, &batch);
     for (;;) {
         /* Read before the pass: the pass after a stop is the final drain. */
         int stopping = atomic_load_explicit(&w->stop, memory_order_acquire);
