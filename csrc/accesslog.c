@@ -134,6 +134,16 @@ static char *put_string(char *p, const char *s)
     return p;
 }
 
+/* An address as a string value, "" when there is none; addresses hold
+ * nothing to escape, so they are written in place. */
+static char *put_address(char *p, const struct sockaddr_in6 *sa)
+{
+    *p++ = '"';
+    p += zlb_sockaddr_put((const struct sockaddr *)sa, p);
+    *p++ = '"';
+    return p;
+}
+
 size_t zlb_access_format_json(const zlb_access_record *r, char *out, size_t cap)
 {
     static const struct { uint16_t bit; char name[5]; } flags[] = {
@@ -142,17 +152,14 @@ size_t zlb_access_format_json(const zlb_access_record *r, char *out, size_t cap)
     };
     if (cap < ZLB_AL_LINE_MAX)
         return 0;
-    char down[ZLB_SOCKADDR_STR_MAX], up[ZLB_SOCKADDR_STR_MAX];
-    zlb_sockaddr_format((const struct sockaddr *)&r->down, down, sizeof(down));
-    zlb_sockaddr_format((const struct sockaddr *)&r->up, up, sizeof(up));
     char *p = PUT_LIT(out, "{\"start_time\":");
     p = put_fixed(p, (uint64_t)(r->start_unix_ns > 0 ? r->start_unix_ns : 0) / 1000, 6);
     p = PUT_KEY(p, "duration_ms");
     p = put_fixed(p, (uint64_t)(r->duration_ns > 0 ? r->duration_ns : 0) / 1000, 3);
     p = PUT_KEY(p, "downstream");
-    p = put_string(p, down);
+    p = put_address(p, &r->down);
     p = PUT_KEY(p, "upstream");
-    p = put_string(p, up);
+    p = put_address(p, &r->up);
     p = PUT_KEY(p, "listener");
     p = put_string(p, r->listener);
     p = PUT_KEY(p, "cluster");
