@@ -12,11 +12,12 @@ the CPUs), and the CPU per request split by thread: the main thread (event loop,
 and the access-log thread.
 
 Fairness, stated: the access log is written by a thread of the proxy's own (csrc/accesslog_writer.h), as
-HAProxy and Envoy do, and nothing here pins it. Without --pin every process floats over every CPU (the
-default, as before): on a 2-core machine the req/s ratio then also charges the proxy's extra work to the load
-generator and backends sharing the cores, and the CPU per request is the proxy's own cost. With --pin the
-whole proxy (worker, event loop and access-log thread) is confined to one CPU and the load generator and
-backends to another: the log thread then takes its time from the worker's own CPU, the strictest setting.
+Envoy flushes its file access logs from a thread of their own, and nothing here pins it. Without --pin every
+process floats over every CPU (the default, as before): on a 2-core machine the req/s ratio then also charges
+the proxy's extra work to the load generator and backends sharing the cores, and the CPU per request is the
+proxy's own cost. With --pin the whole proxy (worker, event loop and access-log thread) is confined to one
+CPU and the load generator and backends to another: the log thread then takes its time from the worker's own
+CPU, the strictest setting.
 Each "on" proxy is scraped once during the warm-up, so the admin server's one-time import of
 prometheus_client (deliberately lazy, for the idle footprint) is not charged to a measured run.
 """
