@@ -4,6 +4,7 @@
 #include "accesslog.h"
 
 #include <string.h>
+#include <unistd.h>
 
 #include "sockaddr.h"
 
@@ -18,25 +19,36 @@ zlb_access_record *zlb_access_ring_reserve(zlb_access_ring *r)
 
 void zlb_access_ring_commit(zlb_access_ring *r)
 {
-    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-    atomic_store_explicit(&r->head, head + 1, memory_order_release);
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed) + 1;
+    atomic_store_explicit(&r->head, head, memory_order_release);
+    /* The fill level grows by one per commit between the consumer's passes,
+     * so it meets wake_at exactly once per filling; a stale tail only makes
+     * the level look higher, never skips it. */
+    if (r->wake_fd >= 0 && head - atomic_load_explicit(&r->tail, memory_order_relaxed) == r->wake_at) {
+        uint64_t one = 1;
+        ssize_t rc = write(r->wake_fd, &one, sizeof(one)); /* non-blocking eventfd */
+        (void)rc;
+    }
 }
 
-size_t zlb_access_ring_format(zlb_access_ring *r, char *out, size_t cap, size_t max, uint64_t *rng,
-                              uint64_t threshold, size_t *kept, size_t *skipped)
+uint64_t zlb_access_ring_pending(zlb_access_ring *r)
+{
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+    return atomic_load_explicit(&r->head, memory_order_acquire) - tail;
+}
+
+size_t zlb_access_ring_format(zlb_access_ring *r, char *out, size_t cap, uint64_t *rng, uint64_t threshold,
+                              uint64_t *kept, uint64_t *skipped)
 {
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
-    size_t used = 0, n = 0;
-    for (; tail != head && n < max; tail++, n++) {
+    size_t used = 0;
+    for (; tail != head && cap - used >= ZLB_AL_LINE_MAX; tail++) {
         if (threshold && zlb_rand64(rng) >= threshold) {
             (*skipped)++;
             continue;
         }
-        size_t k = zlb_access_format_json(&r->slots[tail & (ZLB_AL_RING - 1)], out + used, cap - used);
-        if (k == 0)
-            break; /* out of room: the rest stays for the next call */
-        used += k;
+        used += zlb_access_format_json(&r->slots[tail & (ZLB_AL_RING - 1)], out + used, cap - used);
         (*kept)++;
     }
     atomic_store_explicit(&r->tail, tail, memory_order_release);
@@ -44,27 +56,16 @@ size_t zlb_access_ring_format(zlb_access_ring *r, char *out, size_t cap, size_t 
 }
 
 /* JSON-lines formatting without printf: a busy access log formats tens of
- * thousands of records a second on the control thread, and vsnprintf's
- * format parsing (and %f) was most of that cost. Every writer appends to a
- * bounded buffer; `w.len > w.cap` marks an overflow (the caller gets 0). */
-typedef struct jw {
-    char *out;
-    size_t len, cap;
-} jw;
+ * thousands of records a second, and vsnprintf's format parsing (and %f)
+ * was most of that cost. The caller guarantees ZLB_AL_LINE_MAX bytes of
+ * room, so every writer below appends at a cursor without bounds checks
+ * and returns the cursor past what it wrote. */
 
-static void jw_raw(jw *w, const char *s, size_t n)
-{
-    if (w->len + n > w->cap) {
-        w->len = w->cap + 1;
-        return;
-    }
-    memcpy(w->out + w->len, s, n);
-    w->len += n;
-}
+#define PUT_LIT(p, lit) (memcpy((p), (lit), sizeof(lit) - 1), (p) + sizeof(lit) - 1)
+/* ,"key": (key a string literal). */
+#define PUT_KEY(p, key) PUT_LIT((p), ",\"" key "\":")
 
-#define JW_LIT(w, lit) jw_raw((w), (lit), sizeof(lit) - 1)
-
-static void jw_u64(jw *w, uint64_t v)
+static char *put_u64(char *p, uint64_t v)
 {
     char tmp[20];
     int i = 20;
@@ -72,94 +73,128 @@ static void jw_u64(jw *w, uint64_t v)
         tmp[--i] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    jw_raw(w, tmp + i, (size_t)(20 - i));
+    memcpy(p, tmp + i, (size_t)(20 - i));
+    return p + (20 - i);
 }
 
-/* v / 10^digits with exactly `digits` decimals (v >= 0). */
-static void jw_fixed(jw *w, uint64_t v, int digits)
+/* v / 10^digits with exactly `digits` decimals (v >= 0, digits <= 19). */
+static char *put_fixed(char *p, uint64_t v, int digits)
 {
     uint64_t scale = 1;
     for (int i = 0; i < digits; i++)
         scale *= 10;
-    jw_u64(w, v / scale);
-    char frac[20];
+    p = put_u64(p, v / scale);
+    *p++ = '.';
     uint64_t f = v % scale;
     for (int i = digits - 1; i >= 0; i--) {
-        frac[i] = (char)('0' + f % 10);
+        p[i] = (char)('0' + f % 10);
         f /= 10;
     }
-    JW_LIT(w, ".");
-    jw_raw(w, frac, (size_t)digits);
+    return p + digits;
 }
 
-/* ,"key":"value" with quotes, backslashes and control bytes escaped. The
- * HTTP parser already refused control bytes in the fields logged, but the
- * log must stay valid JSON whatever reaches it. */
-static void jw_string(jw *w, const char *key, const char *s)
+/* Bytes a JSON string cannot hold as they are: control bytes, DEL, the
+ * quote and the backslash; and NUL, which ends the field. One table load
+ * per byte instead of four comparisons: strings are most of a line. */
+static const uint8_t escaped[256] = {
+    [0x00] = 1, [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x04] = 1, [0x05] = 1, [0x06] = 1, [0x07] = 1,
+    [0x08] = 1, [0x09] = 1, [0x0a] = 1, [0x0b] = 1, [0x0c] = 1, [0x0d] = 1, [0x0e] = 1, [0x0f] = 1,
+    [0x10] = 1, [0x11] = 1, [0x12] = 1, [0x13] = 1, [0x14] = 1, [0x15] = 1, [0x16] = 1, [0x17] = 1,
+    [0x18] = 1, [0x19] = 1, [0x1a] = 1, [0x1b] = 1, [0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1,
+    ['"'] = 1, ['\\'] = 1, [0x7f] = 1,
+};
+
+/* A string value, quotes included, with quotes, backslashes and control
+ * bytes escaped. The HTTP parser already refused control bytes in the
+ * fields logged, but the log must stay valid JSON whatever reaches it.
+ * Runs of plain bytes are copied whole: most fields have no escapes. */
+static char *put_string(char *p, const char *s)
 {
-    JW_LIT(w, ",\"");
-    jw_raw(w, key, strlen(key));
-    JW_LIT(w, "\":\"");
     static const char hex[] = "0123456789abcdef";
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
+    *p++ = '"';
+    for (;;) {
+        const char *run = s;
+        while (!escaped[(unsigned char)*s])
+            s++;
+        memcpy(p, run, (size_t)(s - run));
+        p += s - run;
+        unsigned char ch = (unsigned char)*s++;
+        if (!ch)
+            break;
+        *p++ = '\\';
         if (ch == '"' || ch == '\\') {
-            char esc[2] = {'\\', (char)ch};
-            jw_raw(w, esc, 2);
-        } else if (ch < 0x20 || ch == 0x7f) {
-            char esc[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
-            jw_raw(w, esc, 6);
+            *p++ = (char)ch;
         } else {
-            jw_raw(w, (const char *)&ch, 1);
+            p = PUT_LIT(p, "u00");
+            *p++ = hex[ch >> 4];
+            *p++ = hex[ch & 15];
         }
     }
-    JW_LIT(w, "\"");
+    *p++ = '"';
+    return p;
+}
+
+/* An address as a string value, "" when there is none; addresses hold
+ * nothing to escape, so they are written in place. */
+static char *put_address(char *p, const struct sockaddr_in6 *sa)
+{
+    *p++ = '"';
+    p += zlb_sockaddr_put((const struct sockaddr *)sa, p);
+    *p++ = '"';
+    return p;
 }
 
 size_t zlb_access_format_json(const zlb_access_record *r, char *out, size_t cap)
 {
-    static const struct { uint16_t bit; const char *name; } flags[] = {
+    static const struct { uint16_t bit; char name[5]; } flags[] = {
         {ZLB_AL_UF, "\"UF\""}, {ZLB_AL_UO, "\"UO\""}, {ZLB_AL_UT, "\"UT\""}, {ZLB_AL_NR, "\"NR\""},
         {ZLB_AL_IT, "\"IT\""}, {ZLB_AL_RS, "\"RS\""}, {ZLB_AL_UC, "\"UC\""},
     };
-    char down[ZLB_SOCKADDR_STR_MAX], up[ZLB_SOCKADDR_STR_MAX];
-    zlb_sockaddr_format((const struct sockaddr *)&r->down, down, sizeof(down));
-    zlb_sockaddr_format((const struct sockaddr *)&r->up, up, sizeof(up));
-    jw w = {out, 0, cap};
-    JW_LIT(&w, "{\"start_time\":");
-    jw_fixed(&w, (uint64_t)(r->start_unix_ns > 0 ? r->start_unix_ns : 0) / 1000, 6);
-    JW_LIT(&w, ",\"duration_ms\":");
-    jw_fixed(&w, (uint64_t)(r->duration_ns > 0 ? r->duration_ns : 0) / 1000, 3);
-    jw_string(&w, "downstream", down);
-    jw_string(&w, "upstream", up);
-    jw_string(&w, "listener", r->listener);
-    jw_string(&w, "cluster", r->cluster);
-    JW_LIT(&w, ",\"bytes_received\":");
-    jw_u64(&w, r->bytes_received);
-    JW_LIT(&w, ",\"bytes_sent\":");
-    jw_u64(&w, r->bytes_sent);
-    JW_LIT(&w, ",\"attempts\":");
-    jw_u64(&w, r->attempts);
-    JW_LIT(&w, ",\"flags\":[");
-    int first = 1;
+    if (cap < ZLB_AL_LINE_MAX)
+        return 0;
+    char *p = PUT_LIT(out, "{\"start_time\":");
+    p = put_fixed(p, (uint64_t)(r->start_unix_ns > 0 ? r->start_unix_ns : 0) / 1000, 6);
+    p = PUT_KEY(p, "duration_ms");
+    p = put_fixed(p, (uint64_t)(r->duration_ns > 0 ? r->duration_ns : 0) / 1000, 3);
+    p = PUT_KEY(p, "downstream");
+    p = put_address(p, &r->down);
+    p = PUT_KEY(p, "upstream");
+    p = put_address(p, &r->up);
+    p = PUT_KEY(p, "listener");
+    p = put_string(p, r->listener);
+    p = PUT_KEY(p, "cluster");
+    p = put_string(p, r->cluster);
+    p = PUT_KEY(p, "bytes_received");
+    p = put_u64(p, r->bytes_received);
+    p = PUT_KEY(p, "bytes_sent");
+    p = put_u64(p, r->bytes_sent);
+    p = PUT_KEY(p, "attempts");
+    p = put_u64(p, r->attempts);
+    p = PUT_KEY(p, "flags");
+    *p++ = '[';
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
         if (r->flags & flags[i].bit) {
-            if (!first)
-                JW_LIT(&w, ",");
-            jw_raw(&w, flags[i].name, 4);
-            first = 0;
+            if (p[-1] != '[')
+                *p++ = ',';
+            memcpy(p, flags[i].name, 4);
+            p += 4;
         }
     }
-    JW_LIT(&w, "]");
+    *p++ = ']';
     if (r->status) {
-        JW_LIT(&w, ",\"status\":");
-        jw_u64(&w, r->status);
-        jw_string(&w, "method", r->method);
-        jw_string(&w, "authority", r->authority);
-        jw_string(&w, "path", r->path);
+        p = PUT_KEY(p, "status");
+        p = put_u64(p, r->status);
+        p = PUT_KEY(p, "method");
+        p = put_string(p, r->method);
+        p = PUT_KEY(p, "authority");
+        p = put_string(p, r->authority);
+        p = PUT_KEY(p, "path");
+        p = put_string(p, r->path);
     }
-    if (r->peer_identity[0])
-        jw_string(&w, "peer_identity", r->peer_identity);
-    JW_LIT(&w, "}\n");
-    return w.len <= cap ? w.len : 0;
+    if (r->peer_identity[0]) {
+        p = PUT_KEY(p, "peer_identity");
+        p = put_string(p, r->peer_identity);
+    }
+    p = PUT_LIT(p, "}\n");
+    return (size_t)(p - out);
 }

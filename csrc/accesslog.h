@@ -1,10 +1,11 @@
 /*
- * accesslog.h - per-worker access-log rings.
+ * accesslog.h - per-worker access-log rings and the JSON-lines format.
  *
  * Each worker owns one single-producer/single-consumer ring: the worker
- * pushes one record per finished connection, the control thread drains.
- * A full ring drops the record and counts it: the data path never waits for
- * a slow log writer. Records are fixed-size and formatted by Python.
+ * pushes one record per finished connection or request, the engine's log
+ * thread (accesslog_writer.h) drains, formats and writes. A full ring drops
+ * the record and counts it: the data path never waits for a slow log
+ * writer.
  */
 #ifndef ZLB_ACCESSLOG_H
 #define ZLB_ACCESSLOG_H
@@ -48,12 +49,23 @@ typedef struct zlb_access_record {
 
 #define ZLB_AL_RING 4096          /* records per worker (power of two) */
 
+/* Longest JSON line one record can give: every string byte escapes to at
+ * most 6 bytes ("\u00XX"), every number and address prints shorter than 6
+ * times its binary size, and the keys and punctuation take under 512. */
+#define ZLB_AL_LINE_MAX (sizeof(zlb_access_record) * 6 + 512)
+
 typedef struct zlb_access_ring {
     _Atomic uint64_t head;        /* next slot to write (producer) */
     char pad1[ZLB_CACHELINE - sizeof(uint64_t)];
     _Atomic uint64_t tail;        /* next slot to read (consumer) */
     char pad2[ZLB_CACHELINE - sizeof(uint64_t)];
     zlb_access_record *slots;     /* ZLB_AL_RING records, allocated on first enable */
+    /* An eventfd the producer writes to when the ring fills up to wake_at
+     * records, so that the consumer drains before it is full instead of
+     * waiting for its next timer (-1: none). Set before the first record
+     * and never changed while the producer runs. */
+    int wake_fd;
+    uint32_t wake_at;
 } zlb_access_ring;
 
 /* Producer (owning worker): the next free slot, to be filled in place and
@@ -61,20 +73,26 @@ typedef struct zlb_access_ring {
  * caller counts a drop). Filling in place saves copying a record per
  * request. */
 zlb_access_record *zlb_access_ring_reserve(zlb_access_ring *r);
+/* Publishes the reserved slot; one eventfd write when the ring reaches
+ * wake_at records (once per filling, not per record). Never blocks. */
 void zlb_access_ring_commit(zlb_access_ring *r);
 
-/* Consumer (one control thread at a time): formats up to `max` records as
- * JSON lines into out (cap bytes; 1 KiB per record always suffices) and
- * frees their slots. With threshold != 0, a record is kept only when
- * zlb_rand64(rng) < threshold (sampling). Returns bytes written; *kept and
- * *skipped count the records. */
-size_t zlb_access_ring_format(zlb_access_ring *r, char *out, size_t cap, size_t max, uint64_t *rng,
-                              uint64_t threshold, size_t *kept, size_t *skipped);
+/* Records published and not yet consumed (any thread; a snapshot). */
+uint64_t zlb_access_ring_pending(zlb_access_ring *r);
+
+/* Consumer (one thread at a time): formats records as JSON lines into out
+ * while at least ZLB_AL_LINE_MAX bytes of cap remain, and frees their
+ * slots. With threshold != 0, a record is kept only when zlb_rand64(rng) <
+ * threshold (sampling). Returns bytes written; *kept and *skipped count the
+ * records (added to). Stops at the head it saw on entry, or when out of
+ * room: cap - return < ZLB_AL_LINE_MAX says which. */
+size_t zlb_access_ring_format(zlb_access_ring *r, char *out, size_t cap, uint64_t *rng, uint64_t threshold,
+                              uint64_t *kept, uint64_t *skipped);
 
 /* Formats one record as a JSON object and a newline into out (any thread,
- * no allocation). Returns the length, or 0 when cap is too small. Doing
- * this in C keeps a busy access log from costing the control thread more
- * than the data plane it describes. */
+ * no allocation). Returns the length, or 0 when cap is too small
+ * (ZLB_AL_LINE_MAX always suffices). Doing this in C, without printf, keeps
+ * a busy access log cheap next to the data plane it describes. */
 size_t zlb_access_format_json(const zlb_access_record *r, char *out, size_t cap);
 
 #endif

@@ -50,6 +50,7 @@ zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen)
     pthread_mutex_init(&e->listeners_lock, NULL);
     pthread_mutex_init(&e->tls_lock, NULL);
     pthread_mutex_init(&e->tls_ev_lock, NULL);
+    e->alog_wake_fd = -1;
     for (uint32_t i = 0; i < o->workers; i++) {
         zlb_worker *w = &e->workers[i];
         w->eng = e;
@@ -59,6 +60,7 @@ zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen)
         w->wake_fd = -1;
         /* The generator state must be non-zero: mix the seed and the id. */
         w->rng = (o->rng_seed + i) * 0x9E3779B97F4A7C15ULL | 1;
+        w->alog.wake_fd = -1;
         pthread_mutex_init(&w->cmd_lock, NULL);
         w->epfd = epoll_create1(EPOLL_CLOEXEC);
         w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -77,6 +79,18 @@ zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen)
         snprintf(err, errlen, "cannot set up TLS state");
         zlb_engine_free(e);
         return NULL;
+    }
+    /* Set before the workers start and closed only after they are joined:
+     * a producer never writes to a closed descriptor. */
+    e->alog_wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (e->alog_wake_fd < 0) {
+        snprintf(err, errlen, "cannot create the access-log eventfd: %s", strerror(errno));
+        zlb_engine_free(e);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < o->workers; i++) {
+        e->workers[i].alog.wake_fd = e->alog_wake_fd;
+        e->workers[i].alog.wake_at = ZLB_AL_RING / 2; /* room for as much again while the writer wakes */
     }
     return e;
 oom:
@@ -125,6 +139,8 @@ void zlb_engine_free(zlb_engine *e)
 {
     if (!e)
         return;
+    /* The writer reads the rings: it goes (or is cut loose) first. */
+    zlb_engine_access_log_stop(e, 0);
     for (int i = 0; i < e->started; i++) {
         atomic_store(&e->workers[i].stop, 1);
         zlb_worker_wake(&e->workers[i]);
@@ -145,6 +161,8 @@ void zlb_engine_free(zlb_engine *e)
         zlb_tls_sessions_free(w->tls_sessions);
         pthread_mutex_destroy(&w->cmd_lock);
     }
+    if (e->alog_wake_fd >= 0)
+        close(e->alog_wake_fd);
     while (e->cluster_tls) {
         zlb_cluster_tls *ct = e->cluster_tls;
         e->cluster_tls = ct->next;
@@ -427,16 +445,57 @@ int zlb_engine_set_access_log(zlb_engine *e, int on)
     return 0;
 }
 
-size_t zlb_engine_format_access_log(zlb_engine *e, char *out, size_t cap, size_t max, uint64_t *rng,
-                                    uint64_t threshold, size_t *kept, size_t *skipped)
+int zlb_engine_access_log_start(zlb_engine *e, const zlb_alog_writer_opts *o, char *err, size_t errlen)
 {
-    size_t used = 0;
-    *kept = *skipped = 0;
-    for (uint32_t i = 0; i < e->opts.workers && *kept + *skipped < max; i++)
+    if (e->alog_writer) {
+        snprintf(err, errlen, "the access log is already being written");
+        return -1;
+    }
+    zlb_access_ring **rings = malloc(e->opts.workers * sizeof(*rings));
+    if (!rings) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (uint32_t i = 0; i < e->opts.workers; i++)
+        rings[i] = &e->workers[i].alog;
+    e->alog_writer = zlb_alog_writer_start(rings, e->opts.workers, e->alog_wake_fd, o, err, errlen);
+    free(rings);
+    return e->alog_writer ? 0 : -1;
+}
+
+int zlb_engine_access_log_stop(zlb_engine *e, uint32_t timeout_ms)
+{
+    if (!e->alog_writer)
+        return 1;
+    zlb_alog_writer_stats last;
+    int rc = zlb_alog_writer_stop(e->alog_writer, timeout_ms, &last);
+    e->alog_writer = NULL;
+    e->alog_past.written += last.written;
+    e->alog_past.sampled_out += last.sampled_out;
+    e->alog_past.write_errors += last.write_errors + last.buffered; /* never written now */
+    if (last.last_errno)
+        e->alog_past.last_errno = last.last_errno;
+    return rc;
+}
+
+void zlb_engine_access_log_stats(zlb_engine *e, zlb_alog_writer_stats *out, uint64_t *pending)
+{
+    *out = e->alog_past;
+    out->buffered = 0;
+    if (e->alog_writer) {
+        zlb_alog_writer_stats now;
+        zlb_alog_writer_stats_get(e->alog_writer, &now);
+        out->written += now.written;
+        out->sampled_out += now.sampled_out;
+        out->write_errors += now.write_errors;
+        out->buffered = now.buffered;
+        if (now.last_errno)
+            out->last_errno = now.last_errno;
+    }
+    *pending = 0;
+    for (uint32_t i = 0; i < e->opts.workers; i++)
         if (e->workers[i].alog.slots)
-            used += zlb_access_ring_format(&e->workers[i].alog, out + used, cap - used, max - *kept - *skipped,
-                                           rng, threshold, kept, skipped);
-    return used;
+            *pending += zlb_access_ring_pending(&e->workers[i].alog);
 }
 
 void zlb_engine_stats(zlb_engine *e, zlb_stats *out)

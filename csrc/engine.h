@@ -11,6 +11,7 @@
 #define ZLB_ENGINE_H
 
 #include "accesslog.h"
+#include "accesslog_writer.h"
 #include "snapshot.h"
 #include "tls.h"
 
@@ -145,13 +146,21 @@ int zlb_engine_set_active_health(zlb_engine *e, const char *cluster, const char 
 void zlb_engine_stats(zlb_engine *e, zlb_stats *out);
 
 /* Turns access-log records on or off (rings are allocated on first use).
- * 0, or -1 on allocation failure. */
+ * Records made while no writer runs wait in the rings (and drop, counted,
+ * once a ring is full). 0, or -1 on allocation failure. */
 int zlb_engine_set_access_log(zlb_engine *e, int on);
-/* Formats up to max finished records of every worker as JSON lines into
- * out (cap bytes; 1 KiB per record suffices) and frees their slots; see
- * zlb_access_ring_format for the sampling arguments. Returns bytes written. */
-size_t zlb_engine_format_access_log(zlb_engine *e, char *out, size_t cap, size_t max, uint64_t *rng,
-                                    uint64_t threshold, size_t *kept, size_t *skipped);
+/* Starts the engine's access-log thread (accesslog_writer.h) over every
+ * worker's ring, writing to o->fd, which the engine owns from a successful
+ * start on. 0, or -1 with err set (a writer already runs, bad options). */
+int zlb_engine_access_log_start(zlb_engine *e, const zlb_alog_writer_opts *o, char *err, size_t errlen);
+/* Stops the access-log thread after a final drain of the rings (turn
+ * records off first to have everything written), waiting up to timeout_ms:
+ * 0 done, -1 the destination stayed blocked (the thread is left behind,
+ * see zlb_alog_writer_stop), 1 when no writer was running. */
+int zlb_engine_access_log_stop(zlb_engine *e, uint32_t timeout_ms);
+/* Counters of every writer this engine ran (the running one included) and
+ * *pending, the records waiting in the rings now. */
+void zlb_engine_access_log_stats(zlb_engine *e, zlb_alog_writer_stats *out, uint64_t *pending);
 
 /* ---- TLS (csrc/tls.h) ---------------------------------------------------
  * Identities are named slots; listeners and clusters refer to them by name.

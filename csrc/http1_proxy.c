@@ -1543,10 +1543,13 @@ static void hc_start_request(zlb_hconn *c)
     const char *buf = hbuf_data(&c->s.in);
     c->head_deadline = c->idle_deadline = 0;
     c->req_start_ns = w->now_ns;
-    c->req_start_unix_ns = zlb_unix_now_ns();
-    copy_trunc(c->al_method, sizeof(c->al_method), buf + c->rq.method.off, c->rq.method.len);
-    copy_trunc(c->al_authority, sizeof(c->al_authority), buf + c->rq.host.off, c->rq.host.len);
-    copy_trunc(c->al_path, sizeof(c->al_path), buf + c->rq.target.off, c->rq.target.len);
+    c->req_start_unix_ns = zlb_worker_unix_ns(w);
+    if (atomic_load_explicit(&w->eng->access_log, memory_order_relaxed)) {
+        /* Kept for the record: the head leaves the buffer before the end. */
+        copy_trunc(c->al_method, sizeof(c->al_method), buf + c->rq.method.off, c->rq.method.len);
+        copy_trunc(c->al_authority, sizeof(c->al_authority), buf + c->rq.host.off, c->rq.host.len);
+        copy_trunc(c->al_path, sizeof(c->al_path), buf + c->rq.target.off, c->rq.target.len);
+    }
     c->client_10 = c->rq.version_minor == 0;
     c->close_after = (c->rq.flags & ZLB_H1_F_CLOSE) || (c->client_10 && !(c->rq.flags & ZLB_H1_F_KEEP_ALIVE));
     c->upgrade = (c->rq.flags & ZLB_H1_F_UPGRADE) != 0;

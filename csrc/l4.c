@@ -788,7 +788,7 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
             atomic_fetch_sub(&l->active, 1);
             ZLB_STAT_ADD(w, conns_overflow, 1);
             if (atomic_load_explicit(&w->eng->access_log, memory_order_acquire)) {
-                zlb_access_record rec = {.start_unix_ns = zlb_unix_now_ns(), .listener_id = l->id,
+                zlb_access_record rec = {.start_unix_ns = zlb_worker_unix_ns(w), .listener_id = l->id,
                                          .flags = ZLB_AL_UO};
                 memcpy(&rec.down, &ss, len < sizeof(rec.down) ? len : sizeof(rec.down));
                 zlb_strlcpy(rec.listener, l->opts.name, sizeof(rec.listener));
@@ -816,7 +816,7 @@ void zlb_l4_accept(zlb_worker *w, zlb_wlistener *wl)
         c->up_fd = -1;
         c->state = CONN_CONNECTING;
         c->start_ns = w->now_ns;
-        c->start_unix_ns = zlb_unix_now_ns();
+        c->start_unix_ns = zlb_worker_unix_ns(w);
         memcpy(&c->down_addr, &ss, len < sizeof(c->down_addr) ? len : sizeof(c->down_addr));
         zlb_timer_init(&c->timer, on_timer);
         for (int k = 0; k < 2; k++)

@@ -16,5 +16,9 @@
 int zlb_sockaddr_parse(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
 /* Writes the canonical "ip:port" / "[ip6]:port" form; "" for AF_UNSPEC. */
 void zlb_sockaddr_format(const struct sockaddr *sa, char *out, size_t outlen);
+/* The same form at out, which has room for ZLB_SOCKADDR_STR_MAX bytes, not
+ * NUL-terminated; returns its length (0 for AF_UNSPEC). For formatters that
+ * append to a buffer of their own (the access log). */
+size_t zlb_sockaddr_put(const struct sockaddr *sa, char *out);
 
 #endif

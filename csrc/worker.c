@@ -6,14 +6,18 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #define ZLB_MAX_EVENTS 256
 /* Upper bound on one epoll_wait so a stop request is never missed for long
  * even if a wake-up were lost. */
 #define ZLB_MAX_WAIT_MS 1000
+/* How often the wall clock's offset from the monotonic clock is measured. */
+#define ZLB_UNIX_RESYNC_NS 1000000000LL
 
 void zlb_worker_wake(zlb_worker *w)
 {
@@ -88,18 +92,35 @@ static void run_commands(zlb_worker *w)
     }
 }
 
+/* Reads the monotonic clock for this loop iteration (and, once a second,
+ * the wall clock's offset from it: zlb_worker_unix_ns). */
+static void tick(zlb_worker *w)
+{
+    w->now_ns = zlb_now_ns();
+    if (w->now_ns >= w->unix_resync_ns) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        w->unix_offset_ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec - w->now_ns;
+        w->unix_resync_ns = w->now_ns + ZLB_UNIX_RESYNC_NS;
+    }
+}
+
 void *zlb_worker_main(void *arg)
 {
     zlb_worker *w = arg;
     zlb_engine *e = w->eng;
     struct epoll_event events[ZLB_MAX_EVENTS];
 
+    /* Named for top -H, perf and the benchmarks' per-thread CPU figures. */
+    char name[16];
+    snprintf(name, sizeof(name), "zlb-worker-%u", w->id);
+    prctl(PR_SET_NAME, name);
     zlb_qsbr_online(&e->qsbr, w->id);
     while (!atomic_load(&w->stop)) {
         /* Quiescent point: nothing from the previous iteration's snapshot is
          * held past here (connections keep endpoint-state references, never
          * snapshot pointers across iterations). */
-        w->now_ns = zlb_now_ns();
+        tick(w);
         zlb_timer_run(&w->timers, w->now_ns);
         int timeout = w->busy ? 0 : zlb_timer_next_ms(&w->timers, w->now_ns, ZLB_MAX_WAIT_MS);
 
@@ -109,7 +130,7 @@ void *zlb_worker_main(void *arg)
         int n = epoll_wait(w->epfd, events, ZLB_MAX_EVENTS, timeout);
         zlb_qsbr_online(&e->qsbr, w->id);
         w->snap = zlb_qsbr_current(&e->qsbr);
-        w->now_ns = zlb_now_ns();
+        tick(w);
         if (n < 0) {
             if (errno == EINTR)
                 continue;

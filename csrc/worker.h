@@ -89,6 +89,8 @@ typedef struct zlb_worker {
     uint64_t rng;
     zlb_timer_heap timers;
     int64_t now_ns;              /* refreshed once per loop iteration */
+    int64_t unix_offset_ns;      /* wall clock - monotonic clock, see zlb_worker_unix_ns */
+    int64_t unix_resync_ns;      /* now_ns at which unix_offset_ns is measured again */
     zlb_wlistener *listeners;
     struct zlb_conn *conns;      /* every open connection of this worker */
     struct zlb_conn *closed;     /* closed in this batch, freed by zlb_l4_reap */
@@ -119,6 +121,9 @@ struct zlb_engine {
     int n_listeners, cap_listeners;
     int started;
     _Atomic int access_log;           /* workers push records while set (acquire) */
+    int alog_wake_fd;                 /* eventfd: workers nudge the access-log thread (accesslog.h) */
+    zlb_alog_writer *alog_writer;     /* the running access-log thread, or NULL (control thread) */
+    zlb_alog_writer_stats alog_past;  /* counters of the writers already stopped (control thread) */
     /* TLS. Slots and the cluster table are created by control threads and
      * read by workers under tls_lock (once per connection, and only when
      * n_cluster_tls says there is something to find). */
@@ -133,6 +138,12 @@ struct zlb_engine {
     zlb_tls_event *tls_ev;            /* ZLB_TLS_EVENT_RING slots, allocated with the engine */
     uint64_t tls_ev_head, tls_ev_tail;
 };
+
+/* Wall clock of the current loop iteration (access-log start times, TLS
+ * events): now_ns plus an offset the loop measures once a second, so a
+ * request costs no clock_gettime of its own and a clock step shows within
+ * a second. Owning worker only. */
+static inline int64_t zlb_worker_unix_ns(const zlb_worker *w) { return w->now_ns + w->unix_offset_ns; }
 
 /* engine.c, TLS helpers for the workers. */
 /* The upstream TLS policy of a cluster with a new reference, or NULL. */

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import os
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 DEADLINE_S = 10.0
 
@@ -134,3 +138,19 @@ def sha256_stream(chunks: Iterator[bytes]) -> str:
     for c in chunks:
         h.update(c)
     return h.hexdigest()
+
+
+def access_log_records(native: Any, path: Path, n: int) -> list[dict[str, Any]]:
+    """Starts the engine's access log into the file `path` and returns the first n records it writes there
+    (waited for; records made before the start wait in the workers' rings). Only complete lines are parsed: the
+    writer may be in the middle of one."""
+    native.start_access_log(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), flush_interval_ms=10)
+    records: list[dict[str, Any]] = []
+
+    def enough() -> bool:
+        text = path.read_text()
+        records[:] = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+        return len(records) >= n
+
+    wait_for(enough, what=f"{n} access-log records in {path}")
+    return records

@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import pytest
 
@@ -50,11 +50,11 @@ class ZlbProcess:
     """`zlbfast run` with --log-format json and an admin server on a free port; every stderr line is parsed as
     JSON (a line that is not fails the test)."""
 
-    def __init__(self, config: Path, *extra: str, workers: int = 1) -> None:
+    def __init__(self, config: Path, *extra: str, workers: int = 1, stdout: IO[bytes] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "zlbfast", "--log-format", "json", "run", "-c", str(config),
              "--workers", str(workers), "--admin", "127.0.0.1:0", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL if stdout is None else stdout, stderr=subprocess.PIPE, text=True,
         )
         self.records: list[dict[str, Any]] = []
         self.bad_lines: list[str] = []
@@ -102,11 +102,12 @@ class ZlbProcess:
 
 
 @contextlib.contextmanager
-def running(tmp_path: Path, text: str, *extra: str, workers: int = 1) -> Iterator[ZlbProcess]:
+def running(tmp_path: Path, text: str, *extra: str, workers: int = 1,
+            stdout: IO[bytes] | None = None) -> Iterator[ZlbProcess]:
     """A ZlbProcess on the YAML `text` (written to tmp_path/zlb.yaml), stopped on the way out."""
     path = tmp_path / "zlb.yaml"
     path.write_text(text)
-    p = ZlbProcess(path, *extra, workers=workers)
+    p = ZlbProcess(path, *extra, workers=workers, stdout=stdout)
     try:
         yield p
     finally:

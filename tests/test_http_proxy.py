@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import socket
 import threading
@@ -658,11 +659,13 @@ def test_retry_budget_caps_retries_when_all_endpoints_fail(engine_factory):
     assert cs["retries"] == st["http_retries"]
 
 
-def test_requests_feed_cluster_counters_histogram_and_access_log(engine_factory):
+def test_requests_feed_cluster_counters_histogram_and_access_log(engine_factory, tmp_path):
     backends = builtin(2)
     try:
         eng, port = start(engine_factory, http_config([cluster("c", addrs(backends))], [Route(clusters=to("c"))]))
+        log_path = tmp_path / "access.log"
         eng.native.set_access_log(True)
+        eng.native.start_access_log(os.open(log_path, os.O_WRONLY | os.O_CREAT), flush_interval_ms=10)
         with Client(port) as cl:
             for i in range(5):
                 assert cl.request("GET", f"/item/{i}", host="shop.test").status == 200
@@ -673,14 +676,8 @@ def test_requests_feed_cluster_counters_histogram_and_access_log(engine_factory)
         counts = [count for _, count in st["latency_buckets"]]
         assert counts == sorted(counts)  # cumulative
         assert st["bytes_received"] > 0 and st["bytes_sent"] > 0
-        records: list[dict] = []
-
-        def drain() -> bool:
-            lines, _, _ = eng.native.drain_access_log()
-            records.extend(json.loads(line) for line in lines.splitlines())
-            return len(records) == 6
-
-        wait_for(drain, what="6 access-log records")
+        wait_for(lambda: len(log_path.read_text().splitlines()) == 6, what="6 access-log records")
+        records = [json.loads(line) for line in log_path.read_text().splitlines()]
         paths = [r["path"] for r in records]
         assert paths == [f"/item/{i}" for i in range(5)] + ["/missing"]
         first = records[0]

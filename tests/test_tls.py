@@ -9,7 +9,6 @@ Topology of most tests:
 from __future__ import annotations
 
 import dataclasses
-import json
 import socket
 import ssl
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.httputil import Client, Reader, RecordingUpstream, build_request, cluster, http_config, read_body, read_head
-from tests.netutil import DEADLINE_S, Backend, label_handler, wait_for
+from tests.netutil import DEADLINE_S, Backend, access_log_records, label_handler, wait_for
 from tests.tlsutil import CA, Svid, client_context, peer_serial, read_line, tls_connect, wait_event, write_svid_files
 from tests.wrkutil import Wrk
 from zlbfast import _native
@@ -168,19 +167,12 @@ def test_bulk_both_ways_through_two_tls_hops(mesh_factory: Callable[..., Mesh]) 
         assert s.recv(1) == b""
 
 
-def test_access_log_records_the_peer_identity(mesh_factory: Callable[..., Mesh]) -> None:
+def test_access_log_records_the_peer_identity(mesh_factory: Callable[..., Mesh], tmp_path: Path) -> None:
     m = mesh_factory(listener_tls={"mode": "permissive"})
     m.server.native.set_access_log(True)
     assert tls_label(m.server_port, client_context(m.client_svid, m.ca.pem)) == "b0"
     assert plain_label(m.server_port, b"hello\n") == "b0"
-    records: list[dict[str, Any]] = []
-
-    def drain() -> bool:
-        lines, _, _ = m.server.native.drain_access_log()
-        records.extend(json.loads(line) for line in lines.splitlines())
-        return len(records) == 2
-
-    wait_for(drain, what="two access records")
+    records = access_log_records(m.server.native, tmp_path / "access.log", 2)
     assert sorted(r.get("peer_identity", "") for r in records) == ["", CLIENT_ID]
 
 

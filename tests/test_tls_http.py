@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.httputil import MIB, Client, Reader, RecordingUpstream, Response, read_head, routes_to
-from tests.netutil import DEADLINE_S, Backend, wait_for
+from tests.netutil import DEADLINE_S, Backend, access_log_records, wait_for
 from tests.test_admin import running
 from tests.tlsutil import CA, Svid, cert_sha256, client_context, wait_event, write_svid_files
 from zlbfast import _native
@@ -407,26 +407,13 @@ def test_forward_client_cert_modes(mesh: Mesh, mode: str) -> None:
 # ---- access log, YAML end to end --------------------------------------------------------------------------------
 
 
-def access_records(eng: Engine, n: int) -> list[dict[str, Any]]:
-    eng.native.set_access_log(True)
-    out: list[dict[str, Any]] = []
-
-    def drain() -> bool:
-        lines, _, _ = eng.native.drain_access_log()
-        out.extend(json.loads(line) for line in lines.splitlines())
-        return len(out) >= n
-
-    wait_for(drain, what=f"{n} access records")
-    return out
-
-
-def test_access_log_records_the_peer_identity(mesh: Mesh) -> None:
+def test_access_log_records_the_peer_identity(mesh: Mesh, tmp_path: Path) -> None:
     back, port = mesh.make_back(mode="permissive")
     back.native.set_access_log(True)
     assert https_get(port, mesh.client_ctx(), "/tls").status == 200
     with Client(port) as cl:
         assert cl.request("GET", "/plain").status == 200
-    recs = {r["path"]: r for r in access_records(back, 2)}
+    recs = {r["path"]: r for r in access_log_records(back.native, tmp_path / "access.log", 2)}
     assert recs["/tls"]["peer_identity"] == CLIENT_ID and recs["/tls"]["status"] == 200
     assert "peer_identity" not in recs["/plain"]
 

@@ -226,6 +226,20 @@ cdef extern from "tls.h" nogil:
         ZLB_AUTHZ_PATH_MAX
 
 
+cdef extern from "accesslog_writer.h" nogil:
+    ctypedef struct zlb_alog_writer_opts:
+        int fd
+        uint64_t sample_threshold
+        uint64_t rng_seed
+        uint32_t flush_interval_ms
+        uint32_t buffer_bytes
+    ctypedef struct zlb_alog_writer_stats:
+        uint64_t written
+        uint64_t sampled_out
+        uint64_t write_errors
+        uint64_t buffered
+        int last_errno
+
 cdef extern from "engine.h" nogil:
     ctypedef struct zlb_engine:
         pass
@@ -277,8 +291,9 @@ cdef extern from "engine.h" nogil:
     int zlb_engine_set_active_health(zlb_engine *e, const char *cluster, const char *address, int health)
     void zlb_engine_stats(zlb_engine *e, zlb_stats *out)
     int zlb_engine_set_access_log(zlb_engine *e, int on)
-    size_t zlb_engine_format_access_log(zlb_engine *e, char *out, size_t cap, size_t max, uint64_t *rng,
-                                        uint64_t threshold, size_t *kept, size_t *skipped)
+    int zlb_engine_access_log_start(zlb_engine *e, const zlb_alog_writer_opts *o, char *err, size_t errlen)
+    int zlb_engine_access_log_stop(zlb_engine *e, uint32_t timeout_ms)
+    void zlb_engine_access_log_stats(zlb_engine *e, zlb_alog_writer_stats *out, uint64_t *pending)
     int64_t zlb_debug_live_conns()
     int64_t zlb_debug_live_pipes()
     # TLS (csrc/engine.h, csrc/tls.h)

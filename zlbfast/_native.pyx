@@ -348,11 +348,7 @@ cdef class NativeEngine:
     cdef zlb_engine *e
     cdef uint64_t version
     cdef dict listener_names    # native id -> (name, cluster)
-    cdef uint64_t sample_rng    # access-log sampling (control thread only)
-    # Reused drain buffer: a fresh multi-megabyte allocation every 100 ms
-    # would cost page faults on every drain of a busy log.
-    cdef char *al_out
-    cdef size_t al_cap
+    cdef uint64_t seed          # also seeds access-log sampling
 
     def __cinit__(self, int workers, unsigned long long seed=0x5eed):
         cdef zlb_engine_opts o
@@ -361,7 +357,7 @@ cdef class NativeEngine:
         o.workers = workers
         o.rng_seed = seed
         self.listener_names = {}
-        self.sample_rng = (<uint64_t>seed) * (<uint64_t>0x9E3779B97F4A7C15) | 1
+        self.seed = seed
         self.e = zlb_engine_new(&o, err, sizeof(err))
         if self.e == NULL:
             raise NativeError(err.decode(errors="replace"))
@@ -372,7 +368,6 @@ cdef class NativeEngine:
 
     def __dealloc__(self):
         self.close()
-        PyMem_Free(self.al_out)
 
     cdef zlb_engine *_live(self) except NULL:
         if self.e == NULL:
@@ -473,28 +468,55 @@ cdef class NativeEngine:
         return {name: buf[i] for i, name in enumerate(STAT_FIELDS)}
 
     def set_access_log(self, bint on):
-        """Starts or stops per-connection access-log records in the workers."""
+        """Starts or stops per-connection access-log records in the workers (they wait in the
+        workers' rings for start_access_log's thread)."""
         if zlb_engine_set_access_log(self._live(), on) != 0:
             raise MemoryError()
 
-    def drain_access_log(self, int max_records=4096, double sample=1.0):
-        """Finished connections and requests since the last call, as JSON lines formatted in C
-        (see zlb_access_format_json), keeping a random `sample` share of them.
-        Returns (lines, records kept, records sampled out)."""
-        cdef size_t used, kept = 0, skipped = 0
-        cdef uint64_t threshold = <uint64_t>(sample * 18446744073709551615.0) if sample < 1.0 else 0
-        if sample <= 0.0:
-            threshold = 1  # keep (almost) nothing: zlb_rand64 is below 1 with probability 2^-64
-        if <size_t>max_records > self.al_cap:
-            PyMem_Free(self.al_out)
-            self.al_cap = 0
-            self.al_out = <char *>PyMem_Malloc(max_records * 1024)
-            if self.al_out == NULL:
-                raise MemoryError()
-            self.al_cap = max_records
-        used = zlb_engine_format_access_log(self._live(), self.al_out, max_records * 1024, max_records,
-                                            &self.sample_rng, threshold, &kept, &skipped)
-        return self.al_out[:used], kept, skipped
+    def start_access_log(self, int fd, *, double sample=1.0, unsigned int flush_interval_ms=100,
+                         unsigned int buffer_bytes=262144):
+        """Starts the engine's access-log thread (csrc/accesslog_writer.h): the records of every
+        worker, a random `sample` share of them, written to fd as JSON lines at least every
+        flush_interval_ms, buffer_bytes at most per write. The engine owns fd from here on and
+        closes it when the log stops."""
+        cdef zlb_alog_writer_opts o
+        cdef char err[512]
+        if not 0.0 <= sample <= 1.0:
+            raise ValueError(f"access log sample rate must be between 0 and 1, got {sample}")
+        memset(&o, 0, sizeof(o))
+        o.fd = fd
+        # Kept when zlb_rand64 < threshold; 0 keeps everything, 1 (sample 0) keeps nothing but
+        # with probability 2^-64.
+        o.sample_threshold = 0 if sample >= 1.0 else (
+            1 if sample <= 0.0 else <uint64_t>(sample * 18446744073709551615.0))
+        o.rng_seed = self.seed
+        o.flush_interval_ms = flush_interval_ms
+        o.buffer_bytes = buffer_bytes
+        if zlb_engine_access_log_start(self._live(), &o, err, sizeof(err)) != 0:
+            raise NativeError(err.decode(errors="replace"))
+
+    def stop_access_log(self, double timeout_s=5.0):
+        """Stops the access-log thread after it has written what the rings and its buffer hold
+        (call set_access_log(False) first to have every record). Blocks up to timeout_s without the
+        GIL. True when done (or none ran), False when the destination stayed blocked: the thread
+        is then left to finish its write alone, with the records it held."""
+        cdef zlb_engine *e = self._live()
+        cdef uint32_t ms = <uint32_t>(max(timeout_s, 0.0) * 1000)
+        cdef int rc
+        with nogil:
+            rc = zlb_engine_access_log_stop(e, ms)
+        return rc >= 0
+
+    def access_log_stats(self):
+        """Access-log thread counters since the engine started: written, sampled_out, write_errors
+        (lines lost to failed writes, and lines left behind by a blocked writer), queued (in the
+        rings and the writer's buffer now) and last_errno (of the latest failed write, 0 if none).
+        Records dropped by full rings are stats()["access_log_dropped"]."""
+        cdef zlb_alog_writer_stats st
+        cdef uint64_t pending
+        zlb_engine_access_log_stats(self._live(), &st, &pending)
+        return {"written": st.written, "sampled_out": st.sampled_out, "write_errors": st.write_errors,
+                "queued": st.buffered + pending, "last_errno": st.last_errno}
 
     def endpoints(self):
         """Live state of every endpoint of the current snapshot, per cluster."""

@@ -72,6 +72,25 @@ def _sample_rate(value: str) -> float:
     return rate
 
 
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = low - 1
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {value!r}")
+        return number
+
+    return parse
+
+
+# Bounds of the access-log writer's settings (csrc/accesslog_writer.h): a buffer smaller than two of the
+# longest lines, or a flush interval poll(2) cannot wait for, are refused there too.
+ACCESS_LOG_FLUSH_MS = (1, 3_600_000)
+ACCESS_LOG_BUFFER = (64 * 1024, 64 * 1024 * 1024)
+
+
 def add_arguments(parser: argparse.ArgumentParser, *, admin_default: str | None) -> None:
     """The operations options of a serving command; `admin_default` None leaves the admin server off."""
     group = parser.add_argument_group("operations (docs/operations.md)")
@@ -84,6 +103,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, admin_default: str | None)
                        help="write one JSON line per proxied connection to PATH, or stdout for '-'")
     group.add_argument("--access-log-sample", type=_sample_rate, default=1.0, metavar="FRACTION",
                        help="log this share of connections, chosen at random (default: 1 = all)")
+    group.add_argument("--access-log-flush-ms", type=_bounded_int(*ACCESS_LOG_FLUSH_MS), default=100, metavar="MS",
+                       help="longest an access record waits before it is written (default: 100)")
+    group.add_argument("--access-log-buffer", type=_bounded_int(*ACCESS_LOG_BUFFER), default=256 * 1024,
+                       metavar="BYTES", help="access-log bytes written per write(2) at most (default: 262144)")
     parser.set_defaults(admin_default=admin_default)
 
 
@@ -96,6 +119,8 @@ class OpsOptions:
     allow_remote: bool = False
     access_log: str | None = None
     access_log_sample: float = 1.0
+    access_log_flush_ms: int = 100
+    access_log_buffer: int = 256 * 1024
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> OpsOptions:
@@ -103,7 +128,8 @@ class OpsOptions:
         address = args.admin if explicit else args.admin_default
         admin = None if address in (None, "off") else parse_hostport(address, "--admin", "command line")
         return cls(admin=admin, admin_required=explicit, allow_remote=args.admin_allow_remote,
-                   access_log=args.access_log, access_log_sample=args.access_log_sample)
+                   access_log=args.access_log, access_log_sample=args.access_log_sample,
+                   access_log_flush_ms=args.access_log_flush_ms, access_log_buffer=args.access_log_buffer)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -169,7 +195,7 @@ class AdminServer:
 
     def __init__(self, engine: ObservedEngine, *, host: str = "127.0.0.1", port: int = 9901,
                  allow_remote: bool = False, health: HealthChecker | None = None,
-                 access_log: logs.AccessLogWriter | None = None,
+                 access_log: logs.AccessLog | None = None,
                  on_drain: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self.host = host
@@ -362,7 +388,7 @@ class Operations:
         self.opts = opts
         self.health = HealthChecker(engine)
         self.ejections = EjectionWatcher(engine)
-        self.access_log: logs.AccessLogWriter | None = None
+        self.access_log: logs.AccessLog | None = None
         self.admin: AdminServer | None = None
         self._on_drain = on_drain
         self._closing = asyncio.Event()
@@ -391,11 +417,13 @@ class Operations:
 
     def _start_access_log(self) -> None:
         assert self.opts.access_log is not None
-        self.access_log = logs.AccessLogWriter(self.opts.access_log, sample=self.opts.access_log_sample)
-        self.engine.native.set_access_log(True)
-        drain = self.engine.native.drain_access_log
-        self._tasks.append(asyncio.get_running_loop().create_task(
-            logs.drain_access_log(drain, self.access_log, self._closing), name="access log"))
+        self.access_log = logs.AccessLog(self.engine.native, self.opts.access_log,
+                                         sample=self.opts.access_log_sample,
+                                         flush_interval_ms=self.opts.access_log_flush_ms,
+                                         buffer_bytes=self.opts.access_log_buffer)
+        self.access_log.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self.access_log.run(self._closing),
+                                                                  name="access log"))
 
     def draining(self) -> None:
         """Marks the proxy as draining (/ready answers 503 from now on)."""
@@ -407,7 +435,6 @@ class Operations:
 
     async def _stop(self) -> None:
         self._closing.set()
-        # The access-log task drains the rings once more on its way out: connections closed by the drain count.
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -416,6 +443,7 @@ class Operations:
             self.engine.on_apply.remove(self.health.reconcile)
         if self.admin is not None:
             await self.admin.close()
-        if self.access_log is not None and not await asyncio.to_thread(self.access_log.close):
-            log.warning("access log %s: writer still blocked at exit; %d queued records lost", self.opts.access_log,
-                        self.access_log.stats()["queued"])
+        # Last, once nothing else calls the engine: the writer drains the rings once more on its way out, so
+        # connections closed by the drain are logged too.
+        if self.access_log is not None and not await self.access_log.close():
+            log.warning("access log %s: writer still blocked at exit; its records are lost", self.opts.access_log)

@@ -4,11 +4,8 @@ Process logs go to stderr as text (``time LEVEL logger: message``, the format pe
 object per line (for log shippers). Code that logs an event worth querying passes its fields in
 ``extra={"event": ..., ...}``; the text format shows only the message, the JSON format adds the fields.
 
-The access log is different: one JSON line per proxied connection, produced by the C workers into
-per-worker rings (a full ring drops and counts, so the data plane never waits for Python). The
-``AccessLogWriter`` drains those rings from the asyncio loop and hands the records to a writer thread
-through a bounded queue, so a slow or blocked destination (a full disk, a pipe nobody reads) never blocks
-the loop either: when the queue is full, records are dropped and counted here too.
+The access log is different: one JSON line per proxied connection or HTTP request, produced, formatted and
+written by the data plane (see ``AccessLog``); Python only opens the destination and reads counters.
 """
 
 from __future__ import annotations
@@ -18,12 +15,12 @@ import contextlib
 import json
 import logging
 import os
-import queue
-import random
 import sys
 import threading
-from collections.abc import Callable, Iterable
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zlbfast._native import NativeEngine
 
 log = logging.getLogger("zlbfast.logs")
 
@@ -80,134 +77,111 @@ def current_level() -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Access log
 
-_STOP = object()  # queue sentinel: the writer thread flushes and exits
+
+def open_destination(path: str) -> int:
+    """A descriptor to append access-log lines to: the file `path` (created if need be), or a duplicate of stdout
+    for "-", so that closing the access log never closes the process's stdout. Opening a FIFO blocks until
+    someone reads it."""
+    if path == "-":
+        return os.dup(sys.stdout.fileno())
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
 
-class AccessLogWriter:
-    """Writes access records as JSON lines from a thread of its own.
+class AccessLog:
+    """The access log of one engine: one JSON line per proxied connection or HTTP request, written by the data
+    plane itself (csrc/accesslog_writer.h).
 
-    The data plane's records arrive already formatted and sampled (NativeEngine.drain_access_log formats
-    them in C), one chunk per drain; `offer_lines` queues a chunk and never blocks: a chunk that would
-    take the queue past `queue_size` lines (the writer is slower than the traffic) is dropped and its
-    lines counted in `dropped`. `path` is a file (appended to) or "-" for stdout; the file is opened in the
-    writer thread, because opening a FIFO blocks until someone reads it.
+    Workers put a record per connection or request into rings of their own; a C thread of the engine samples,
+    formats and writes them in large batches, and sleeps between batches. Records never become Python objects
+    and never wait for the GIL or the event loop. Python opens the destination, hands the descriptor over and
+    reads counters. A destination that blocks (a full disk, a pipe nobody reads) stops only that thread: the
+    rings fill, and the workers drop records and count them, they never wait.
+
+    `path` is a file (appended to) or "-" for stdout. It is opened in a daemon thread, because opening a FIFO
+    blocks until someone reads it; records made meanwhile wait in the rings. Call start() and close() on the
+    thread that drives the engine.
     """
 
-    def __init__(self, path: str, *, sample: float = 1.0, queue_size: int = 65536,
-                 rng: random.Random | None = None) -> None:
+    def __init__(self, engine: NativeEngine, path: str, *, sample: float = 1.0, flush_interval_ms: int = 100,
+                 buffer_bytes: int = 256 * 1024) -> None:
         if not 0.0 <= sample <= 1.0:
             raise ValueError(f"access log sample rate must be between 0 and 1, got {sample}")
+        self.engine = engine
         self.path = path
         self.sample = sample
-        self.queue_size = queue_size
-        self.offered = 0  # records the data plane produced
-        self.sampled_out = 0  # left out on purpose (sampling)
-        self.dropped = 0  # lost because the queue was full
-        self.written = 0  # lines the writer thread has written (and flushed)
-        self.write_errors = 0
-        self._rng = rng or random.Random()
-        self._lock = threading.Lock()  # guards _queued (offer on the loop thread, writes on the writer)
-        self._queued = 0  # lines waiting
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="zlbfast-access-log", daemon=True)
-        self._thread.start()
+        self.flush_interval_ms = flush_interval_ms
+        self.buffer_bytes = buffer_bytes
+        self.writing = False  # the engine's thread has the descriptor
+        self._closed = False
+        self._reported_errors = 0
 
-    def offer_lines(self, data: bytes, kept: int, sampled_out: int = 0) -> None:
-        """Queues `kept` formatted lines (one chunk), or drops and counts them. Never blocks."""
-        self.offered += kept + sampled_out
-        self.sampled_out += sampled_out
-        if not kept:
-            return
-        with self._lock:
-            if self._queued + kept > self.queue_size:
-                self.dropped += kept
-                return
-            self._queued += kept
-        self._queue.put((data, kept))
+    def start(self) -> None:
+        """Turns records on and opens the destination; the engine starts writing once it is open."""
+        loop = asyncio.get_running_loop()
+        self.engine.set_access_log(True)
+        threading.Thread(target=self._open, args=(loop,), name="zlbfast-access-log-open", daemon=True).start()
 
-    def offer(self, records: Iterable[dict[str, Any]]) -> None:
-        """Samples and queues records given as dicts (records that do not come from the data plane's rings),
-        one line per chunk so that a full queue drops exactly the records that do not fit."""
-        for record in records:
-            # Random, not every n-th: a systematic sample would keep seeing the same endpoint under round robin.
-            if self.sample < 1.0 and self._rng.random() >= self.sample:
-                self.offer_lines(b"", 0, 1)
-            else:
-                self.offer_lines((json.dumps(record, separators=(",", ":")) + "\n").encode(), 1)
-
-    def _open(self) -> IO[bytes]:
-        if self.path == "-":
-            # A duplicate, so that closing the access log never closes the process's stdout.
-            return os.fdopen(os.dup(sys.stdout.fileno()), "ab", buffering=1 << 16)
-        return open(self.path, "ab", buffering=1 << 16)
-
-    def _run(self) -> None:
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            out = self._open()
+            result: int | OSError = open_destination(self.path)
         except OSError as exc:
-            log.error("access log %s cannot be opened, no access records will be written: %s", self.path, exc)
-            self._discard_until_stop()
+            result = exc
+        try:
+            loop.call_soon_threadsafe(self._opened, result)
+        except RuntimeError:  # the loop is closed: the proxy stopped while the open waited
+            if isinstance(result, int):
+                os.close(result)
+
+    def _opened(self, result: int | OSError) -> None:
+        if isinstance(result, OSError):
+            log.error("access log %s cannot be opened, no access records will be written: %s", self.path, result)
+            self.engine.set_access_log(False)
             return
-        with out:
-            while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    return
-                data, n = cast(tuple[bytes, int], item)
-                try:
-                    out.write(data)
-                    out.flush()
-                    self.written += n
-                except OSError as exc:
-                    self.write_errors += n
-                    log.error("access log %s: write failed, %d records lost: %s", self.path, n, exc)
-                with self._lock:
-                    self._queued -= n
+        if self._closed:
+            os.close(result)
+            return
+        try:
+            self.engine.start_access_log(result, sample=self.sample, flush_interval_ms=self.flush_interval_ms,
+                                         buffer_bytes=self.buffer_bytes)
+        except Exception:
+            os.close(result)
+            self.engine.set_access_log(False)
+            raise
+        self.writing = True
 
-    def _discard_until_stop(self) -> None:
-        while (item := self._queue.get()) is not _STOP:
-            n = cast(tuple[bytes, int], item)[1]
-            self.write_errors += n
-            with self._lock:
-                self._queued -= n
+    def report_errors(self) -> None:
+        """Logs the records lost to failed writes since the last call."""
+        st = self.engine.access_log_stats()
+        lost = st["write_errors"] - self._reported_errors
+        if lost > 0:
+            self._reported_errors = st["write_errors"]
+            log.error("access log %s: write failed, %d records lost: %s", self.path, lost,
+                      os.strerror(st["last_errno"]) if st["last_errno"] else "destination blocked at exit")
 
-    def close(self, timeout_s: float = 5.0) -> bool:
-        """Writes what is queued and stops the thread; False when the destination stayed blocked past
-        timeout_s (the daemon thread is then abandoned with its records)."""
-        self._queue.put(_STOP)
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
+    async def run(self, stop: asyncio.Event, check_interval_s: float = 1.0) -> None:
+        """Reports lost writes every check_interval_s until `stop` is set."""
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), check_interval_s)
+            self.report_errors()
+
+    async def close(self, timeout_s: float = 5.0) -> bool:
+        """Turns records off and has the engine's thread write what is left, waiting up to timeout_s for it (in
+        a thread: the loop keeps running). False when the destination stayed blocked: the thread is left to
+        finish on its own and its records count as write errors. Nothing else may call the engine meanwhile."""
+        self._closed = True
+        self.engine.set_access_log(False)
+        if not self.writing:
+            return True
+        self.writing = False
+        done = await asyncio.to_thread(self.engine.stop_access_log, timeout_s)
+        self.report_errors()
+        return done
 
     def stats(self) -> dict[str, int]:
-        return {
-            "offered": self.offered,
-            "sampled_out": self.sampled_out,
-            "dropped": self.dropped,
-            "written": self.written,
-            "write_errors": self.write_errors,
-            "queued": self._queued,
-        }
-
-
-DrainFn = Callable[[int, float], tuple[bytes, int, int]]
-
-
-async def drain_access_log(drain: DrainFn, writer: AccessLogWriter, stop: asyncio.Event, *,
-                           interval_s: float = 0.1, max_records: int = 4096) -> None:
-    """Moves records from the data plane's rings to `writer` every interval_s until `stop` is set, then
-    once more so that connections closed during the drain are logged too.
-
-    A full batch means more is waiting: drain again at once, but yield to the loop between batches.
-    """
-    while True:
-        stopping = stop.is_set()
-        while True:
-            data, kept, skipped = drain(max_records, writer.sample)
-            writer.offer_lines(data, kept, skipped)
-            if kept + skipped < max_records:
-                break
-            await asyncio.sleep(0)
-        if stopping:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+        """written, sampled_out, dropped (a full ring: the writer fell behind), write_errors, queued (in the rings
+        and the writer's buffer)."""
+        st = self.engine.access_log_stats()
+        return {"written": st["written"], "sampled_out": st["sampled_out"],
+                "dropped": self.engine.stats()["access_log_dropped"], "write_errors": st["write_errors"],
+                "queued": st["queued"]}

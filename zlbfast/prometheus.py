@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from zlbfast import _native
 from zlbfast.health import HealthChecker
-from zlbfast.logs import AccessLogWriter
+from zlbfast.logs import AccessLog
 from zlbfast.metrics import ObservedEngine, effective_health
 from zlbfast.model import HEALTH_STATES
 
@@ -121,7 +121,7 @@ class EngineCollector(Collector):
     """Reads the engine (and the optional health checker, access log and xDS agent) at each scrape."""
 
     def __init__(self, engine: ObservedEngine, *, health: HealthChecker | None = None,
-                 access_log: AccessLogWriter | None = None,
+                 access_log: AccessLog | None = None,
                  xds_state: Callable[[], dict[str, Any]] | None = None) -> None:
         self.engine = engine
         self.health = health
@@ -227,13 +227,14 @@ class EngineCollector(Collector):
                                 value=engine.last_update_time)
         if self.access_log is not None:
             records = CounterMetricFamily("zlbfast_access_log_records_total",
-                                          "Access records the writer received, by what became of them.",
+                                          "Access records the data plane made, by what became of them.",
                                           labels=["outcome"])
             st = self.access_log.stats()
             for outcome in ("written", "sampled_out", "dropped", "write_errors"):
                 records.add_metric([outcome], st[outcome])
             yield records
-            yield GaugeMetricFamily("zlbfast_access_log_queued", "Access records waiting for the writer thread.",
+            yield GaugeMetricFamily("zlbfast_access_log_queued",
+                                    "Access records waiting in the rings and the writer's buffer.",
                                     value=st["queued"])
 
 
