@@ -43,6 +43,7 @@ from tests.xds.envoy_res import (
 )
 from zlbfast import model
 from zlbfast.xds import resources as r
+from zlbfast.xds.listeners import translate_listener
 
 TD = "prod.example"
 PROXY = "/ns/mesh/sa/proxy"
@@ -304,12 +305,12 @@ REFUSED = {
 def test_tls_context_refusals_name_the_field(name: str) -> None:
     msg, problem = REFUSED[name]
     with pytest.raises(r.ResourceError) as exc:
-        r.translate_listener(msg)
+        translate_listener(msg)
     assert problem in str(exc.value) and str(exc.value).startswith("Listener 'l': ")
 
 
 def test_tls_context_translation() -> None:
-    lst = r.translate_listener(_listener(spiffe_prefix=f"spiffe://{TD}/ns/", alpn_protocols=["h2"]))
+    lst = translate_listener(_listener(spiffe_prefix=f"spiffe://{TD}/ns/", alpn_protocols=["h2"]))
     tls = lst.listener.tls
     assert lst.sds == r.SdsRef("cert", "ca") and tls is not None
     assert (tls.identity, tls.mode, tls.min_version, tls.alpn, tls.peer, tls.cert) == (
