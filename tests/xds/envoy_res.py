@@ -49,9 +49,9 @@ def tcp_listener(name: str, port: int, cluster: str) -> listener_pb2.Listener:
 def http_manager(*, rds: str = "", route_config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """An HttpConnectionManager (JSON form) with the router filter and use_remote_address (which zlbfast requires),
     its routes from RDS over ADS (`rds`) or inline (`route_config`)."""
+    router = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
     hcm: dict[str, Any] = {"@type": HCM_TYPE, "stat_prefix": "http", "use_remote_address": True,
-                           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}],
-                           **extra}
+                           "http_filters": [router], **extra}
     if rds:
         hcm["rds"] = {"route_config_name": rds, "config_source": {"ads": {}, "resource_api_version": "V3"}}
     if route_config is not None:

@@ -1,6 +1,6 @@
 """HTTP listeners over ADS (state-of-the-world and delta): a test ADS server drives an in-process zlbfast (real
 Engine, real HTTP/1.1 upstreams that label their answers) through initial CDS/EDS/LDS/RDS, listener warming until
-its RouteConfiguration arrives, routing by Host and path, a route change under keep-alive load, a route to a
+its RouteConfiguration arrives, routing by Host and path, endpoint and route changes under keep-alive load, a route to a
 cluster CDS does not have yet, a NACKed RouteConfiguration with the old routes still serving, the control plane
 removing the RouteConfiguration, and the listener's removal ending the RDS subscription."""
 
@@ -20,7 +20,7 @@ from zlbfast.xds import resources as r
 
 @pytest.fixture
 def upstreams() -> Iterator[dict[str, RecordingUpstream]]:
-    ups = {label: RecordingUpstream(label) for label in ("api0", "api1", "web0", "new0")}
+    ups = {label: RecordingUpstream(label) for label in ("api0", "api1", "api2", "web0", "new0")}
     yield ups
     for up in ups.values():
         up.stop()
@@ -74,6 +74,20 @@ def test_http_listener_over_rds(ads_server, agent_factory, upstreams, delta):
     assert (resp.status, resp.body) == (200, b"ok")
     assert upstreams["api0"].requests[0].target.startswith("/v1/")
 
+    # Endpoint changes under keep-alive load: no request fails while api0 goes and api2 comes.
+    load = KeepAlive(port, "api.example", "/v1/load")
+    try:
+        wait_for(lambda: len(load.responses) > 20 or bool(load.error), what="keep-alive traffic before the change")
+        ads_server.set(r.ENDPOINT, {"api": endpoints(upstreams, "api", "api1", "api2"),
+                                    "web": endpoints(upstreams, "web", "web0")})
+        ads_server.wait_ack(r.ENDPOINT)
+        mark = len(load.responses)
+        wait_for(lambda: len(load.responses) > mark + 20 or bool(load.error), what="keep-alive traffic after it")
+    finally:
+        load.stop()
+    assert load.error == "" and {status for status, _ in load.responses} == {200}
+    assert {label for _, label in load.responses[mark + 1:]} == {"api1", "api2"}
+
     # A route change under keep-alive load: the connection keeps working, and once the update is ACKed the
     # requests on it go where the new routes say. /v2/ names a cluster CDS does not have yet: 503, as in Envoy.
     load = KeepAlive(port, "api.example", "/v1/load")
@@ -95,11 +109,11 @@ def test_http_listener_over_rds(ads_server, agent_factory, upstreams, delta):
     labels = [label for _, label in load.responses]
     switch = labels.index("web0")
     assert 20 < switch <= mark + 1
-    assert set(labels[:switch]) == {"api0", "api1"} and set(labels[switch:]) == {"web0"}
+    assert set(labels[:switch]) == {"api1", "api2"} and set(labels[switch:]) == {"web0"}
     assert routed(port, "api.example", "/v2/x") == (503, "")
 
     # The cluster arrives: the same route now reaches it.
-    ads_server.set(r.ENDPOINT, {"api": endpoints(upstreams, "api", "api0", "api1"),
+    ads_server.set(r.ENDPOINT, {"api": endpoints(upstreams, "api", "api1", "api2"),
                                 "web": endpoints(upstreams, "web", "web0"), "new": endpoints(upstreams, "new", "new0")})
     ads_server.set(r.CLUSTER, {"api": eds_cluster("api"), "web": eds_cluster("web"), "new": eds_cluster("new")})
     wait_for(lambda: routed(port, "api.example", "/v2/x") == (200, "new0"), what="the new cluster behind /v2/")
