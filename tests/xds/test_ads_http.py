@@ -2,10 +2,13 @@
 Engine, real HTTP/1.1 upstreams that label their answers) through initial CDS/EDS/LDS/RDS, listener warming until
 its RouteConfiguration arrives, routing by Host and path, endpoint and route changes under keep-alive load, a route to a
 cluster CDS does not have yet, a NACKed RouteConfiguration with the old routes still serving, the control plane
-removing the RouteConfiguration, and the listener's removal ending the RDS subscription."""
+removing the RouteConfiguration, and the listener's removal ending the RDS subscription; a restart from the cache
+while the control plane is down; an inline route_config's cluster validation."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -13,9 +16,11 @@ import pytest
 from tests.httputil import Client, RecordingUpstream
 from tests.netutil import free_port, wait_for
 from tests.xds.adsserver import AdsServer
-from tests.xds.envoy_res import assignment, eds_cluster, http_listener, route_config, to_cluster, vhost
+from tests.xds.agentrun import AgentThread
+from tests.xds.envoy_res import ads_bootstrap, assignment, eds_cluster, http_listener, route_config, to_cluster, vhost
 from tests.xds.traffic import KeepAlive, routed
 from zlbfast.xds import resources as r
+from zlbfast.xds.state import CACHE_FILE
 
 
 @pytest.fixture
@@ -169,3 +174,38 @@ def test_inline_route_config_validates_clusters(ads_server, agent_factory, upstr
     assert routed(port, "x.example", "/api/x") == (503, "")
     assert routed(port, "x.example", "/other") == (200, "web0")
     assert ads_server.recorded(type_url=r.ROUTE) == []  # nothing to subscribe to
+
+
+def test_http_listener_restarts_from_the_cache(tmp_path, upstreams):
+    """The cached state replays listeners before the RouteConfigurations they name: a proxy restarted while the
+    control plane is down serves its HTTP routes at once."""
+    port = free_port()
+    server = AdsServer().start()
+    server.set(r.CLUSTER, {"api": eds_cluster("api"), "web": eds_cluster("web")})
+    server.set(r.ENDPOINT, {"api": endpoints(upstreams, "api", "api0"), "web": endpoints(upstreams, "web", "web0")})
+    server.set(r.LISTENER, {"l": http_listener("l", port, rds="routes")})
+    server.set(r.ROUTE, {"routes": first_routes()})
+    boot = ads_bootstrap(server.port)
+    cache = str(tmp_path / "cache")
+    agent = AgentThread(boot, cache).start()
+    try:
+        wait_for(lambda: agent.has_listener("l"), what="the listener over RDS")
+
+        def cached_routes() -> bool:
+            try:
+                with open(os.path.join(cache, CACHE_FILE)) as f:
+                    return "routes" in json.load(f)["types"][r.ROUTE]["resources"]
+            except (OSError, ValueError, KeyError):
+                return False
+
+        wait_for(cached_routes, what="the RouteConfiguration in the cache")
+    finally:
+        agent.stop()
+        server.stop()
+    agent = AgentThread(boot, cache).start()
+    try:
+        assert agent.state()["serving_from_cache"]
+        assert routed(port, "api.example", "/v1/x") == (200, "api0")
+        assert routed(port, "other.example", "/") == (200, "web0")
+    finally:
+        agent.stop()
