@@ -5,9 +5,10 @@ forms it has, with the same effect on every request:
 
 * header mutations of the route configuration, the virtual host and the route are folded into each route's
   HeaderOps by running Envoy's evaluation (level by level, in its order: removals, then overwrites, then
-  appends) on every header name (``_fold``);
-* an inverted value match also requires the header, because Envoy never matches a missing header with one;
-* suffix, contains and ignore_case string matchers, and case-insensitive paths, become POSIX regexes;
+  appends) on every header name (zlbfast.xds.route_headers);
+* an inverted value match also requires the header, because Envoy never matches a missing header with one, and
+  suffix, contains and ignore_case string matchers, and case-insensitive paths, become POSIX regexes
+  (zlbfast.xds.route_matches);
 * weighted clusters of weight 0 (never picked) are left out, and a cluster listed twice gets the sum;
 * a route without a retry policy gets none (zlbfast's default would retry connect failures once), a policy's
   conditions get what Envoy's imply (5xx and gateway-error cover resets and connect failures), and any method
@@ -23,11 +24,8 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from google.protobuf.message import Message
 
 from zlbfast import model
 from zlbfast.config import (
@@ -36,10 +34,11 @@ from zlbfast.config import (
     MAX_RETRIES,
     MAX_WEIGHT,
     ConfigError,
-    check_regex,
     validate_virtual_hosts,
 )
 from zlbfast.xds.resources import Ctx, ResourceError, data_source, duration_ms, join
+from zlbfast.xds.route_headers import HeaderLevel, fold_headers, header_level
+from zlbfast.xds.route_matches import PathMatch, header_match, path_match, query_match
 
 # Envoy's limit on direct response bodies when max_direct_response_body_size_bytes is not set.
 ENVOY_MAX_DIRECT_BODY = 4096
@@ -67,10 +66,6 @@ _RETRY_ON = {
     "refused-stream": (),
     "http3-post-connect-failure": (),
 }
-
-# The specials of POSIX extended regexes, escaped when a literal becomes a regex.
-_ERE_SPECIAL = frozenset(".[]()*+?{}|^$\\")
-
 
 @dataclass(frozen=True)
 class ClusterRef:
@@ -123,7 +118,7 @@ def translate_route(msg: route_pb2.RouteConfiguration, *, owner: Ctx | None = No
     max_body = ENVOY_MAX_DIRECT_BODY
     if msg.HasField("max_direct_response_body_size_bytes"):
         max_body = msg.max_direct_response_body_size_bytes.value
-    table = _Builder(ctx, _level(ctx, msg, field), msg.most_specific_header_mutations_wins, max_body)
+    table = _Builder(ctx, header_level(ctx, msg, field), msg.most_specific_header_mutations_wins, max_body)
     vhosts = tuple(table.virtual_host(vh, join(field, f"virtual_hosts[{i}]")) for i, vh in enumerate(msg.virtual_hosts))
     match_host_port = not msg.ignore_port_in_host_matching
     try:
@@ -131,235 +126,6 @@ def translate_route(msg: route_pb2.RouteConfiguration, *, owner: Ctx | None = No
     except ConfigError as exc:
         raise ctx.fail(exc.path, exc.problem) from exc
     return RouteTable(msg.name, vhosts, match_host_port, tuple(table.clusters), validate_clusters, ctx.kind, ctx.name)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Header mutations
-
-
-@dataclass(frozen=True)
-class _Side:
-    """One level's mutations of the request or the response headers (names lowercase), grouped as Envoy applies
-    them: removals first, then overwrites, then appends."""
-
-    remove: tuple[str, ...] = ()
-    set: tuple[tuple[str, str], ...] = ()
-    add: tuple[tuple[str, str], ...] = ()
-    # Field path of the first mutation, for messages.
-    path: str = ""
-
-
-@dataclass(frozen=True)
-class _Level:
-    request: _Side
-    response: _Side
-
-
-def _level(ctx: Ctx, msg: Message, path: str) -> _Level:
-    return _Level(_side(ctx, msg, path, "request"), _side(ctx, msg, path, "response"))
-
-
-def _side(ctx: Ctx, msg: Message, path: str, side: str) -> _Side:
-    adds_field, removes_field = f"{side}_headers_to_add", f"{side}_headers_to_remove"
-    removes = getattr(msg, removes_field)
-    for k, name in enumerate(removes):
-        _check_modifiable(ctx, name, join(path, f"{removes_field}[{k}]"))
-    sets: list[tuple[str, str]] = []
-    adds: list[tuple[str, str]] = []
-    option: base_pb2.HeaderValueOption
-    for k, option in enumerate(getattr(msg, adds_field)):
-        opath = join(path, f"{adds_field}[{k}]")
-        ctx.only(option, opath, ("header", "append", "append_action", "keep_empty_value"))
-        ctx.only(option.header, f"{opath}.header", ("key", "value"))
-        _check_modifiable(ctx, option.header.key, f"{opath}.header.key")
-        overwrite = _overwrites(ctx, option, opath)
-        value = _literal(ctx, option.header.value, f"{opath}.header.value")
-        if not value and not option.keep_empty_value:
-            continue  # Envoy adds nothing for an empty value unless keep_empty_value
-        (sets if overwrite else adds).append((option.header.key.lower(), value))
-    blame = join(path, removes_field) if removes else join(path, adds_field) if sets or adds else ""
-    return _Side(tuple(n.lower() for n in removes), tuple(sets), tuple(adds), blame)
-
-
-def _overwrites(ctx: Ctx, option: base_pb2.HeaderValueOption, path: str) -> bool:
-    """Whether the option replaces the header (True) or adds a line to it (False)."""
-    action = base_pb2.HeaderValueOption
-    if option.HasField("append"):
-        if option.append_action != action.APPEND_IF_EXISTS_OR_ADD:
-            raise ctx.fail(f"{path}.append", "append and append_action cannot both be set")
-        return not option.append.value
-    if option.append_action in (action.ADD_IF_ABSENT, action.OVERWRITE_IF_EXISTS):
-        name = action.HeaderAppendAction.Name(option.append_action)
-        raise ctx.fail(f"{path}.append_action", f"{name} depends on the headers the message already has, which "
-                       "zlbfast's header operations do not test; use APPEND_IF_EXISTS_OR_ADD or "
-                       "OVERWRITE_IF_EXISTS_OR_ADD")
-    return bool(option.append_action == action.OVERWRITE_IF_EXISTS_OR_ADD)
-
-
-def _check_modifiable(ctx: Ctx, name: str, path: str) -> None:
-    # Envoy refuses these too; the model refuses the other headers the proxy manages itself.
-    if name.startswith(":") or name.lower() == "host":
-        raise ctx.fail(path, f"{name!r}: pseudo-headers and host cannot be modified (use host_rewrite_literal)")
-
-
-def _literal(ctx: Ctx, value: str, path: str) -> str:
-    """A header value without Envoy's %COMMAND% substitutions: '%%' is a literal '%', any other '%' is refused."""
-    out: list[str] = []
-    i = 0
-    while i < len(value):
-        if value.startswith("%%", i):
-            out.append("%")
-            i += 2
-        elif value[i] == "%":
-            raise ctx.fail(path, f"Envoy substitutes %COMMAND% operators in header values; zlbfast adds literal "
-                           f"values only (write %% for a %), got {value!r}")
-        else:
-            out.append(value[i])
-            i += 1
-    return "".join(out)
-
-
-def _fold(levels: Sequence[_Side]) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """The (add, set, remove) operations of one route and side that leave every header as Envoy's evaluation of
-    `levels`, in order, does. zlbfast drops the message's own lines of the headers it sets or removes and then
-    appends its adds (in order) and sets, so per name: untouched original + appended values -> adds; a single
-    value replacing the original -> set; nothing left -> remove; several values replacing it -> remove + adds."""
-    state: dict[str, tuple[bool, list[str]]] = {}  # name -> (the message's own lines are kept, values appended)
-    for side in levels:
-        for name in side.remove:
-            state[name] = (False, [])
-        for name, value in side.set:
-            state[name] = (False, [value])  # a later overwrite of the same level wins
-        for name, value in side.add:
-            kept, values = state.get(name, (True, []))
-            state[name] = (kept, [*values, value])
-    add: list[tuple[str, str]] = []
-    set_: list[tuple[str, str]] = []
-    remove: list[str] = []
-    for name, (kept, values) in state.items():
-        if not kept and len(values) == 1:
-            set_.append((name, values[0]))
-            continue
-        if not kept:
-            remove.append(name)
-        add.extend((name, v) for v in values)
-    return tuple(add), tuple(set_), tuple(remove)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Matching
-
-
-def _ere(text: str, *, fold: bool) -> str:
-    """A POSIX extended regex matching `text` literally; fold: ASCII letters in either case (Envoy's ignore_case
-    and case_sensitive: false compare ASCII only)."""
-    out = []
-    for ch in text:
-        if ch in _ERE_SPECIAL:
-            out.append("\\" + ch)
-        elif fold and ch.isascii() and ch.isalpha():
-            out.append(f"[{ch.lower()}{ch.upper()}]")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _literal_match(kind: str, value: str, *, fold: bool) -> tuple[str, str]:
-    """A value match (model kind, value) for one of Envoy's literal string matchers."""
-    folds = fold and any(ch.isascii() and ch.isalpha() for ch in value)
-    if kind == "exact" and not folds:
-        return "exact", value
-    if kind == "prefix" and not folds:
-        return "prefix", value
-    lead = ".*" if kind in ("suffix", "contains") else ""
-    tail = ".*" if kind in ("prefix", "contains") else ""
-    return "regex", f"{lead}{_ere(value, fold=fold)}{tail}"
-
-
-def _regex(ctx: Ctx, rm: regex_pb2.RegexMatcher, path: str) -> str:
-    """Envoy's RE2 regex (matched against the whole value, as zlbfast's are): the part of RE2's syntax that POSIX
-    extended regexes read the same way; anything else (\\d, (?:...), lazy quantifiers, ...) is refused."""
-    ctx.only(rm, path, ("regex", "google_re2"))
-    if rm.HasField("google_re2"):
-        ctx.only(rm.google_re2, f"{path}.google_re2", ())
-    try:
-        check_regex(rm.regex, f"{path}.regex", "")
-    except ConfigError as exc:
-        raise ctx.fail(exc.path, exc.problem) from exc
-    return str(rm.regex)
-
-
-def _string_match(ctx: Ctx, sm: string_pb2.StringMatcher, path: str) -> tuple[str, str]:
-    ctx.only(sm, path, ("exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"))
-    kind = sm.WhichOneof("match_pattern")
-    if kind is None:
-        raise ctx.fail(path, "needs exact, prefix, suffix, contains or safe_regex")
-    if kind == "safe_regex":
-        return "regex", _regex(ctx, sm.safe_regex, f"{path}.safe_regex")  # ignore_case does not apply (Envoy)
-    return _literal_match(kind, getattr(sm, kind), fold=sm.ignore_case)
-
-
-_HEADER_LITERALS = {"exact_match": "exact", "prefix_match": "prefix", "suffix_match": "suffix",
-                    "contains_match": "contains"}
-
-
-def _header_match(ctx: Ctx, hm: rc.HeaderMatcher, path: str) -> list[model.ValueMatch]:
-    ctx.only(hm, path, ("name", "exact_match", "safe_regex_match", "present_match", "prefix_match", "suffix_match",
-                        "contains_match", "string_match", "invert_match"))
-    name = hm.name.lower()
-    if name.startswith(":") or name == "host":
-        # Envoy matches pseudo-headers (HTTP/1's Host becomes :authority, so "host" never matches there).
-        raise ctx.fail(f"{path}.name", f"{hm.name!r}: pseudo-headers and host are not matched by zlbfast")
-    spec = hm.WhichOneof("header_match_specifier")
-    if spec is None or spec == "present_match":
-        present = hm.present_match if spec else True  # a bare name matches any value
-        if spec is None and hm.invert_match:
-            raise ctx.fail(f"{path}.invert_match", "without a matcher Envoy matches no request at all; "
-                           "use present_match: false for an absent header")
-        # present_match: false (or true and inverted) matches an absent header.
-        return [model.ValueMatch(name, "present", invert=present == hm.invert_match)]
-    if spec == "string_match":
-        kind, value = _string_match(ctx, hm.string_match, f"{path}.string_match")
-    elif spec == "safe_regex_match":
-        kind, value = "regex", _regex(ctx, hm.safe_regex_match, f"{path}.safe_regex_match")
-    else:
-        kind, value = _literal_match(_HEADER_LITERALS[spec], getattr(hm, spec), fold=False)
-    match = model.ValueMatch(name, kind, value, invert=hm.invert_match)
-    # Envoy's inverted value match still needs the header: a missing one matches nothing but present_match.
-    return [model.ValueMatch(name, "present"), match] if hm.invert_match else [match]
-
-
-def _query_match(ctx: Ctx, qm: rc.QueryParameterMatcher, path: str) -> model.ValueMatch:
-    ctx.only(qm, path, ("name", "string_match", "present_match"))
-    if qm.HasField("string_match"):
-        kind, value = _string_match(ctx, qm.string_match, f"{path}.string_match")
-        return model.ValueMatch(qm.name, kind, value)
-    # present_match (true or false alike, in Envoy) or nothing: the parameter is there, with any value.
-    return model.ValueMatch(qm.name, "present")
-
-
-@dataclass(frozen=True)
-class _PathMatch:
-    kind: str  # model path_kind
-    path: str
-    prefix: str | None  # Envoy's prefix when it stays a prefix match (prefix_rewrite needs one)
-
-
-def _path_match(ctx: Ctx, m: rc.RouteMatch, path: str) -> _PathMatch:
-    kind = m.WhichOneof("path_specifier")
-    sensitive = m.case_sensitive.value if m.HasField("case_sensitive") else True
-    if kind == "safe_regex":
-        return _PathMatch("regex", _regex(ctx, m.safe_regex, f"{path}.safe_regex"), None)  # case_sensitive n/a
-    if kind == "prefix":
-        # Envoy's prefix matches the path with its query, zlbfast's the path alone: the same requests, as the model
-        # refuses a '?' in a prefix. The empty prefix (every request) is "/" for origin-form targets.
-        prefix = m.prefix or "/"
-        literal_kind, value = _literal_match("prefix", prefix, fold=not sensitive)
-        return _PathMatch(literal_kind, value, m.prefix if literal_kind == "prefix" else None)
-    if kind == "path":
-        literal_kind, value = _literal_match("exact", m.path, fold=not sensitive)
-        return _PathMatch(literal_kind, value, None)
-    raise ctx.fail(path, "needs prefix, path or safe_regex")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -371,7 +137,7 @@ class _Builder:
     """Translates the virtual hosts of one RouteConfiguration, collecting the clusters its routes name."""
 
     ctx: Ctx
-    top: _Level
+    top: HeaderLevel
     most_specific_wins: bool
     max_body: int
     clusters: list[ClusterRef] = dataclasses.field(default_factory=list)
@@ -384,12 +150,12 @@ class _Builder:
             if "*" in domain and domain != "*" and not (domain.startswith("*.") and "*" not in domain[2:]):
                 raise ctx.fail(f"{path}.domains[{d}]", f"{domain!r}: zlbfast's wildcards are '*' alone and a "
                                "leading '*.' (no other suffix or prefix wildcards)")
-        level = _level(ctx, vh, path)
+        level = header_level(ctx, vh, path)
         retry = (vh.retry_policy, f"{path}.retry_policy") if vh.HasField("retry_policy") else None
         routes = tuple(self.route(r, f"{path}.routes[{j}]", level, retry) for j, r in enumerate(vh.routes))
         return model.VirtualHost(vh.name, tuple(vh.domains), routes)
 
-    def route(self, r: rc.Route, path: str, vhost: _Level,
+    def route(self, r: rc.Route, path: str, vhost: HeaderLevel,
               vhost_retry: tuple[rc.RetryPolicy, str] | None) -> model.Route:
         ctx = self.ctx
         ctx.only(r, path, ("name", "match", "route", "redirect", "direct_response", "metadata", "stat_prefix",
@@ -397,22 +163,22 @@ class _Builder:
                            "response_headers_to_remove"))
         mpath = f"{path}.match"
         ctx.only(r.match, mpath, ("prefix", "path", "safe_regex", "case_sensitive", "headers", "query_parameters"))
-        pm = _path_match(ctx, r.match, mpath)
-        headers = [m for i, hm in enumerate(r.match.headers) for m in _header_match(ctx, hm, f"{mpath}.headers[{i}]")]
-        query = [_query_match(ctx, qm, f"{mpath}.query_parameters[{i}]")
+        pm = path_match(ctx, r.match, mpath)
+        headers = [m for i, hm in enumerate(r.match.headers) for m in header_match(ctx, hm, f"{mpath}.headers[{i}]")]
+        query = [query_match(ctx, qm, f"{mpath}.query_parameters[{i}]")
                  for i, qm in enumerate(r.match.query_parameters)]
         kw: dict[str, object] = {"name": r.name, "path_kind": pm.kind, "path": pm.path, "headers": tuple(headers),
                                  "query": tuple(query)}
         # Envoy evaluates the levels from the most specific (route) up unless most_specific_header_mutations_wins;
         # the level evaluated last wins.
-        levels = [_level(ctx, r, path), vhost, self.top]
+        levels = [header_level(ctx, r, path), vhost, self.top]
         if self.most_specific_wins:
             levels.reverse()
-        response = _fold([lvl.response for lvl in levels])
+        response = fold_headers([lvl.response for lvl in levels])
         action = r.WhichOneof("action")
         if action == "route":
             kw.update(self.route_action(r.route, f"{path}.route", pm, vhost_retry))
-            req_add, req_set, req_remove = _fold([lvl.request for lvl in levels])
+            req_add, req_set, req_remove = fold_headers([lvl.request for lvl in levels])
             kw["header_ops"] = model.HeaderOps(req_add, req_set, req_remove, *response)
         elif action in ("redirect", "direct_response"):
             if any(response):
@@ -428,7 +194,7 @@ class _Builder:
             raise ctx.fail(path, "needs route, redirect or direct_response")
         return model.Route(**kw)  # type: ignore[arg-type]
 
-    def route_action(self, ra: rc.RouteAction, path: str, pm: _PathMatch,
+    def route_action(self, ra: rc.RouteAction, path: str, pm: PathMatch,
                      vhost_retry: tuple[rc.RetryPolicy, str] | None) -> dict[str, object]:
         ctx = self.ctx
         ctx.only(ra, path, ("cluster", "weighted_clusters", "prefix_rewrite", "host_rewrite_literal", "timeout",
