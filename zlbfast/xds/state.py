@@ -64,9 +64,6 @@ class Static:
     workers: int = 0
 
 
-# What a TCP listener "waits for" in the way of routes: nothing.
-_NO_ROUTES = RouteTable("", ())
-
 Material = tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]  # cert chain, key, sorted (trust domain, bundle)
 
 
@@ -221,21 +218,11 @@ class Pipeline:
 
     def waiting_for_routes(self) -> set[str]:
         """HTTP listeners whose RouteConfiguration has not arrived (warming, without a timeout)."""
-        return {n for n, spec in self._all_listeners().items() if self._routes_of(spec, self.routes) is None}
+        return {n for n, spec in self._all_listeners().items() if spec.rds is not None and spec.rds not in self.routes}
 
     def route_names(self) -> set[str]:
         """The RouteConfigurations that HTTP listeners name (RDS, to subscribe to)."""
         return {spec.rds for spec in self._all_listeners().values() if spec.rds}
-
-    @staticmethod
-    def _routes_of(spec: ListenerSpec, routes: dict[str, RouteTable]) -> RouteTable | None:
-        """The routes of an HTTP listener, None while its RouteConfiguration is missing; a TCP listener has none
-        to wait for (an empty table)."""
-        if spec.routes is not None:
-            return spec.routes
-        if spec.rds is not None:
-            return routes.get(spec.rds)
-        return _NO_ROUTES
 
     def secret_names(self) -> set[str]:
         """The Secrets the TLS contexts of listeners and clusters name (to subscribe to)."""
@@ -501,11 +488,12 @@ class Pipeline:
         routes: dict[str, RouteTable] = staged.get(r.ROUTE, self.routes)
         for name, lspec in sorted(listeners.items()):
             listener = lspec.listener
-            table = self._routes_of(lspec, routes)
+            # An HTTP listener's routes: inline, or its RouteConfiguration (None while that has not arrived).
+            table = lspec.routes if lspec.rds is None else routes.get(lspec.rds)
             waits = []
             if lspec.sds is not None and not self._tls_ready(lspec):
                 waits.append(f"Secrets {lspec.sds.certificate!r} and {lspec.sds.validation!r}")
-            if table is None:
+            if lspec.rds is not None and table is None:
                 waits.append(f"RouteConfiguration {lspec.rds!r}")
             if waits:
                 log.info("listener %s waits for %s", name, " and ".join(waits))
