@@ -133,6 +133,8 @@ def http_routes() -> Message:
                "response_headers_to_add": [{"header": {"key": "x-resp", "value": "route"}}]},
               {"match": {"path": "/exact"}, "route": {"cluster": "b"}},
               {"match": {"safe_regex": {"regex": "/items/[0-9]+"}}, "route": {"cluster": "c"}},
+              {"match": {"prefix": "/qa", "query_parameters": [{"name": "debug", "present_match": False}]},
+               "route": {"cluster": "c"}},
               {"match": {"prefix": "/q", "query_parameters": [{"name": "v", "string_match": {"exact": "2"}}]},
                "route": {"cluster": "b"}},
               {"match": {"prefix": "/case", "case_sensitive": False}, "route": {"cluster": "c"}},
@@ -167,6 +169,8 @@ HTTP_REQUESTS: list[tuple[str, str, tuple[tuple[str, str], ...]]] = [
     ("api.example", "/items/x", ()),
     ("api.example", "/q?a=1&v=2", ()),
     ("api.example", "/q?v=3", ()),
+    ("api.example", "/qa?x=1", ()),
+    ("api.example", "/qa?debug&v=2", ()),
     ("api.example", "/CaSe/x", ()),
     ("api.example", "/suffix", (("x-file", "a.json"),)),
     ("api.example", "/suffix", (("x-file", "a.txt"),)),
@@ -223,12 +227,12 @@ def test_envoy_and_zlbfast_route_http_alike(tmp_path, agent_factory):
             assert zlb["api.example /v1/users?id=7 {}"]["headers"]["host"] == ["backend.internal"]
             assert zlb["api.example /v1/h {'x-strip': '1', 'x-level': 'client', 'x-multi': 'client'}"]["headers"] == {
                 "host": ["backend.internal"], "x-level": ["rc"], "x-multi": ["client", "vh", "rc"], "x-route": ["r"]}
-            assert [zlb[k]["cluster"] for k in ("api.example /v1/x {'x-env': 'canary'}",
-                                                 "api.example /v1/x {'x-env': 'prod'}", "api.example /exact {}",
-                                                 "api.example /items/42 {}", "api.example /CaSe/x {}",
-                                                 "a.wild.example /anything {}", "api.example:9999 / {}",
-                                                 "api.example:1234 /v1/x {}")] == ["b", "c", "b", "c", "c", "c", "b",
-                                                                                   "a"]
+            expected = {"api.example /v1/x {'x-env': 'canary'}": "b", "api.example /v1/x {'x-env': 'prod'}": "c",
+                        "api.example /exact {}": "b", "api.example /items/42 {}": "c", "api.example /CaSe/x {}": "c",
+                        "api.example /qa?x=1 {}": "c", "api.example /qa?debug&v=2 {}": "b",
+                        "a.wild.example /anything {}": "c", "api.example:9999 / {}": "b",
+                        "api.example:1234 /v1/x {}": "a"}
+            assert {k: zlb[k]["cluster"] for k in expected} == expected
             assert zlb["api.example /exact/more {}"]["status"] == 404
             assert zlb["api.example /health {}"]["body"] == "ok\n"
             assert zlb["api.example /old/page?x=1 {}"]["location"] == "https://new.example/new"

@@ -327,7 +327,7 @@ def test_matches_map_to_the_router_with_envoys_semantics():
         model.ValueMatch("x-contains", "regex", ".*[aA]\\.[bB].*"),
         model.ValueMatch("x-prefix", "prefix", "v1"),
     )
-    assert rt.query == (model.ValueMatch("q", "prefix", "x"), model.ValueMatch("p", "present"))
+    assert rt.query == (model.ValueMatch("q", "prefix", "x"), model.ValueMatch("p", "present", invert=True))
     # A case-insensitive path without letters stays a plain match; the empty prefix matches every path.
     assert only_route(match(path="/1", case_sensitive=False)).path_kind == "exact"
     assert (only_route(match(prefix="")).path_kind, only_route(match(prefix="")).path) == ("prefix", "/")

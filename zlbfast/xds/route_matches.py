@@ -103,8 +103,10 @@ def query_match(ctx: Ctx, qm: rc.QueryParameterMatcher, path: str) -> model.Valu
     if qm.HasField("string_match"):
         kind, value = _string_match(ctx, qm.string_match, f"{path}.string_match")
         return model.ValueMatch(qm.name, kind, value)
-    # present_match (true or false alike, in Envoy) or nothing: the parameter is there, with any value.
-    return model.ValueMatch(qm.name, "present")
+    # present_match: false matches an absent parameter (Envoy's behaviour since
+    # enable_new_query_param_present_match_behavior); true, or nothing: present, with any value.
+    absent = qm.HasField("present_match") and not qm.present_match
+    return model.ValueMatch(qm.name, "present", invert=absent)
 
 
 @dataclass(frozen=True)
