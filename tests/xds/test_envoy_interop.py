@@ -3,9 +3,9 @@
 * TCP listeners: the same connections (by listener) reach the same clusters (backends label themselves), before
   and after an EDS change.
 * An HTTP listener with RDS routes (several virtual hosts, prefix/path/regex/header/query matches, rewrites,
-  header mutations at three levels, a weighted split, a direct response, a redirect): the same requests get the
-  same answers from the same clusters, the upstreams receive the same targets and headers, and the split is the
-  configured one through both."""
+  header mutations at three levels in both evaluation orders, a weighted split, a direct response, a redirect):
+  the same requests get the same answers from the same clusters, the upstreams receive the same targets and
+  headers, and the split is the configured one through both."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def test_envoy_and_zlbfast_route_alike(tmp_path, backends, agent_factory):
 
 
 # Request headers the HTTP upstreams echo back (the proxies add others of their own, which differ).
-ECHOED = ("host", "x-level", "x-multi", "x-strip", "x-route", "x-env")
+ECHOED = ("host", "x-level", "x-multi", "x-strip", "x-route", "x-env", "x-gone", "x-version")
 CLUSTER_OF_LABEL = {"a0": "a", "a1": "a", "b0": "b", "c0": "c"}
 
 
@@ -156,6 +156,26 @@ def http_routes() -> Message:
                                 {"header": {"key": "x-multi", "value": "rc"}}])
 
 
+def most_specific_wins_routes() -> Message:
+    """Header mutations at all three levels, evaluated from the least specific level up
+    (most_specific_header_mutations_wins), removals, overwrites and appends of the same names."""
+    def option(key: str, value: str, overwrite: bool = False) -> dict[str, Any]:
+        return {"header": {"key": key, "value": value},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD" if overwrite else "APPEND_IF_EXISTS_OR_ADD"}
+
+    route = {**to_cluster("a"), "request_headers_to_add": [option("x-level", "r", True), option("x-multi", "r"),
+                                                           option("x-version", "2")],
+             "response_headers_to_add": [option("x-resp", "route")]}
+    return route_config(
+        "routes",
+        vhost("all", ["*"], route, request_headers_to_add=[option("x-level", "vh", True), option("x-multi", "vh"),
+                                                            option("x-gone", "vh")]),
+        most_specific_header_mutations_wins=True,
+        request_headers_to_add=[option("x-level", "rc", True), option("x-multi", "rc")],
+        request_headers_to_remove=["x-gone"],
+        response_headers_to_add=[option("x-resp", "rc", True)])
+
+
 # (host, target, request headers): each must get the same answer from both proxies.
 HTTP_REQUESTS: list[tuple[str, str, tuple[tuple[str, str], ...]]] = [
     ("api.example", "/v1/x", (("x-env", "canary"),)),
@@ -189,7 +209,8 @@ def answer(port: int, host: str, target: str, headers: tuple[tuple[str, str], ..
     echoed headers, the route's response header, a redirect's location, a direct response's body."""
     with Client(port) as cl:
         r = cl.request("GET", target, list(headers), host=host)
-    out: dict[str, Any] = {"status": r.status, "x-resp": r.header("x-resp"), "location": r.header("location")}
+    x_resp = [v.strip() for line in r.head.all("x-resp") for v in line.split(",")]
+    out: dict[str, Any] = {"status": r.status, "x-resp": x_resp, "location": r.header("location")}
     if r.header("x-upstream"):
         out.update(json.loads(r.body))
     elif r.status == 200:
@@ -236,6 +257,7 @@ def test_envoy_and_zlbfast_route_http_alike(tmp_path, agent_factory):
             assert zlb["api.example /exact/more {}"]["status"] == 404
             assert zlb["api.example /health {}"]["body"] == "ok\n"
             assert zlb["api.example /old/page?x=1 {}"]["location"] == "https://new.example/new"
+            assert zlb["api.example /v1/users?id=7 {}"]["x-resp"] == ["route"]
 
             # The weighted split (20 % a, 80 % b) through both: Binomial(300, 0.2) has mean 60 and sd 6.9; each
             # count must lie within 5 sd of the mean.
@@ -243,6 +265,18 @@ def test_envoy_and_zlbfast_route_http_alike(tmp_path, agent_factory):
                 split = [answer(port, "api.example", "/split", ())["cluster"] for _ in range(300)]
                 assert set(split) == {"a", "b"}, proxy
                 assert 25 <= split.count("a") <= 95, (proxy, split.count("a"))
+
+            # The other evaluation order of header mutations, pushed to both: the same headers reach the upstream.
+            server.set(r.ROUTE, {"routes": most_specific_wins_routes()})
+            client = (("x-level", "client"), ("x-multi", "client"), ("x-gone", "client"))
+            for proxy, port in ports.items():
+                wait_for(lambda port=port: "x-version" in answer(port, "h.example", "/", client).get("headers", {}),
+                         what=f"the second RouteConfiguration at {proxy}")
+            envoy_saw, zlb_saw = (answer(port, "h.example", "/", client) for port in ports.values())
+            assert zlb_saw == envoy_saw
+            assert zlb_saw["headers"] == {"host": ["h.example"], "x-level": ["r"], "x-gone": ["vh"], "x-version": ["2"],
+                                          "x-multi": ["client", "rc", "vh", "r"]}
+            assert zlb_saw["x-resp"] == ["rc", "route"]
             assert server.nacks() == []
     finally:
         server.stop()
