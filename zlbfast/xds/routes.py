@@ -67,6 +67,7 @@ _RETRY_ON = {
     "http3-post-connect-failure": (),
 }
 
+
 @dataclass(frozen=True)
 class ClusterRef:
     """A cluster a route forwards to, and where it is named (for validate_clusters)."""
