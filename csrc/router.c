@@ -138,6 +138,11 @@ void zlb_router_free(zlb_router *r)
     free(r);
 }
 
+void zlb_router_set_match_host_port(zlb_router *r, int on)
+{
+    r->match_host_port = on ? 1 : 0;
+}
+
 int zlb_router_add_vhost(zlb_router *r, const char *name, char *err, size_t errlen)
 {
     int i = grow((void **)&r->vhosts, &r->n_vhosts, sizeof(zlb_vhost));
@@ -513,8 +518,10 @@ const zlb_route *zlb_router_match(const zlb_router *r, const char *buf, const zl
 {
     const char *host = buf + h->host.off;
     uint32_t hlen = h->host.len;
-    /* Drop a port (but not the colons of an IPv6 literal). */
-    for (uint32_t i = hlen; i > 0; i--) {
+    /* Drop a port (but not the colons of an IPv6 literal), unless domains
+     * name ports: then "a.example:8080" is matched as a whole, as Envoy does
+     * without ignore_port_in_host_matching. */
+    for (uint32_t i = hlen; i > 0 && !r->match_host_port; i--) {
         if (host[i - 1] == ':') {
             hlen = i - 1;
             break;

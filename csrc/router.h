@@ -101,6 +101,8 @@ typedef struct zlb_vhost {
 
 typedef struct zlb_router {
     zlb_str name;
+    uint8_t match_host_port;      /* the Host's port takes part in choosing the virtual host (Envoy's
+                                   * default); 0: it is dropped first */
     uint32_t n_vhosts;
     zlb_vhost *vhosts;
 } zlb_router;
@@ -108,6 +110,7 @@ typedef struct zlb_router {
 /* ---- building (control thread) --------------------------------------- */
 zlb_router *zlb_router_new(const char *name);
 void zlb_router_free(zlb_router *r);
+void zlb_router_set_match_host_port(zlb_router *r, int on);
 int zlb_router_add_vhost(zlb_router *r, const char *name, char *err, size_t errlen);
 int zlb_router_add_domain(zlb_router *r, int vh, const char *domain, char *err, size_t errlen);
 /* Returns the route index within the vhost, or -1. */

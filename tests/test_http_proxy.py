@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import threading
+from dataclasses import replace
 
 from tests.httputil import (
     MIB,
@@ -223,6 +224,40 @@ class HashingUpstream:
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % want)
                 for piece in pattern(b"down", want):
                     conn.sendall(piece)
+
+
+def test_match_host_port_picks_virtual_hosts_by_host_and_port(engine_factory):
+    """With match_host_port the Host's port takes part in choosing the virtual host (Envoy's default); without it the
+    port is dropped before matching."""
+    with (RecordingUpstream("with_port") as a, RecordingUpstream("without_port") as b,
+          RecordingUpstream("suffix") as c, RecordingUpstream("any") as d):
+        clusters = [cluster(up.label, [up.addr]) for up in (a, b, c, d)]
+
+        def vhosts(with_ports: bool) -> list[VirtualHost]:
+            port_domains = ("a.example:8080", "[::1]:8080") if with_ports else ("b.example",)
+            return [VirtualHost("with_port", port_domains, (Route(clusters=to("with_port")),)),
+                    VirtualHost("without_port", ("a.example",), (Route(clusters=to("without_port")),)),
+                    VirtualHost("suffix", ("*.example:8080",) if with_ports else ("*.example",),
+                                (Route(clusters=to("suffix")),)),
+                    VirtualHost("any", ("*",), (Route(clusters=to("any")),))]
+
+        cfg = http_config(clusters, vhosts=vhosts(True))
+        cfg = replace(cfg, listeners=(replace(cfg.listeners[0], match_host_port=True),))
+        eng, port = start(engine_factory, cfg)
+        expect = {"a.example:8080": "with_port", "A.Example:8080": "with_port", "[::1]:8080": "with_port",
+                  "a.example": "without_port", "a.example:9090": "any", "x.example:8080": "suffix",
+                  "x.example": "any", "other:8080": "any"}
+        with Client(port) as cl:
+            got = {host: cl.request("GET", "/", host=host).header("x-upstream") for host in expect}
+        assert got == expect
+        eng.apply(http_config(clusters, vhosts=vhosts(False)))  # type: ignore[attr-defined]
+        # Only the routing changed: the listener keeps its socket (its ephemeral port) and the snapshot brings it.
+        assert eng.listener_port("web") == port  # type: ignore[attr-defined]
+        expect = {"a.example:8080": "without_port", "a.example:9090": "without_port", "x.example:8080": "suffix",
+                  "b.example:1": "with_port", "other:8080": "any"}
+        with Client(port) as cl:
+            got = {host: cl.request("GET", "/", host=host).header("x-upstream") for host in expect}
+        assert got == expect
 
 
 def test_64mib_bodies_stream_intact_both_framings_and_response(engine_factory):

@@ -154,6 +154,7 @@ cdef extern from "router.h" nogil:
 
     zlb_router *zlb_router_new(const char *name)
     void zlb_router_free(zlb_router *r)
+    void zlb_router_set_match_host_port(zlb_router *r, int on)
     int zlb_router_add_vhost(zlb_router *r, const char *name, char *err, size_t errlen)
     int zlb_router_add_domain(zlb_router *r, int vh, const char *domain, char *err, size_t errlen)
     int zlb_router_add_route(zlb_router *r, int vh, const char *name, int path_kind, const char *path,

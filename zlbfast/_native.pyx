@@ -150,10 +150,11 @@ cdef class RouteTable:
     SnapshotBuilder with add_route_table(), which takes ownership."""
     cdef zlb_router *r
 
-    def __cinit__(self, str name):
+    def __cinit__(self, str name, bint match_host_port=False):
         self.r = zlb_router_new(_b(name, 128))
         if self.r == NULL:
             raise MemoryError()
+        zlb_router_set_match_host_port(self.r, match_host_port)
 
     def __dealloc__(self):
         if self.r != NULL:

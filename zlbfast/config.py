@@ -690,6 +690,7 @@ _LISTENER_KEYS = (
     _Key("idle_timeout", ("idle_timeout_ms",), parse_duration_ms),
     _Key("protocol", ("protocol",), _string),
     _Key("virtual_hosts", ("virtual_hosts",), _list_of(_virtual_host)),
+    _Key("match_host_port", ("match_host_port",), _boolean),
     _Key("http", ("http",), _http_options),
     _Key("tls", ("tls",), lambda v, p, s: _tls(ListenerTls, _LISTENER_TLS_KEYS, v, p, s)),
 )
@@ -728,9 +729,18 @@ def parse_config(data: object, source: str) -> Config:
 
 def _check_complete(cfg: Config) -> None:
     """A file or command line must describe a proxy that can run on its own. The model allows empty sets
-    because a control plane (zlbfast.xds) delivers clusters before listeners and may empty a cluster."""
+    because a control plane (zlbfast.xds) delivers clusters before listeners and may empty a cluster, and
+    because Envoy's RouteConfiguration may have no virtual hosts, or a virtual host no routes (404 for them)."""
     if not cfg.listeners:
         _fail(cfg.source, "listeners", "at least one listener is required")
+    for i, listener in enumerate(cfg.listeners):
+        if listener.protocol != "http":
+            continue
+        if not listener.virtual_hosts:
+            _fail(cfg.source, f"listeners[{i}].virtual_hosts", "an http listener needs at least one virtual host")
+        for v, vhost in enumerate(listener.virtual_hosts):
+            if not vhost.routes:
+                _fail(cfg.source, f"listeners[{i}].virtual_hosts[{v}].routes", "at least one route is required")
     for i, cluster in enumerate(cfg.clusters):
         if not cluster.endpoints:
             _fail(cfg.source, f"clusters[{i}].endpoints", "at least one endpoint is required")
@@ -1100,11 +1110,24 @@ def _check_host(value: str, path: str, source: str) -> None:
                             f":PORT, got {value!r}")  # fmt: skip
 
 
-def _check_domain(domain: str, path: str, source: str) -> None:
+def _check_domain(domain: str, path: str, source: str, *, with_port: bool) -> None:
+    """A domain of a virtual host; with_port (match_host_port): it may end in :PORT, which must then be the Host's."""
+    if domain == "*":
+        return
     wildcard = domain.startswith("*.")
     name = domain[2:] if wildcard else domain
-    if domain != "*" and not (_is_host(name) and not (wildcard and name.startswith("["))):
-        _fail(source, path, f"expected a host name, '*.' and a host name, or '*' alone, got {domain!r}")
+    host, port = name, None
+    match = _HOST_PORT_RE.fullmatch(name)
+    if match and match.group(2) is not None:
+        host, port = match.group(1), int(match.group(2))
+    if not _is_host(host) or (wildcard and host.startswith("[")):
+        what = "a host name, '*.' and a host name" + (", either with an optional :PORT," if with_port else ",")
+        _fail(source, path, f"expected {what} or '*' alone, got {domain!r}")
+    if port is not None and not with_port:
+        _fail(source, path, f"the port of the Host header is ignored, so {domain!r} would never match; "
+                            "set match_host_port: true on the listener to match it")  # fmt: skip
+    if port is not None and not 1 <= port <= 65535:
+        _fail(source, path, f"the port must be between 1 and 65535, got {domain!r}")
 
 
 # Shorthands of Perl-style regexes and the POSIX bracket expressions that mean the same.
@@ -1157,7 +1180,7 @@ def _non_posix_syntax(pattern: str) -> str | None:
     return None
 
 
-def _check_regex(pattern: str, path: str, source: str) -> None:
+def check_regex(pattern: str, path: str, source: str) -> None:
     """The data plane compiles regexes with POSIX regcomp(REG_EXTENDED), anchored to the whole value. Python's re
     finds the structural mistakes (unbalanced groups, bad ranges, nothing to repeat) first; then the Perl syntax,
     which POSIX lacks or reads differently, is refused."""
@@ -1187,7 +1210,7 @@ def _validate_value_match(match: ValueMatch, path: str, source: str, *, query: b
         if match.value:
             _fail(source, where, f"a present match takes no value, got {match.value!r}")
     elif match.kind == "regex":
-        _check_regex(match.value, where, source)
+        check_regex(match.value, where, source)
     else:
         _check_header_value(match.name, match.value, where, source)
 
@@ -1254,27 +1277,30 @@ def _validate_redirect(redirect: Redirect, path: str, source: str) -> None:
         _fail(source, path, f"scheme, host and path together must be at most {MAX_REDIRECT_BYTES} bytes, got {size}")
 
 
-def _validate_route_clusters(route: Route, path: str, source: str, clusters: dict[str, None]) -> None:
+def _validate_route_clusters(route: Route, path: str, source: str, clusters: dict[str, None] | None) -> None:
     # The YAML parser makes one cluster `cluster:` and two or more `weighted_clusters:`.
     weighted = len(route.clusters) > 1
     seen: set[str] = set()
     for i, target in enumerate(route.clusters):
         where = f"{path}.weighted_clusters[{i}]" if weighted else f"{path}.cluster"
         name_path = f"{where}.name" if weighted else where
-        _check_cluster_ref(target.name, name_path, source, clusters)
+        if clusters is not None:
+            _check_cluster_ref(target.name, name_path, source, clusters)
+        else:
+            _check_label(target.name, name_path, source, required=True)
         if target.name in seen:
             _fail(source, name_path, f"cluster {target.name!r} is listed twice")
         seen.add(target.name)
         _check_range(target.weight, 1, MAX_WEIGHT, f"{where}.weight", source)
 
 
-def _validate_route(route: Route, path: str, source: str, clusters: dict[str, None]) -> None:
+def _validate_route(route: Route, path: str, source: str, clusters: dict[str, None] | None) -> None:
     _check_label(route.name, f"{path}.name", source, required=False)
     match = f"{path}.match"
     _check_choice(route.path_kind, tuple(_PATH_MATCH_KEYS), "path match kind", match, source)
     where = f"{match}.{_PATH_MATCH_KEYS[route.path_kind]}"
     if route.path_kind == "regex":
-        _check_regex(route.path, where, source)
+        check_regex(route.path, where, source)
     else:
         _check_target(route.path, where, source)
         if "?" in route.path:
@@ -1350,13 +1376,15 @@ def _validate_http_options(http: HttpOptions, path: str, source: str) -> None:
                   source)  # fmt: skip
 
 
-def _validate_virtual_hosts(listener: Listener, path: str, source: str, clusters: dict[str, None]) -> None:
-    if not listener.virtual_hosts:
-        _fail(source, f"{path}.virtual_hosts", "an http listener needs at least one virtual host")
+def validate_virtual_hosts(vhosts: tuple[VirtualHost, ...], path: str, source: str,
+                           clusters: dict[str, None] | None, *, match_host_port: bool) -> None:
+    """The routing of an http listener; `path` leads to the list (listeners[i].virtual_hosts). The xDS translator
+    checks a RouteConfiguration with it before any listener uses it: it passes clusters=None, as a route may name
+    a cluster that CDS has not delivered yet (Envoy answers 503 meanwhile)."""
     names: dict[str, str] = {}
     domains: dict[str, str] = {}
-    for v, vhost in enumerate(listener.virtual_hosts):
-        vpath = f"{path}.virtual_hosts[{v}]"
+    for v, vhost in enumerate(vhosts):
+        vpath = f"{path}[{v}]"
         _check_label(vhost.name, f"{vpath}.name", source, required=True)
         first = names.setdefault(vhost.name, vpath)
         if first != vpath:
@@ -1365,13 +1393,11 @@ def _validate_virtual_hosts(listener: Listener, path: str, source: str, clusters
             _fail(source, f"{vpath}.domains", "at least one domain is required ('*' matches every host)")
         for d, domain in enumerate(vhost.domains):
             dpath = f"{vpath}.domains[{d}]"
-            _check_domain(domain, dpath, source)
+            _check_domain(domain, dpath, source, with_port=match_host_port)
             # Host matching ignores case, and one domain must lead to one virtual host.
             first = domains.setdefault(domain.lower(), dpath)
             if first != dpath:
                 _fail(source, dpath, f"duplicate domain {domain!r} (first used by {first})")
-        if not vhost.routes:
-            _fail(source, f"{vpath}.routes", "at least one route is required")
         for r, route in enumerate(vhost.routes):
             _validate_route(route, f"{vpath}.routes[{r}]", source, clusters)
 
@@ -1444,13 +1470,15 @@ def _validate_listener(listener: Listener, path: str, source: str, clusters: dic
         if listener.cluster:
             _fail(source, f"{path}.cluster", "an http listener takes no cluster; its routes name the clusters")
         _validate_http_options(listener.http, f"{path}.http", source)
-        _validate_virtual_hosts(listener, path, source, clusters)
+        validate_virtual_hosts(listener.virtual_hosts, f"{path}.virtual_hosts", source, clusters,
+                               match_host_port=listener.match_host_port)
     else:
         if not listener.cluster:
             _fail(source, f"{path}.cluster", f"required key 'cluster' is missing (a {listener.protocol} listener "
                                              "sends every connection to one cluster)")  # fmt: skip
         _check_cluster_ref(listener.cluster, f"{path}.cluster", source, clusters)
-        for key, is_set in (("virtual_hosts", bool(listener.virtual_hosts)), ("http", listener.http != HttpOptions())):
+        for key, is_set in (("virtual_hosts", bool(listener.virtual_hosts)), ("http", listener.http != HttpOptions()),
+                            ("match_host_port", listener.match_host_port)):
             if is_set:
                 _fail(source, f"{path}.{key}", "only http listeners take this key; set protocol: http")
     _check_range(listener.max_connections, 1, MAX_CONNECTIONS, f"{path}.max_connections", source)

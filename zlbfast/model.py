@@ -282,6 +282,9 @@ class Listener:
     idle_timeout_ms: int = 3600000
     protocol: str = "tcp"  # one of PROTOCOLS
     virtual_hosts: tuple[VirtualHost, ...] = ()  # http listeners: routing (cluster unused)
+    # http listeners: the Host's port takes part in choosing a virtual host, and domains may name one ("a:8080"),
+    # as in Envoy without ignore_port_in_host_matching; False: the port is ignored.
+    match_host_port: bool = False
     http: HttpOptions = HttpOptions()
     tls: ListenerTls | None = None  # None = plaintext
 

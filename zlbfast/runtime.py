@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from zlbfast import _native
 from zlbfast.config import validate
@@ -72,12 +72,17 @@ def _add_route(table: _native.RouteTable, vh: int, route: Route, cluster_index: 
 
 def _route_table(listener: Listener, cluster_index: dict[str, int]) -> _native.RouteTable:
     """The listener's virtual hosts as a native route table named after the listener."""
-    table = _native.RouteTable(listener.name)
+    table = _native.RouteTable(listener.name, listener.match_host_port)
     for vhost in listener.virtual_hosts:
         vh = table.add_vhost(vhost.name, vhost.domains)
         for route in vhost.routes:
             _add_route(table, vh, route, cluster_index)
     return table
+
+
+def _same_socket(a: Listener, b: Listener) -> bool:
+    """Whether b runs on a's listening sockets: everything but the routing (in the snapshot) is the same."""
+    return replace(a, virtual_hosts=(), match_host_port=False) == replace(b, virtual_hosts=(), match_host_port=False)
 
 
 def _add_cluster(builder: _native.SnapshotBuilder, cluster: Cluster) -> None:
@@ -227,10 +232,14 @@ class Engine:
         self._publish(cfg)
         self._apply_cluster_tls(cfg, previous)
         added: dict[str, _InstalledListener] = {}
+        kept: list[tuple[_InstalledListener, Listener]] = []
         try:
             for spec in cfg.listeners:
                 current = self._listeners.get(spec.name)
-                if current is not None and current.spec == spec:
+                if current is not None and _same_socket(current.spec, spec):
+                    # Routes live in the snapshot just published (looked up by listener name for every
+                    # request), so a listener whose routes alone changed keeps its sockets and connections.
+                    kept.append((current, spec))
                     continue
                 # With SO_REUSEPORT the replacement binds next to the old socket,
                 # so a changed listener never stops accepting.
@@ -257,6 +266,8 @@ class Engine:
                 self.native.remove_listener(inst.native_id)
                 del self._listeners[name]
         self._listeners.update(added)
+        for inst, spec in kept:
+            inst.spec = spec
         self.config = cfg
 
     def _apply_identities(self, cfg: Config) -> dict[str, dict[str, object]]:

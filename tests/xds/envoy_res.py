@@ -8,6 +8,9 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401  (registers the Any type for JSON)
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from google.protobuf import json_format
@@ -15,6 +18,8 @@ from google.protobuf import json_format
 from tests.tlsutil import CA, Svid
 
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 
 def eds_cluster(name: str, policy: str = "ROUND_ROBIN", **extra: Any) -> cluster_pb2.Cluster:
@@ -39,6 +44,42 @@ def tcp_listener(name: str, port: int, cluster: str) -> listener_pb2.Listener:
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
             "@type": TCP_PROXY_TYPE, "stat_prefix": name, "cluster": cluster}}]}],
     }, listener_pb2.Listener())
+
+
+def http_manager(*, rds: str = "", route_config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """An HttpConnectionManager (JSON form) with the router filter and use_remote_address (which zlbfast requires),
+    its routes from RDS over ADS (`rds`) or inline (`route_config`)."""
+    router = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+    hcm: dict[str, Any] = {"@type": HCM_TYPE, "stat_prefix": "http", "use_remote_address": True,
+                           "http_filters": [router], **extra}
+    if rds:
+        hcm["rds"] = {"route_config_name": rds, "config_source": {"ads": {}, "resource_api_version": "V3"}}
+    if route_config is not None:
+        hcm["route_config"] = route_config
+    return hcm
+
+
+def http_listener(name: str, port: int, **hcm: Any) -> listener_pb2.Listener:
+    """A listener on 127.0.0.1:port whose one filter is http_manager(**hcm)."""
+    return json_format.ParseDict({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": http_manager(**hcm)}]}],
+    }, listener_pb2.Listener())
+
+
+def route_config(name: str, *vhosts: dict[str, Any], **extra: Any) -> route_pb2.RouteConfiguration:
+    return json_format.ParseDict({"name": name, "virtual_hosts": list(vhosts), **extra}, route_pb2.RouteConfiguration())
+
+
+def vhost(name: str, domains: list[str], *routes: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "domains": domains, "routes": list(routes), **extra}
+
+
+def to_cluster(cluster: str, prefix: str = "/", **route: Any) -> dict[str, Any]:
+    """A route (JSON form) sending a path prefix to a cluster."""
+    return {"match": {"prefix": prefix}, "route": {"cluster": cluster, **route}}
 
 
 def tls_secret(name: str, svid: Svid, key_pem: str | None = None) -> secret_pb2.Secret:

@@ -2,9 +2,10 @@
 
 It runs inside the sovereign control plane (its own virtual environment, see scripts/sovereign-env.sh), so it
 imports nothing from zlbfast or the test suite. sovereign loads one template per discovery type; this one module
-serves all three and picks by the request's type_url, which both Envoy and zlbfast send.
+serves all four and picks by the request's type_url, which both Envoy and zlbfast send.
 
-An instance of the source: {name, service_clusters, listen_port, endpoints: ["IP:PORT", ...]}.
+An instance of the source: {name, service_clusters, listen_port, endpoints: ["IP:PORT", ...]}, and for an HTTP
+listener whose routes come over RDS (a RouteConfiguration named after the instance) also {domains: [...]}.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from typing import Any
 # The static cluster through which the bootstrap reaches the control plane (tests/xds/envoy_res.rest_bootstrap).
 CONTROL_PLANE_CLUSTER = "cp"
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+REST = {"api_config_source": {"api_type": "REST", "transport_api_version": "V3",
+                              "cluster_names": [CONTROL_PLANE_CLUSTER], "refresh_delay": "0.2s"},
+        "resource_api_version": "V3"}
 
 
 def _socket_address(hostport: str) -> dict[str, Any]:
@@ -23,10 +29,8 @@ def _socket_address(hostport: str) -> dict[str, Any]:
 
 
 def _cluster(inst: dict[str, Any]) -> dict[str, Any]:
-    rest = {"api_type": "REST", "transport_api_version": "V3", "cluster_names": [CONTROL_PLANE_CLUSTER],
-            "refresh_delay": "0.2s"}
     return {"name": inst["name"], "type": "EDS", "connect_timeout": "1s", "lb_policy": "ROUND_ROBIN",
-            "eds_cluster_config": {"eds_config": {"api_config_source": rest, "resource_api_version": "V3"}}}
+            "eds_cluster_config": {"eds_config": REST}}
 
 
 def _assignment(inst: dict[str, Any]) -> dict[str, Any]:
@@ -35,13 +39,27 @@ def _assignment(inst: dict[str, Any]) -> dict[str, Any]:
 
 
 def _listener(inst: dict[str, Any]) -> dict[str, Any]:
+    if "domains" in inst:
+        filt = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": HCM_TYPE, "stat_prefix": inst["name"], "use_remote_address": True,
+            "rds": {"route_config_name": inst["name"], "config_source": REST},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}]}}
+    else:
+        filt = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": TCP_PROXY_TYPE, "stat_prefix": inst["name"], "cluster": inst["name"]}}
     return {"name": inst["name"], "address": _socket_address(f"127.0.0.1:{inst['listen_port']}"),
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                "@type": TCP_PROXY_TYPE, "stat_prefix": inst["name"], "cluster": inst["name"]}}]}]}
+            "filter_chains": [{"filters": [filt]}]}
+
+
+def _routes(inst: dict[str, Any]) -> dict[str, Any]:
+    return {"name": inst["name"], "virtual_hosts": [{"name": inst["name"], "domains": inst["domains"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": inst["name"]}}]}]}
 
 
 def call(instances: list[dict[str, Any]], discovery_request: Any, **_context: Any) -> Iterator[dict[str, Any]]:
     kind = str(discovery_request.type_url or "").rsplit(".", 1)[-1]
-    render = {"Cluster": _cluster, "ClusterLoadAssignment": _assignment, "Listener": _listener}[kind]
+    render = {"Cluster": _cluster, "ClusterLoadAssignment": _assignment, "Listener": _listener,
+              "RouteConfiguration": _routes}[kind]
     for inst in instances:
-        yield render(inst)
+        if kind != "RouteConfiguration" or "domains" in inst:
+            yield render(inst)

@@ -1,11 +1,10 @@
 """A test ADS server drives an in-process zlbfast (real Engine, real TCP traffic) through initial
-CDS/EDS/LDS, endpoint changes under load, a NACKed resource, RDS, cluster removal and delta subscriptions."""
+CDS/EDS/LDS, endpoint changes under load, a NACKed resource, cluster removal and delta subscriptions (HTTP
+listeners and RDS: test_ads_http.py)."""
 
 from __future__ import annotations
 
 import pytest
-from envoy.config.route.v3 import route_pb2
-from google.protobuf import json_format
 
 from tests.netutil import free_port, read_label, wait_for
 from tests.xds.adsserver import AdsServer
@@ -64,18 +63,6 @@ def test_ads_lifecycle(ads_server, agent_factory, backends, delta):
         nack = [x for x in ads_server.recorded(type_url=r.CLUSTER) if x.nack][0]
         assert nack.request.version_info == "1"
 
-    # A listener with http_connection_manager is refused with a clear message.
-    hcm = json_format.ParseDict({
-        "name": "web", "address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}},
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-                     ".HttpConnectionManager", "stat_prefix": "web", "rds": {"route_config_name": "r1",
-                     "config_source": {"ads": {}}}}}]}]}, type(tcp_listener("x", 1, "a"))())
-    ads_server.set(r.LISTENER, {"l": tcp_listener("l", port, "a"), "web": hcm})
-    wait_for(lambda: ads_server.nacks(r.LISTENER), what="NACK of the HTTP listener")
-    assert "Listener 'web': filter_chains[0].filters[0]: http_connection_manager is not supported" in \
-        ads_server.nacks(r.LISTENER)[0]
-
     # Fix the cluster, add a second cluster and listener (delta: a new EDS subscription), then remove them.
     port_c = free_port()
     ads_server.set(r.ENDPOINT, {"a": assignment("a", [(b[1].host, b[1].port), (b[2].host, b[2].port)]),
@@ -118,18 +105,6 @@ def test_a_value_the_model_refuses_is_nacked(ads_server, agent_factory, backends
     st = agent.state()
     assert st["connected"] and st["nacks"] == 1 and st["last_version"]["ClusterLoadAssignment"] == "1"
     assert labels_seen(port, 5) == {"b0"}
-
-
-def test_route_configuration_is_translated(ads_server, agent_factory):
-    agent = agent_factory(ads_server)
-    ads_server.set(r.ROUTE, {"r1": json_format.ParseDict({"name": "r1", "virtual_hosts": [
-        {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/api"}, "route": {"cluster": "api"}}]}]},
-        route_pb2.RouteConfiguration())})
-    ads = agent.agent.ads
-    agent.call(lambda: ads.subscribe(r.ROUTE, {"r1"}))
-    wait_for(lambda: "r1" in agent.call(lambda: dict(agent.agent.pipeline.routes)), what="RDS")
-    table = agent.call(lambda: agent.agent.pipeline.routes["r1"])
-    assert table == r.RouteTable("r1", (r.VirtualHost("all", ("*",), (r.Route("prefix", "/api", "api"),)),))
 
 
 def test_initial_fetch_timeout_names_only_clusters_still_waiting(ads_server, agent_factory, backends, caplog):

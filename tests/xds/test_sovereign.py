@@ -1,6 +1,7 @@
 """REST-JSON interop with the real sovereign control plane (pip package `sovereign`, in its own virtual environment
-built by scripts/sovereign-env.sh): zlbfast polls CDS/EDS/LDS over REST like Envoy's `api_type: REST`, and an
-endpoint added to sovereign's file source reaches real TCP traffic through zlbfast."""
+built by scripts/sovereign-env.sh): zlbfast polls CDS/EDS/LDS/RDS over REST like Envoy's `api_type: REST`; an
+endpoint added to sovereign's file source reaches real TCP traffic through zlbfast, and a domain added to an HTTP
+listener's RouteConfiguration reaches real HTTP requests."""
 
 from __future__ import annotations
 
@@ -13,18 +14,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.httputil import RecordingUpstream
 from tests.netutil import free_port, read_label, wait_for
 from tests.xds.agentrun import AgentThread
 from tests.xds.envoy_res import rest_bootstrap
-from tests.xds.traffic import label_or_empty
+from tests.xds.traffic import label_or_empty, routed
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = Path(__file__).with_name("sovereign_template.py")
 NODE_CLUSTER = "zlb-sovereign"  # sovereign matches node.cluster against an instance's service_clusters
 
 
-def write_instances(path: Path, listen_port: int, endpoints: list[str]) -> None:
-    data = [{"name": "svc", "service_clusters": [NODE_CLUSTER], "listen_port": listen_port, "endpoints": endpoints}]
+def write_instances(path: Path, listen_port: int, endpoints: list[str], **extra: object) -> None:
+    """One instance "svc"; extra: domains, for an HTTP listener with routes over RDS."""
+    data = [{"name": "svc", "service_clusters": [NODE_CLUSTER], "listen_port": listen_port, "endpoints": endpoints,
+             **extra}]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(data))
     os.replace(tmp, path)  # sovereign re-reads the file every second: it must never see half of it
@@ -46,7 +50,8 @@ def sovereign(tmp_path: Path, sovereign_bin: str) -> Iterator[tuple[int, Path]]:
     instances = tmp_path / "instances.yaml"
     template = {"protocol": "python", "path": str(TEMPLATE)}
     config = {
-        "templates": {"default": [{"type": t, "spec": template} for t in ("clusters", "endpoints", "listeners")]},
+        "templates": {"default": [{"type": t, "spec": template}
+                                  for t in ("clusters", "endpoints", "listeners", "routes")]},
         "sources": [{"type": "file", "config": {"spec": {"protocol": "file", "serialization": "yaml",
                                                          "path": str(instances)}}}],
         "source_config": {"refresh_rate": 1},
@@ -96,3 +101,24 @@ def test_endpoint_added_in_sovereign_reaches_traffic(tmp_path, sovereign, backen
         assert st["last_version"]["Listener"] == first_versions["Listener"]
     finally:
         agent.stop()
+
+
+def test_http_routes_polled_from_sovereign(tmp_path, sovereign):
+    """An HTTP listener whose RouteConfiguration comes over REST RDS: zlbfast asks for the name the listener gives,
+    and a domain added in sovereign's source reaches real requests."""
+    cp_port, instances = sovereign
+    port = free_port()
+    with RecordingUpstream("up0") as up:
+        endpoint = f"{up.addr[0]}:{up.addr[1]}"
+        write_instances(instances, port, [endpoint], domains=["a.example"])
+        agent = AgentThread(rest_bootstrap(cp_port, NODE_CLUSTER, refresh="0.2s"), str(tmp_path / "cache")).start()
+        try:
+            wait_for(lambda: agent.has_listener("svc"), timeout=60, what="the HTTP listener and its routes")
+            assert routed(port, "a.example", "/x") == (200, "up0")
+            assert routed(port, "b.example", "/x")[0] == 404
+            write_instances(instances, port, [endpoint], domains=["a.example", "b.example"])
+            wait_for(lambda: routed(port, "b.example", "/x") == (200, "up0"), timeout=30, what="the added domain")
+            st = agent.state()
+            assert st["nacks"] == 0 and "RouteConfiguration" in st["last_version"]
+        finally:
+            agent.stop()

@@ -10,7 +10,9 @@ A test ADS server feeds an in-process agent (real Engine, real sockets):
 Checked: both wait (warming) until their Secrets arrive, then traffic flows with SPIFFE verification both ways
 (and wrong peers are refused in the handshake); a rotated certificate Secret reaches new connections; a listener
 moved to a Secret not sent yet keeps serving its old version meanwhile; contexts using what zlbfast does not
-implement are NACKed naming resource and field while the old config keeps serving.
+implement are NACKed naming resource and field while the old config keeps serving. An HTTP connection manager
+listener terminates mutual TLS the same way and sets x-forwarded-client-cert as its forward_client_cert_details
+says.
 """
 
 from __future__ import annotations
@@ -27,8 +29,19 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import json_format
 
+from tests.httputil import Client, RecordingUpstream
 from tests.netutil import DEADLINE_S, Backend, connect, free_port, label_handler, wait_for
-from tests.tlsutil import CA, Svid, client_context, peer_serial, peer_spiffe_id, read_line, server_context, tls_connect
+from tests.tlsutil import (
+    CA,
+    Svid,
+    cert_sha256,
+    client_context,
+    peer_serial,
+    peer_spiffe_id,
+    read_line,
+    server_context,
+    tls_connect,
+)
 from tests.xds.adsserver import AdsServer
 from tests.xds.agentrun import AgentThread
 from tests.xds.envoy_res import (
@@ -36,13 +49,18 @@ from tests.xds.envoy_res import (
     ca_secret,
     common_tls,
     eds_cluster,
+    http_listener,
     tcp_listener,
     tls_cluster,
     tls_listener,
     tls_secret,
+    tls_socket,
+    to_cluster,
+    vhost,
 )
 from zlbfast import model
 from zlbfast.xds import resources as r
+from zlbfast.xds.listeners import translate_listener
 
 TD = "prod.example"
 PROXY = "/ns/mesh/sa/proxy"
@@ -304,12 +322,12 @@ REFUSED = {
 def test_tls_context_refusals_name_the_field(name: str) -> None:
     msg, problem = REFUSED[name]
     with pytest.raises(r.ResourceError) as exc:
-        r.translate_listener(msg)
+        translate_listener(msg)
     assert problem in str(exc.value) and str(exc.value).startswith("Listener 'l': ")
 
 
 def test_tls_context_translation() -> None:
-    lst = r.translate_listener(_listener(spiffe_prefix=f"spiffe://{TD}/ns/", alpn_protocols=["h2"]))
+    lst = translate_listener(_listener(spiffe_prefix=f"spiffe://{TD}/ns/", alpn_protocols=["h2"]))
     tls = lst.listener.tls
     assert lst.sds == r.SdsRef("cert", "ca") and tls is not None
     assert (tls.identity, tls.mode, tls.min_version, tls.alpn, tls.peer, tls.cert) == (
@@ -324,3 +342,34 @@ def test_tls_context_translation() -> None:
     assert ctls is not None and cl.sds == r.SdsRef("cert", "ca")
     assert (ctls.sni, ctls.min_version, ctls.peer) == ("b.example", "1.3", model.PeerMatch("spiffe_id",
                                                                                              f"spiffe://{TD}/b"))
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_http_listener_terminates_mtls_and_sets_the_client_cert_header(ads_server, agent_factory, delta):
+    ca = CA(TD)
+    proxy = ca.issue(PROXY)
+    client = ca.issue("/ns/shop/sa/client")
+    port = free_port()
+    with RecordingUpstream("up0") as up:
+        ads_server.set(r.CLUSTER, {"local": eds_cluster("local")})
+        ads_server.set(r.ENDPOINT, {"local": assignment("local", [up.addr])})
+        msg = http_listener("web", port, route_config={"virtual_hosts": [vhost("all", ["*"], to_cluster("local"))]},
+                            forward_client_cert_details="SANITIZE_SET", set_current_client_cert_details={"uri": True})
+        json_format.ParseDict(tls_socket("DownstreamTlsContext", require_client_certificate=True,
+                                         common_tls_context=common_tls("default", "ROOTCA", spiffe_prefix=CLIENTS)),
+                              msg.filter_chains[0].transport_socket)
+        ads_server.set(r.LISTENER, {"web": msg})
+        agent = agent_factory(ads_server, delta=delta)
+        wait_for(lambda: agent.state()["waiting_for_secrets"] == ["listener web"], what="the listener's Secrets")
+        ads_server.set(r.SECRET, {"default": tls_secret("default", proxy), "ROOTCA": ca_secret("ROOTCA", ca)})
+        wait_for(lambda: agent.has_listener("web"), what="the HTTP listener with its identity")
+        with Client(port, ctx=client_context(client, ca.pem)) as cl:
+            resp = cl.request("GET", "/x", [("X-Forwarded-Client-Cert", "By=spiffe://forged")], host="a.example")
+        assert (resp.status, resp.header("x-upstream")) == (200, "up0")
+        # SANITIZE_SET: the client's header is replaced by this hop's element, Envoy's keys with uri: true.
+        assert up.requests[-1].all("x-forwarded-client-cert") == [
+            f"By={proxy.spiffe_id};Hash={cert_sha256(client.cert_pem)};URI={client.spiffe_id}"]
+        # A client outside the SPIFFE prefix fails in the handshake (or at the first read, with TLS 1.3).
+        with pytest.raises((ssl.SSLError, ConnectionError, EOFError)):
+            with Client(port, ctx=client_context(ca.issue("/ns/other/sa/client"), ca.pem)) as cl:
+                cl.request("GET", "/x", host="a.example")

@@ -1,8 +1,9 @@
 """ADS client over gRPC (grpclib): state-of-the-world and delta variants.
 
 One bidirectional stream carries every resource type (Aggregated Discovery Service). The client subscribes to all
-Clusters and Listeners (wildcard), to the ClusterLoadAssignments its EDS clusters name, to the Secrets their TLS
-contexts name, and to any RouteConfiguration/Secret names given to ``subscribe``. Each response goes through
+Clusters and Listeners (wildcard), to the ClusterLoadAssignments its EDS clusters name, to the RouteConfigurations
+its HTTP listeners name, to the Secrets their TLS contexts name, and to any RouteConfiguration/Secret names given to
+``subscribe``. Each response goes through
 Pipeline.update and is answered with an ACK (the new version and the response's nonce) or a NACK (the previous
 version, the nonce and an error_detail naming resource and field).
 
@@ -67,8 +68,8 @@ class AdsClient:
         self.targets = list(targets)
         self.delta = delta
         self.backoff = backoff or Backoff()
-        # Explicit subscriptions (RouteConfiguration, Secret); EDS names, and the Secrets that listeners' and
-        # clusters' TLS contexts name, come from the pipeline.
+        # Explicit subscriptions (RouteConfiguration, Secret); EDS and RDS names, and the Secrets that listeners'
+        # and clusters' TLS contexts name, come from the pipeline.
         self._names: dict[str, set[str]] = {r.ROUTE: set(), r.SECRET: set()}
         self._session: _Session | None = None
 
@@ -86,6 +87,8 @@ class AdsClient:
             return self.pipeline.eds_names()
         if type_url == r.SECRET:
             return self._names[r.SECRET] | self.pipeline.secret_names()
+        if type_url == r.ROUTE:
+            return self._names[r.ROUTE] | self.pipeline.route_names()
         return self._names.get(type_url, set())
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -209,7 +212,7 @@ class _Session:
         self._responded()
         self.outbox.put_nowait(ack)
         if type_url in (r.CLUSTER, r.LISTENER):
-            self.resubscribe()  # the EDS names, or the Secrets TLS contexts name, may have changed
+            self.resubscribe()  # the EDS or RDS names, or the Secrets TLS contexts name, may have changed
 
     # -- delta ---------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from google.protobuf import json_format
 
 from zlbfast.config import ConfigError
 from zlbfast.xds import resources as r
+from zlbfast.xds.listeners import ListenerSpec, translate_listener
 from zlbfast.xds.state import Static
 
 # Top-level keys that mark a file as an Envoy bootstrap rather than zlbfast YAML.
@@ -80,7 +81,7 @@ def from_dict(data: Any, source: str, *, node_id: str = "", node_cluster: str = 
     sr = boot.static_resources
     _only(sr, "static_resources", ("clusters", "listeners", "secrets"), source)
     clusters: dict[str, r.ClusterSpec] = {}
-    listeners: dict[str, r.ListenerSpec] = {}
+    listeners: dict[str, ListenerSpec] = {}
     # Clusters that only carry control-plane traffic are not data-plane clusters: only their addresses count.
     cp_names = _control_plane_cluster_names(boot)
     targets: dict[str, tuple[tuple[str, int], ...]] = {}
@@ -91,7 +92,11 @@ def from_dict(data: Any, source: str, *, node_id: str = "", node_cluster: str = 
             else:
                 clusters[c.name] = r.translate_cluster(c)
         for lst in sr.listeners:
-            listeners[lst.name] = r.translate_listener(lst)
+            spec = translate_listener(lst)
+            if spec.routes is not None:
+                # Envoy checks an inline route table against the clusters it knows at startup: the static ones.
+                spec.routes.check_clusters(clusters)
+            listeners[lst.name] = spec
         for s in sr.secrets:
             r.translate_secret(s)
     except r.ResourceError as exc:

@@ -1,4 +1,6 @@
-"""Envoy v3 resources -> zlbfast's typed model.
+"""Envoy v3 resources -> zlbfast's typed model: clusters, endpoints, TLS contexts and secrets here, listeners in
+zlbfast.xds.listeners (HTTP connection managers in zlbfast.xds.http_manager), route configurations in
+zlbfast.xds.routes; the shared vocabulary (ResourceError, Ctx, type URLs, unpack) is here.
 
 One translator per resource type. Each checks that the message uses only the fields zlbfast implements
 (docs/xds.md lists them): a field that would change behaviour and is not implemented raises ResourceError
@@ -22,12 +24,8 @@ from typing import TypeVar
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
-    http_connection_manager_pb2,  # registered so that JSON sources with an HTTP listener get a clear refusal
-)
-from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError, Message
@@ -51,9 +49,6 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 # Short names for logs, metrics and messages.
 KIND = {LISTENER: "Listener", ROUTE: "RouteConfiguration", CLUSTER: "Cluster", ENDPOINT: "ClusterLoadAssignment",
         SECRET: "Secret"}
-
-TCP_PROXY = "envoy.filters.network.tcp_proxy"
-HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
 
 
 class ResourceError(Exception):
@@ -91,7 +86,7 @@ class Ctx:
                 raise self.fail(where, f"field is not supported by zlbfast (supported here: {supported})")
 
 
-def _join(path: str, name: str) -> str:
+def join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
@@ -112,7 +107,7 @@ def canonical_ip(text: str) -> str | None:
 def socket_address(ctx: Ctx, addr: address_pb2.Address, path: str, *, listening: bool) -> tuple[str, int]:
     _eds_only(ctx, addr, path)
     sa = addr.socket_address
-    sa_path = _join(path, "socket_address")
+    sa_path = join(path, "socket_address")
     _eds_only(ctx, sa, sa_path)
     if sa.protocol != address_pb2.SocketAddress.TCP:
         raise ctx.fail(f"{sa_path}.protocol", "only TCP is supported")
@@ -189,7 +184,7 @@ def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
         if c.HasField("load_assignment"):
             raise ctx.fail("load_assignment", "an EDS cluster takes its endpoints from EDS, not load_assignment")
         ctx.only(c.eds_cluster_config, "eds_cluster_config", ("eds_config", "service_name"))
-        _check_config_source(ctx, c.eds_cluster_config.eds_config, "eds_cluster_config.eds_config")
+        check_config_source(ctx, c.eds_cluster_config.eds_config, "eds_cluster_config.eds_config")
         eds_name = c.eds_cluster_config.service_name or c.name
     elif c.type == cluster_pb2.Cluster.STATIC:
         if c.HasField("eds_cluster_config"):
@@ -228,7 +223,7 @@ def _outlier(ctx: Ctx, od: cluster_pb2.OutlierDetection) -> model.OutlierDetecti
     return model.OutlierDetection(**kw)
 
 
-def _check_config_source(ctx: Ctx, src: config_source_pb2.ConfigSource, path: str) -> None:
+def check_config_source(ctx: Ctx, src: config_source_pb2.ConfigSource, path: str) -> None:
     """Dynamic resources must come over ADS or the one REST source the bootstrap names; zlbfast keeps a single
     pipeline per process and polls EDS from the server it polls CDS from. A REST control plane (sovereign, or
     one serving Envoy) has to name its REST source in eds_config, since that is what Envoy polls."""
@@ -306,13 +301,13 @@ def translate_assignment(cla: endpoint_pb2.ClusterLoadAssignment, *, field: str 
     _eds_only(ctx, cla, field)
     overprovisioning: int | None = None
     if cla.HasField("policy"):
-        _eds_only(ctx, cla.policy, _join(field, "policy"))
+        _eds_only(ctx, cla.policy, join(field, "policy"))
         if cla.policy.HasField("overprovisioning_factor"):
             overprovisioning = cla.policy.overprovisioning_factor.value
     out: list[model.Endpoint] = []
     seen: set[tuple[str, int]] = set()
     for i, locality_eps in enumerate(cla.endpoints):
-        lpath = _join(field, f"endpoints[{i}]")
+        lpath = join(field, f"endpoints[{i}]")
         _eds_only(ctx, locality_eps, lpath)
         # region and sub_zone are accepted as labels: the data plane prefers by zone only.
         zone = locality_eps.locality.zone
@@ -347,55 +342,6 @@ def _check_health_check_config(ctx: Ctx, hc: endpoint_components_pb2.Endpoint.He
     # Only meaningful with active health checks on the cluster, which zlbfast refuses; an empty one is harmless.
     if hc.ListFields():
         raise ctx.fail(f"{path}.health_check_config", "active health checking is not supported yet")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Listeners
-
-
-@dataclass(frozen=True)
-class ListenerSpec:
-    """A TCP proxy listener; `cluster` may not exist yet, nor the Secrets of its TLS (it waits for them)."""
-
-    listener: model.Listener
-    sds: SdsRef | None = None
-
-
-def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
-    ctx = Ctx("Listener", lst.name)
-    if not lst.name:
-        raise ctx.fail("name", "must not be empty")
-    ctx.only(lst, "", ("name", "address", "filter_chains", "stat_prefix", "traffic_direction", "metadata"))
-    address, port = socket_address(ctx, lst.address, "address", listening=True)
-    if len(lst.filter_chains) != 1:
-        raise ctx.fail("filter_chains", f"exactly one filter chain is supported, got {len(lst.filter_chains)}")
-    chain: listener_components_pb2.FilterChain = lst.filter_chains[0]
-    ctx.only(chain, "filter_chains[0]", ("filters", "name", "transport_socket"))
-    kw: dict[str, object] = {}
-    sds: SdsRef | None = None
-    if chain.HasField("transport_socket"):
-        kw["tls"], sds = _downstream_tls(ctx, chain.transport_socket, "filter_chains[0].transport_socket")
-    if len(chain.filters) != 1:
-        raise ctx.fail("filter_chains[0].filters", f"exactly one network filter is supported, got {len(chain.filters)}")
-    f = chain.filters[0]
-    fpath = "filter_chains[0].filters[0]"
-    ctx.only(f, fpath, ("name", "typed_config"))
-    type_name = f.typed_config.TypeName()
-    if f.name == HTTP_CONNECTION_MANAGER or type_name.endswith("HttpConnectionManager"):
-        raise ctx.fail(fpath, "http_connection_manager is not supported yet (the HTTP data plane is not wired "
-                       "to xDS); use envoy.filters.network.tcp_proxy")
-    if type_name != tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name:
-        raise ctx.fail(f"{fpath}.typed_config", f"unsupported network filter {f.name or type_name!r}; "
-                       f"only {TCP_PROXY} is supported")
-    tp = tcp_proxy_pb2.TcpProxy()
-    f.typed_config.Unpack(tp)
-    tpath = f"{fpath}.typed_config"
-    ctx.only(tp, tpath, ("stat_prefix", "cluster", "idle_timeout"))
-    if not tp.cluster:
-        raise ctx.fail(f"{tpath}.cluster", "a tcp_proxy needs a cluster (weighted_clusters is not supported)")
-    if tp.HasField("idle_timeout"):
-        kw["idle_timeout_ms"] = duration_ms(tp.idle_timeout)
-    return ListenerSpec(model.Listener(lst.name, address, port, tp.cluster, **kw), sds)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -450,7 +396,7 @@ def _tls_context(ctx: Ctx, ts: base_pb2.TransportSocket, path: str, context: typ
     return msg, f"{path}.typed_config"
 
 
-def _downstream_tls(ctx: Ctx, ts: base_pb2.TransportSocket, path: str) -> tuple[model.ListenerTls, SdsRef]:
+def downstream_tls(ctx: Ctx, ts: base_pb2.TransportSocket, path: str) -> tuple[model.ListenerTls, SdsRef]:
     dtc, path = _tls_context(ctx, ts, path, tls_pb2.DownstreamTlsContext)
     ctx.only(dtc, path, ("common_tls_context", "require_client_certificate"))
     if not dtc.require_client_certificate.value:
@@ -547,59 +493,6 @@ def _peer_match(ctx: Ctx, vc: common_pb2.CertificateValidationContext, path: str
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Routes: translated and kept, not yet used by the data plane (the HTTP/1.1 router consumes them later).
-
-
-@dataclass(frozen=True)
-class Route:
-    match_kind: str  # "prefix" | "path"
-    match: str
-    cluster: str
-
-
-@dataclass(frozen=True)
-class VirtualHost:
-    name: str
-    domains: tuple[str, ...]
-    routes: tuple[Route, ...]
-
-
-@dataclass(frozen=True)
-class RouteTable:
-    name: str
-    virtual_hosts: tuple[VirtualHost, ...]
-
-
-def translate_route(rc: route_pb2.RouteConfiguration) -> RouteTable:
-    ctx = Ctx("RouteConfiguration", rc.name)
-    if not rc.name:
-        raise ctx.fail("name", "must not be empty")
-    ctx.only(rc, "", ("name", "virtual_hosts"))
-    vhosts = []
-    for i, vh in enumerate(rc.virtual_hosts):
-        vpath = f"virtual_hosts[{i}]"
-        ctx.only(vh, vpath, ("name", "domains", "routes"))
-        routes = []
-        for j, r in enumerate(vh.routes):
-            rpath = f"{vpath}.routes[{j}]"
-            ctx.only(r, rpath, ("name", "match", "route"))
-            routes.append(_route(ctx, r, rpath))
-        vhosts.append(VirtualHost(vh.name, tuple(vh.domains), tuple(routes)))
-    return RouteTable(rc.name, tuple(vhosts))
-
-
-def _route(ctx: Ctx, r: route_components_pb2.Route, path: str) -> Route:
-    ctx.only(r.match, f"{path}.match", ("prefix", "path"))
-    kind = r.match.WhichOneof("path_specifier")
-    if kind is None:
-        raise ctx.fail(f"{path}.match", "needs prefix or path")
-    ctx.only(r.route, f"{path}.route", ("cluster",))
-    if not r.route.cluster:
-        raise ctx.fail(f"{path}.route.cluster", "must name a cluster")
-    return Route(kind, getattr(r.match, kind), r.route.cluster)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Secrets: kept for the TLS data plane; only inline PEM material and files are understood.
 
 
@@ -614,7 +507,7 @@ class SecretSpec:
         return f"SecretSpec({self.name!r})"
 
 
-def _data_source(ctx: Ctx, ds: base_pb2.DataSource, path: str) -> bytes:
+def data_source(ctx: Ctx, ds: base_pb2.DataSource, path: str) -> bytes:
     kind = ds.WhichOneof("specifier")
     if kind == "inline_bytes":
         return ds.inline_bytes
@@ -637,12 +530,12 @@ def translate_secret(s: secret_pb2.Secret) -> SecretSpec:
     if s.HasField("tls_certificate"):
         tc: common_pb2.TlsCertificate = s.tls_certificate
         ctx.only(tc, "tls_certificate", ("certificate_chain", "private_key"))
-        return SecretSpec(s.name, _data_source(ctx, tc.certificate_chain, "tls_certificate.certificate_chain"),
-                          _data_source(ctx, tc.private_key, "tls_certificate.private_key"), b"")
+        return SecretSpec(s.name, data_source(ctx, tc.certificate_chain, "tls_certificate.certificate_chain"),
+                          data_source(ctx, tc.private_key, "tls_certificate.private_key"), b"")
     if s.HasField("validation_context"):
         vc: common_pb2.CertificateValidationContext = s.validation_context
         ctx.only(vc, "validation_context", ("trusted_ca",))
-        return SecretSpec(s.name, b"", b"", _data_source(ctx, vc.trusted_ca, "validation_context.trusted_ca"))
+        return SecretSpec(s.name, b"", b"", data_source(ctx, vc.trusted_ca, "validation_context.trusted_ca"))
     raise ctx.fail("", "needs tls_certificate or validation_context")
 
 

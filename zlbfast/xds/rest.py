@@ -58,9 +58,11 @@ class RestPoller:
 
     async def poll_once(self, host: str, port: int) -> None:
         """One round over every subscribed type; raises OSError when the server is unreachable."""
-        for type_url in (r.CLUSTER, r.ENDPOINT, r.LISTENER):
-            names = sorted(self.pipeline.eds_names()) if type_url == r.ENDPOINT else []
-            if type_url == r.ENDPOINT and not names:
+        # RDS after LDS: the listeners of this round name the RouteConfigurations to ask for.
+        for type_url in (r.CLUSTER, r.ENDPOINT, r.LISTENER, r.ROUTE):
+            named = {r.ENDPOINT: self.pipeline.eds_names, r.ROUTE: self.pipeline.route_names}.get(type_url)
+            names = sorted(named()) if named is not None else []
+            if named is not None and not names:
                 continue
             req = discovery_pb2.DiscoveryRequest(version_info=self.pipeline.version(type_url), node=self.node,
                                                  type_url=type_url, resource_names=names)

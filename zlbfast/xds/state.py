@@ -29,11 +29,14 @@ from zlbfast import _native, model
 from zlbfast.config import ConfigError
 from zlbfast.runtime import ApplyError, Engine
 from zlbfast.xds import resources as r
+from zlbfast.xds.listeners import ListenerSpec, translate_listener
+from zlbfast.xds.routes import RouteTable, translate_route
 
 log = logging.getLogger("zlbfast.xds")
 
 # Order in which a cached state is replayed: endpoints before the clusters that wait for them, clusters
-# before the listeners that name them. Secrets are never cached (no private key is written to disk): after a
+# before the listeners that name them, listeners before the RouteConfigurations they name (which are kept only
+# while a listener names them). Secrets are never cached (no private key is written to disk): after a
 # restart they come from the control plane again.
 REPLAY_ORDER = (r.ENDPOINT, r.CLUSTER, r.LISTENER, r.ROUTE)
 # Types whose state-of-the-world responses list every resource (absence means removal); for the others a
@@ -56,7 +59,7 @@ class Static:
     """Resources from the bootstrap's static_resources: always present, never replaced by xDS."""
 
     clusters: dict[str, r.ClusterSpec]
-    listeners: dict[str, r.ListenerSpec]
+    listeners: dict[str, ListenerSpec]
     local_zone: str = ""
     workers: int = 0
 
@@ -159,8 +162,8 @@ class Pipeline:
         self.types: dict[str, _TypeState] = {t: _TypeState() for t in r.MESSAGE_TYPES}
         self.clusters: dict[str, r.ClusterSpec] = {}
         self.assignments: dict[str, r.Assignment] = {}
-        self.listeners: dict[str, r.ListenerSpec] = {}
-        self.routes: dict[str, r.RouteTable] = {}
+        self.listeners: dict[str, ListenerSpec] = {}
+        self.routes: dict[str, RouteTable] = {}
         self.secrets: dict[str, r.SecretSpec] = {}
         # Identities installed from secrets: name -> (cert, key, ((trust domain, bundle), ...)).
         self._identities: dict[str, Material] = {}
@@ -169,6 +172,7 @@ class Pipeline:
         self._composed: dict[str, tuple[r.ClusterSpec, r.Assignment | None, model.Cluster]] = {}
         self._warm_deadline: dict[str, float] = {}  # EDS cluster -> monotonic time it stops waiting
         self._warm_timer: asyncio.TimerHandle | None = None
+        self._stand_ins: set[str] = set()  # clusters routes name that are not installed (see _compose)
         self._save_task: asyncio.Task[None] | None = None
         self._save_again = False
         self._replaying = False
@@ -193,6 +197,7 @@ class Pipeline:
             "last_error": self.last_error,
             "warming_clusters": sorted(self.warming()),
             "waiting_for_secrets": sorted(self.waiting_for_secrets()),
+            "waiting_for_routes": sorted(self.waiting_for_routes()),
             "clusters": len(self.clusters) + len(self.static.clusters),
             "listeners": len(self.listeners) + len(self.static.listeners),
             "endpoints": sum(len(a.endpoints) for a in self.assignments.values()),
@@ -211,22 +216,30 @@ class Pipeline:
             out.update(f"{kind} {n}" for n, spec in specs.items() if not self._tls_ready(spec))
         return out
 
+    def waiting_for_routes(self) -> set[str]:
+        """HTTP listeners whose RouteConfiguration has not arrived (warming, without a timeout)."""
+        return {n for n, spec in self._all_listeners().items() if spec.rds is not None and spec.rds not in self.routes}
+
+    def route_names(self) -> set[str]:
+        """The RouteConfigurations that HTTP listeners name (RDS, to subscribe to)."""
+        return {spec.rds for spec in self._all_listeners().values() if spec.rds}
+
     def secret_names(self) -> set[str]:
         """The Secrets the TLS contexts of listeners and clusters name (to subscribe to)."""
         return {n for ref in self._sds_refs({}) for n in (ref.certificate, ref.validation)}
 
-    def _all_listeners(self, staged: dict[str, dict[str, Any]] | None = None) -> dict[str, r.ListenerSpec]:
+    def _all_listeners(self, staged: dict[str, dict[str, Any]] | None = None) -> dict[str, ListenerSpec]:
         return {**self.static.listeners, **(staged or {}).get(r.LISTENER, self.listeners)}
 
     def _all_clusters(self, staged: dict[str, dict[str, Any]] | None = None) -> dict[str, r.ClusterSpec]:
         return {**self.static.clusters, **(staged or {}).get(r.CLUSTER, self.clusters)}
 
     def _sds_refs(self, staged: dict[str, dict[str, Any]]) -> set[r.SdsRef]:
-        specs: list[r.ListenerSpec | r.ClusterSpec] = [*self._all_listeners(staged).values(),
+        specs: list[ListenerSpec | r.ClusterSpec] = [*self._all_listeners(staged).values(),
                                                         *self._all_clusters(staged).values()]
         return {spec.sds for spec in specs if spec.sds is not None}
 
-    def _tls_ready(self, spec: r.ListenerSpec | r.ClusterSpec) -> bool:
+    def _tls_ready(self, spec: ListenerSpec | r.ClusterSpec) -> bool:
         return spec.sds is None or spec.sds.identity in self._identities
 
     def eds_names(self) -> set[str]:
@@ -264,6 +277,8 @@ class Pipeline:
                 full_state: bool, resource_versions: dict[str, str]) -> None:
         kind = r.KIND[type_url]
         state = self.types[type_url]
+        if type_url == r.ROUTE and removed:
+            removed = self._route_removals(removed)
         raw = {} if full_state else dict(state.raw)
         rversions = {} if full_state else dict(state.resource_versions)
         # A state-of-the-world response repeats every resource, and most are byte for byte what is installed (an
@@ -301,6 +316,13 @@ class Pipeline:
             for name in new:
                 if name in self.static.listeners:
                     raise r.ResourceError(kind, name, "name", "a static listener of the bootstrap cannot be replaced")
+        if type_url in (r.ROUTE, r.LISTENER):
+            # Envoy's validate_clusters: judged against the clusters known when the table arrives.
+            known = self._all_clusters().keys()
+            for name, msg in decoded.items():
+                routes = new[name] if type_url == r.ROUTE else new[name].routes
+                if msg is not None and routes is not None:
+                    routes.check_clusters(known)
 
         if type_url == r.SECRET:
             # SDS: secrets change identities of the data plane, not the model.
@@ -323,11 +345,32 @@ class Pipeline:
         state.version = version
         state.raw = raw
         state.resource_versions = rversions
+        if type_url == r.LISTENER:
+            self._drop_unnamed_routes()
         self.updates += 1
         self.last_update_s = time.monotonic()
         self._schedule_save()
         if type_url == r.SECRET:
             self._activate_waiting()
+
+    def _route_removals(self, removed: Sequence[str]) -> list[str]:
+        """The delta RDS removals to carry out. Like Envoy, which ignores them (rds_route_config_subscription.cc),
+        a RouteConfiguration that a listener still names is kept: the listener keeps serving its routes."""
+        named = self.route_names()
+        for name in sorted(set(removed) & named):
+            log.warning("the control plane removed RouteConfiguration %s, which a listener still names; keeping it",
+                        name)
+        return [n for n in removed if n not in named]
+
+    def _drop_unnamed_routes(self) -> None:
+        """Forgets RouteConfigurations no listener names any more (the subscription ends with them), so that a
+        listener naming one again waits for a fresh copy rather than reviving a stale one."""
+        named = self.route_names()
+        state = self.types[r.ROUTE]
+        for name in [n for n in self.routes if n not in named]:
+            del self.routes[name]
+            state.raw.pop(name, None)
+            state.resource_versions.pop(name, None)
 
     def _apply(self, cfg: model.Config) -> None:
         """Engine.apply; raises ApplyError (a NACK) and the engine keeps the previous config. The model's
@@ -351,9 +394,9 @@ class Pipeline:
             # unpack translated the common case already (csrc/eds.c).
             return msg if isinstance(msg, r.Assignment) else r.translate_assignment(msg)
         if type_url == r.LISTENER:
-            return r.translate_listener(msg)
+            return translate_listener(msg)
         if type_url == r.ROUTE:
-            return r.translate_route(msg)
+            return translate_route(msg)
         return r.translate_secret(msg)
 
     # -- SDS: secrets -> identities of the TLS data plane -------------------------
@@ -442,21 +485,44 @@ class Pipeline:
             installed[name] = self._cluster_for(name, spec, assignment)
         running = {lst.name: lst for lst in self.engine.config.listeners} if self.engine.config else {}
         ready = []
+        routes: dict[str, RouteTable] = staged.get(r.ROUTE, self.routes)
         for name, lspec in sorted(listeners.items()):
             listener = lspec.listener
-            if not self._tls_ready(lspec):
-                assert lspec.sds is not None
-                log.info("listener %s waits for Secrets %r and %r", name, lspec.sds.certificate, lspec.sds.validation)
+            # An HTTP listener's routes: inline, or its RouteConfiguration (None while that has not arrived).
+            table = lspec.routes if lspec.rds is None else routes.get(lspec.rds)
+            waits = []
+            if lspec.sds is not None and not self._tls_ready(lspec):
+                waits.append(f"Secrets {lspec.sds.certificate!r} and {lspec.sds.validation!r}")
+            if lspec.rds is not None and table is None:
+                waits.append(f"RouteConfiguration {lspec.rds!r}")
+            if waits:
+                log.info("listener %s waits for %s", name, " and ".join(waits))
                 replaced = running.get(name)  # the version it replaces keeps serving meanwhile
                 if replaced is None:
                     continue
                 listener = replaced
-            if listener.cluster in installed:
+            elif table is not None and listener.protocol == "http":
+                listener = replace(listener, virtual_hosts=table.virtual_hosts, match_host_port=table.match_host_port)
+            if listener.protocol == "http" or listener.cluster in installed:
                 ready.append(listener)
             else:
                 log.info("listener %s waits for cluster %s", name, listener.cluster)
+        self._add_stand_ins(ready, installed)
         return model.Config(listeners=tuple(ready), clusters=tuple(installed[n] for n in sorted(installed)),
                             workers=self.static.workers, local_zone=self.static.local_zone, source=self.source)
+
+    def _add_stand_ins(self, listeners: list[model.Listener], installed: dict[str, model.Cluster]) -> None:
+        """An HTTP route may name a cluster that is not installed (unknown to CDS, or new and still warming); Envoy
+        answers its requests 503 and keeps the listener. An empty cluster of that name stands in for it, which
+        answers 503 too ("no healthy upstream"), until the real one is installed."""
+        named = {wc.name for lst in listeners for vh in lst.virtual_hosts for rt in vh.routes for wc in rt.clusters}
+        stand_ins = named - installed.keys()
+        if stand_ins != self._stand_ins:
+            if stand_ins:
+                log.info("routes name clusters that are not installed, answered 503: %s", ", ".join(sorted(stand_ins)))
+            self._stand_ins = stand_ins
+        for name in stand_ins:
+            installed[name] = model.Cluster(name, ())
 
     def _cluster_for(self, name: str, spec: r.ClusterSpec, assignment: r.Assignment | None) -> model.Cluster:
         previous = self._composed.get(name)
