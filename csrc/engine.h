@@ -37,6 +37,8 @@ typedef struct zlb_http_opts {
     uint32_t max_idle_per_endpoint; /* pooled connections kept per endpoint and worker */
     uint32_t retry_buffer;          /* requests up to this size (head + body) can be retried */
     int forward_client_cert;        /* zlb_xfcc: what happens to x-forwarded-client-cert */
+    int append_x_forwarded_for;     /* nonzero: the client's address is appended to x-forwarded-for
+                                     * (Envoy's use_remote_address: true); zero: it passes unchanged */
 } zlb_http_opts;
 
 /* x-forwarded-client-cert handling, Envoy's forward_client_cert_details. A

@@ -1009,8 +1009,9 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
      * client goes once, after the last of them; likewise this hop's XFCC
      * element in append_forward mode. */
     uint32_t last_xfcc = UINT32_MAX, last_xff = UINT32_MAX;
+    int add_xff = c->l->opts.http.append_x_forwarded_for;
     for (uint32_t i = 0; i < h->n_headers; i++) {
-        if (h->headers[i].id == ZLB_H1_HDR_X_FORWARDED_FOR)
+        if (h->headers[i].id == ZLB_H1_HDR_X_FORWARDED_FOR && add_xff)
             last_xff = i;
         else if (h->headers[i].id == ZLB_H1_HDR_X_FORWARDED_CLIENT_CERT && xfcc == ZLB_XFCC_APPEND_FORWARD)
             last_xfcc = i;
@@ -1061,7 +1062,7 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
         }
         rc |= append_header(b, buf + name.off, name.len, buf + value.off, value.len);
     }
-    if (last_xff == UINT32_MAX)
+    if (add_xff && last_xff == UINT32_MAX)
         rc |= append_header(b, "x-forwarded-for", 15, c->peer_ip, (uint32_t)strlen(c->peer_ip));
     if (xfcc == ZLB_XFCC_SANITIZE_SET || (xfcc == ZLB_XFCC_APPEND_FORWARD && last_xfcc == UINT32_MAX))
         rc |= append_header(b, "x-forwarded-client-cert", 23, t->xfcc, t->xfcc_len);

@@ -568,6 +568,17 @@ def test_hop_by_hop_removed_forwarding_headers_and_ids(engine_factory):
         assert c.get("x-request-id") != a.get("x-request-id")
 
 
+def test_x_forwarded_for_passes_unchanged_when_not_appending(engine_factory):
+    with RecordingUpstream("up") as up:
+        _, port = start(engine_factory, http_config([cluster("c", [up.addr])], [Route(clusters=to("c"))],
+                                                    http=HttpOptions(append_x_forwarded_for=False)))
+        with Client(port) as cl:
+            assert cl.request("GET", "/a").status == 200
+            assert cl.request("GET", "/b", [("X-Forwarded-For", "203.0.113.7")]).status == 200
+        a, b = up.requests
+        assert (a.all("x-forwarded-for"), b.all("x-forwarded-for")) == ([], ["203.0.113.7"])
+
+
 # ---- malformed requests --------------------------------------------------------------------------------------------
 
 

@@ -431,6 +431,7 @@ cdef class NativeEngine:
             if mode not in XFCC_MODES:
                 raise NativeError(f"unknown forward_client_cert {mode!r}")
             o.http.forward_client_cert = XFCC_MODES[mode]
+            o.http.append_x_forwarded_for = 1 if http.get("append_x_forwarded_for", True) else 0
         zlb_strlcpy(o.name, _b(name, 128), sizeof(o.name))
         zlb_strlcpy(o.cluster, _b(cluster, 128), sizeof(o.cluster))
         zlb_strlcpy(o.host, _b(host, 64), sizeof(o.host))

@@ -675,6 +675,7 @@ _HTTP_OPTIONS_KEYS = (
     _Key("max_idle_per_endpoint", ("max_idle_per_endpoint",), _integer),
     _Key("retry_buffer", ("retry_buffer",), _integer),
     _Key("forward_client_cert", ("forward_client_cert",), _string),
+    _Key("append_x_forwarded_for", ("append_x_forwarded_for",), _boolean),
 )
 
 

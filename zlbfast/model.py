@@ -270,6 +270,7 @@ class HttpOptions:
     max_idle_per_endpoint: int = 64  # pooled connections per endpoint and worker
     retry_buffer: int = 65536  # requests up to this size (head + body) can be retried
     forward_client_cert: str = "sanitize"  # one of XFCC_MODES
+    append_x_forwarded_for: bool = True  # the client's address goes on x-forwarded-for (else it passes unchanged)
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ def tcp_listener(name: str, port: int, cluster: str) -> listener_pb2.Listener:
 
 
 def http_manager(*, rds: str = "", route_config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """An HttpConnectionManager (JSON form) with the router filter and use_remote_address (which zlbfast requires),
-    its routes from RDS over ADS (`rds`) or inline (`route_config`)."""
+    """An HttpConnectionManager (JSON form) with the router filter and use_remote_address (both proxies then
+    append to x-forwarded-for), its routes from RDS over ADS (`rds`) or inline (`route_config`)."""
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
     hcm: dict[str, Any] = {"@type": HCM_TYPE, "stat_prefix": "http", "use_remote_address": True,
                            "http_filters": [router], **extra}

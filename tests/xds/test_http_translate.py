@@ -66,8 +66,6 @@ HCM_REFUSED = [
     ("another HTTP filter", other_filter, f"{TC}.http_filters[0].name", "unsupported HTTP filter"),
     ("router options", lambda h: h["httpFilters"][0]["typedConfig"].update(suppressEnvoyHeaders=True),
      f"{TC}.http_filters[0].typed_config.suppress_envoy_headers", "not supported"),
-    ("no use_remote_address", without("useRemoteAddress"), f"{TC}.use_remote_address",
-     "appends the client's address to x-forwarded-for"),
     ("trusted hops", hcm_edit(xffNumTrustedHops=1), f"{TC}.xff_num_trusted_hops", "not supported"),
     ("request timeout", hcm_edit(requestTimeout="5s"), f"{TC}.request_timeout", "only 0 (disabled)"),
     ("stream idle timeout", hcm_edit(streamIdleTimeout="300s"), f"{TC}.stream_idle_timeout", "only 0"),
@@ -145,6 +143,9 @@ def test_connection_manager_options_map_to_the_http_listener():
         http = translate_listener(listener(forward_client_cert_details=mode,
                                            set_current_client_cert_details={"uri": True})).listener.http
         assert http.forward_client_cert == mode.lower()
+    # x-forwarded-for is appended to only with use_remote_address, Envoy's default being false.
+    assert translate_listener(listener()).listener.http.append_x_forwarded_for
+    assert not translate_listener(edited_listener(without("useRemoteAddress"))).listener.http.append_x_forwarded_for
 
 
 # ---- route configurations ----------------------------------------------------------------------------------------

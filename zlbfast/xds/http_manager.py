@@ -90,9 +90,8 @@ def translate_http_manager(ctx: Ctx, hcm: hcm_pb2.HttpConnectionManager, path: s
             raise ctx.fail(f"{path}.{name}", f"zlbfast has no {what}; only 0 (disabled) is supported")
     if hcm.HasField("request_headers_timeout") and duration_ms(hcm.request_headers_timeout):
         kw["header_timeout_ms"] = _duration(ctx, hcm.request_headers_timeout, f"{path}.request_headers_timeout")
-    if not hcm.use_remote_address.value:
-        raise ctx.fail(f"{path}.use_remote_address", "must be true: zlbfast appends the client's address to "
-                       "x-forwarded-for, which Envoy does with use_remote_address: true (and xff_num_trusted_hops 0)")
+    # Envoy appends the client's address to x-forwarded-for only with use_remote_address (its default is false).
+    kw["append_x_forwarded_for"] = hcm.use_remote_address.value
     if hcm.HasField("generate_request_id") and not hcm.generate_request_id.value:
         raise ctx.fail(f"{path}.generate_request_id", "zlbfast always adds an x-request-id when there is none")
     if hcm.HasField("normalize_path") and hcm.normalize_path.value:
