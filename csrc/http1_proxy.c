@@ -316,12 +316,12 @@ __attribute__((noinline, cold)) static ssize_t tls_write(hsock *s, const char *p
 
 static inline ssize_t io_read(hsock *s, char *p, size_t n)
 {
-    return ZLB_LIKELY(!s->ssl) ? read(s->fd, p, n) : tls_read(s, p, n);
+    return ZLB_LIKELY(!s->ssl) ? recv(s->fd, p, n, 0) : tls_read(s, p, n);
 }
 
 static inline ssize_t io_write(hsock *s, const char *p, size_t n)
 {
-    return ZLB_LIKELY(!s->ssl) ? write(s->fd, p, n) : tls_write(s, p, n);
+    return ZLB_LIKELY(!s->ssl) ? send(s->fd, p, n, MSG_NOSIGNAL) : tls_write(s, p, n);
 }
 
 /* Our half-close: close_notify first on TLS (unless the session is dead). */

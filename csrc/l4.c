@@ -863,14 +863,14 @@ static ssize_t copy_once(zlb_conn *c, int dir, int src, int dst)
 {
     zlb_worker *w = c->w;
     zlb_dir *d = &c->d[dir];
-    ssize_t n = read(src, w->scratch, ZLB_SCRATCH);
+    ssize_t n = recv(src, w->scratch, ZLB_SCRATCH, 0);
     if (n <= 0)
         return n;
     if (n == ZLB_SCRATCH && !c->no_splice)
         d->splicing = 1;      /* more is likely waiting: bulk */
     else if (n < ZLB_SCRATCH && !d->hup)
         d->readable = 0;      /* short read: drained (a FIN already queued is not a new edge, hence hup) */
-    ssize_t m = write(dst, w->scratch, (size_t)n);
+    ssize_t m = send(dst, w->scratch, (size_t)n, MSG_NOSIGNAL);
     if (m < 0) {
         if (errno != EAGAIN)
             return -1;
