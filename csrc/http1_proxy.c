@@ -23,7 +23,7 @@
  * start. An upstream connection of a cluster with TLS handshakes after its
  * TCP connect (still "connecting", under the same connect timeout; a failed
  * handshake is a failed connect), resuming a ticket from the worker's cache.
- * All socket I/O goes through io_read/io_write: read(2)/write(2), or
+ * All socket I/O goes through io_read/io_write: recv(2)/send(2), or
  * SSL_read/SSL_write when the socket has an SSL, one predictable branch per
  * call, so plaintext connections keep their syscalls and buffers.
  * Authorization (by peer ID, port, method, path) runs per request: a denied
@@ -229,7 +229,7 @@ static int set_want_out(zlb_worker *w, hsock *s, zlb_io *io, int on)
     return 0;
 }
 
-/* ---- socket I/O: read(2)/write(2), or SSL_read/SSL_write ----------------
+/* ---- socket I/O: recv(2)/send(2), or SSL_read/SSL_write ------------------
  * io_read and io_write keep the contract of read(2) and write(2): > 0 bytes,
  * 0 end of stream (reads), -1 with errno, EAGAIN meaning "wait for the
  * socket's readiness". Plaintext sockets pay one predictable branch: the

@@ -11,8 +11,8 @@
  * message.
  *
  * Adaptive splice (the idea of HAProxy's splice-auto): each burst of data
- * starts with read(2) into the worker's scratch buffer and an immediate
- * write(2) - two syscalls for a small message, and a read shorter than the
+ * starts with recv(2) into the worker's scratch buffer and an immediate
+ * send(2) - two syscalls for a small message, and a read shorter than the
  * buffer proves the socket drained, so no EAGAIN probe is needed (with edge
  * triggering any later arrival raises a new event). A read that fills the
  * whole buffer means bulk: that direction switches to splice(2) through its
