@@ -1562,7 +1562,7 @@ static void hc_start_request(zlb_hconn *c)
             c->idempotent = 1;
 
     const zlb_router *r = w->snap ? zlb_snapshot_find_router(w->snap, o->route_table) : NULL;
-    const zlb_route *rt = r ? zlb_router_match(r, buf, &c->rq) : NULL;
+    const zlb_route *rt = r ? zlb_router_match(r, buf, &c->rq, c->tls ? c->tls->peer.id : "") : NULL;
     uint32_t head_len = c->rq.head_len;
     c->req_body = c->rq.body;
     c->req_left = c->rq.content_length;

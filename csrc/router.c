@@ -117,6 +117,7 @@ static void free_route(zlb_route *rt)
         free(rt->ops[k]);
     }
     str_free(&rt->hash_name);
+    str_free(&rt->peer);
 }
 
 void zlb_router_free(zlb_router *r)
@@ -378,6 +379,24 @@ int zlb_route_set_hash(zlb_router *r, int vh, int rt_i, int kind, const char *na
     return 0;
 }
 
+int zlb_route_set_peer(zlb_router *r, int vh, int rt_i, int kind, const char *value, char *err, size_t errlen)
+{
+    zlb_route *rt = route_at(r, vh, rt_i, err, errlen);
+    if (!rt)
+        return -1;
+    if ((kind != ZLB_MATCH_EXACT && kind != ZLB_MATCH_PREFIX) || strncmp(value, "spiffe://", 9) != 0) {
+        set_err(err, errlen, "a route's peer match is an exact ID or an ID prefix starting spiffe://", NULL);
+        return -1;
+    }
+    if (str_set(&rt->peer, value) != 0) {
+        set_err(err, errlen, "out of memory", NULL);
+        return -1;
+    }
+    rt->peer_kind = (uint8_t)kind;
+    rt->has_peer = 1;
+    return 0;
+}
+
 int zlb_route_set_policy(zlb_router *r, int vh, int rt_i, uint32_t timeout_ms, const zlb_retry_policy *retry,
                          char *err, size_t errlen)
 {
@@ -471,9 +490,18 @@ static void split_target(const char *buf, const zlb_h1_head *h, const char **pat
     *qlen = i < n ? n - i - 1 : 0;
 }
 
-static int route_matches(const zlb_route *rt, const char *buf, const zlb_h1_head *h, const char *path,
-                         uint32_t plen, const char *query, uint32_t qlen)
+static int peer_matches(const zlb_route *rt, const char *peer_id)
 {
+    if (rt->peer_kind == ZLB_MATCH_EXACT)
+        return strcmp(peer_id, rt->peer.p) == 0;
+    return strncmp(peer_id, rt->peer.p, rt->peer.len) == 0;
+}
+
+static int route_matches(const zlb_route *rt, const char *buf, const zlb_h1_head *h, const char *path,
+                         uint32_t plen, const char *query, uint32_t qlen, const char *peer_id)
+{
+    if (rt->has_peer && !peer_matches(rt, peer_id))
+        return 0;
     if (rt->path_kind == ZLB_MATCH_EXACT) {
         if (plen != rt->path.len || memcmp(path, rt->path.p, plen) != 0)
             return 0;
@@ -514,7 +542,7 @@ static int domain_rank(const zlb_str *d, const char *host, uint32_t hlen)
     return 0;
 }
 
-const zlb_route *zlb_router_match(const zlb_router *r, const char *buf, const zlb_h1_head *h)
+const zlb_route *zlb_router_match(const zlb_router *r, const char *buf, const zlb_h1_head *h, const char *peer_id)
 {
     const char *host = buf + h->host.off;
     uint32_t hlen = h->host.len;
@@ -546,7 +574,7 @@ const zlb_route *zlb_router_match(const zlb_router *r, const char *buf, const zl
     uint32_t plen, qlen;
     split_target(buf, h, &path, &plen, &query, &qlen);
     for (uint32_t i = 0; i < best->n_routes; i++)
-        if (route_matches(&best->routes[i], buf, h, path, plen, query, qlen))
+        if (route_matches(&best->routes[i], buf, h, path, plen, query, qlen, peer_id))
             return &best->routes[i];
     return NULL;
 }

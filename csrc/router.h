@@ -71,6 +71,13 @@ typedef struct zlb_route {
     regex_t path_re;
     uint32_t n_headers, n_queries;
     zlb_value_match *headers, *queries;
+    /* The client's verified SPIFFE ID (TLS listeners): when has_peer, the
+     * route matches only a client whose ID equals `peer` (EXACT) or starts
+     * with it (PREFIX; a trust domain is the prefix "spiffe://td/"). A
+     * client without a verified ID never matches such a route. */
+    uint8_t has_peer;
+    uint8_t peer_kind;            /* ZLB_MATCH_EXACT or ZLB_MATCH_PREFIX */
+    zlb_str peer;
 
     uint8_t action;               /* zlb_action_kind */
     uint32_t n_clusters;
@@ -119,6 +126,7 @@ int zlb_router_add_route(zlb_router *r, int vh, const char *name, int path_kind,
 /* is_query: match a query parameter instead of a header. */
 int zlb_route_add_match(zlb_router *r, int vh, int rt, int is_query, const char *name, int kind,
                         const char *value, int invert, char *err, size_t errlen);
+int zlb_route_set_peer(zlb_router *r, int vh, int rt, int kind, const char *value, char *err, size_t errlen);
 int zlb_route_add_cluster(zlb_router *r, int vh, int rt, int cluster, uint32_t weight, char *err, size_t errlen);
 int zlb_route_set_direct(zlb_router *r, int vh, int rt, int status, const char *body, char *err, size_t errlen);
 int zlb_route_set_redirect(zlb_router *r, int vh, int rt, int status, const char *scheme, const char *host,
@@ -132,8 +140,9 @@ int zlb_route_set_policy(zlb_router *r, int vh, int rt, uint32_t timeout_ms, con
                          char *err, size_t errlen);
 
 /* ---- matching (worker thread, no allocation) ------------------------- */
-/* The route for a parsed request (buf holds the head), or NULL (404). */
-const zlb_route *zlb_router_match(const zlb_router *r, const char *buf, const zlb_h1_head *h);
+/* The route for a parsed request (buf holds the head) from a client whose
+ * verified SPIFFE ID is peer_id ("" when none), or NULL (404). */
+const zlb_route *zlb_router_match(const zlb_router *r, const char *buf, const zlb_h1_head *h, const char *peer_id);
 /* Weighted choice among the route's clusters; -1 when it has none. */
 int zlb_route_pick_cluster(const zlb_route *rt, uint64_t *rng);
 /* Value of the first header named `lower` (lowercase, lower_len bytes) or

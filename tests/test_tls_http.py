@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.httputil import MIB, Client, Reader, RecordingUpstream, Response, read_head, routes_to
 from tests.netutil import DEADLINE_S, Backend, access_log_records, wait_for
@@ -35,6 +36,9 @@ from zlbfast.model import (
     ListenerTls,
     PathMatch,
     PeerMatch,
+    Route,
+    VirtualHost,
+    WeightedCluster,
 )
 from zlbfast.runtime import Engine
 
@@ -214,6 +218,73 @@ def test_permissive_listener_serves_plaintext_and_tls(mesh: Mesh) -> None:
     assert (plain.all("x-forwarded-proto"), tls.all("x-forwarded-proto")) == (["http"], ["https"])
     # TLS on a permissive listener is still mutual.
     assert refused(port, client_context(None, mesh.ca.pem))
+
+
+def test_routes_match_the_peer_identity(mesh: Mesh) -> None:
+    """Routes may require the client's verified SPIFFE ID (exact, prefix, trust domain); a client whose ID does not
+    match, and a plaintext client of a permissive listener (no ID), fall through to the next route."""
+    other = RecordingUpstream("b1")
+    try:
+        def only(path: str, peer: PeerMatch) -> Route:
+            return Route(path=path, peer=peer, clusters=(WeightedCluster("backend"),))
+
+        vhosts = (VirtualHost("all", ("*",), (
+            only("/exact", PeerMatch("spiffe_id", CLIENT_ID)),
+            only("/prefix", PeerMatch("spiffe_prefix", f"spiffe://{TD}/ns/shop/")),
+            only("/td", PeerMatch("trust_domain", TD)),
+            Route(clusters=(WeightedCluster("other"),)))),)
+        listener = Listener("in", "127.0.0.1", 0, "", protocol="http", virtual_hosts=vhosts,
+                            tls=ListenerTls(*mesh.files("server", "/ns/shop/sa/server"), mode="permissive",
+                                            peer=PeerMatch("trust_domain", TD)))
+        eng = mesh.engine(Config((listener,), (Cluster("backend", (Endpoint(*mesh.upstream.addr),)),
+                                               Cluster("other", (Endpoint(*other.addr),)))))
+        port = eng.listener_port("in")
+        ops = mesh.client_ctx(mesh.ca.issue("/ns/ops/sa/admin"))
+
+        def served_by(ctx: ssl.SSLContext | None, path: str) -> str | None:
+            if ctx is None:
+                with Client(port) as cl:
+                    return cl.request("GET", path).header("x-upstream")
+            return https_get(port, ctx, path).header("x-upstream")
+
+        got = {(who, path): served_by(ctx, path)
+               for who, ctx in (("client", mesh.client_ctx()), ("ops", ops), ("plaintext", None))
+               for path in ("/exact", "/prefix", "/td")}
+        assert got == {
+            ("client", "/exact"): "b0", ("client", "/prefix"): "b0", ("client", "/td"): "b0",
+            ("ops", "/exact"): "b1", ("ops", "/prefix"): "b1", ("ops", "/td"): "b0",
+            ("plaintext", "/exact"): "b1", ("plaintext", "/prefix"): "b1", ("plaintext", "/td"): "b1",
+        }
+    finally:
+        other.stop()
+
+
+ROUTE_WITH_PEER = """
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    protocol: http
+    TLS
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: {prefix: /, peer: PEER}
+            cluster: c
+clusters:
+  - name: c
+    endpoints: [{address: 127.0.0.1:1}]
+"""
+
+
+@pytest.mark.parametrize(("tls", "peer", "message"), [
+    ("tls: {cert: c.pem, key: k.pem, bundle: b.pem}", "{spiffe_prefix: ns/shop/}",
+     r"routes\[0\]\.match\.peer\.spiffe_prefix: 'ns/shop/' is not a spiffe:// ID"),
+    ("", "{trust_domain: prod.example}", r"routes\[0\]\.match\.peer: matches the client's SPIFFE ID, which needs tls"),
+], ids=["not-an-id", "plaintext-listener"])
+def test_route_peer_matches_are_validated(tls: str, peer: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(yaml.safe_load(ROUTE_WITH_PEER.replace("TLS", tls).replace("PEER", peer)), "t.yaml")
 
 
 # ---- origination: proxy to proxy ----------------------------------------------------------------------------------

@@ -170,6 +170,7 @@ cdef extern from "router.h" nogil:
     int zlb_route_add_header_op(zlb_router *r, int vh, int rt, int op, const char *name, const char *value,
                                 char *err, size_t errlen)
     int zlb_route_set_hash(zlb_router *r, int vh, int rt, int kind, const char *name, char *err, size_t errlen)
+    int zlb_route_set_peer(zlb_router *r, int vh, int rt, int kind, const char *value, char *err, size_t errlen)
     int zlb_route_set_policy(zlb_router *r, int vh, int rt, uint32_t timeout_ms, const zlb_retry_policy *retry,
                              char *err, size_t errlen)
 

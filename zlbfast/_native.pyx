@@ -216,6 +216,10 @@ cdef class RouteTable:
         nb, vb = _b(name, 4096), _b(value, 8192)
         _raise_if(zlb_route_add_header_op(self._live(), vh, rt, HEADER_OPS[op], nb, vb, err, sizeof(err)), err)
 
+    def set_peer(self, int vh, int rt, str kind, str value):
+        cdef char err[512]
+        _raise_if(zlb_route_set_peer(self._live(), vh, rt, MATCH_KINDS[kind], _b(value, 4096), err, sizeof(err)), err)
+
     def set_hash(self, int vh, int rt, str kind, str name):
         cdef char err[512]
         _raise_if(zlb_route_set_hash(self._live(), vh, rt, HASH_KINDS[kind], _b(name, 4096), err, sizeof(err)), err)

@@ -499,6 +499,7 @@ _ROUTE_MATCH_KEYS = (
     *(_Key(key, (key,), _string) for key in _PATH_MATCH_KEYS.values()),
     _Key("headers", ("headers",), _list_of(_value_match)),
     _Key("query", ("query",), _list_of(_value_match)),
+    _Key("peer", ("peer",), _peer_match),
 )
 
 
@@ -1306,6 +1307,8 @@ def _validate_route(route: Route, path: str, source: str, clusters: dict[str, No
         _check_target(route.path, where, source)
         if "?" in route.path:
             _fail(source, where, f"the query is not part of the matched path; use match.query, got {route.path!r}")
+    if route.peer is not None:
+        _validate_peer_match(route.peer, f"{match}.peer", source)
     for i, header in enumerate(route.headers):
         _validate_value_match(header, f"{match}.headers[{i}]", source, query=False)
     for i, param in enumerate(route.query):
@@ -1473,6 +1476,13 @@ def _validate_listener(listener: Listener, path: str, source: str, clusters: dic
         _validate_http_options(listener.http, f"{path}.http", source)
         validate_virtual_hosts(listener.virtual_hosts, f"{path}.virtual_hosts", source, clusters,
                                match_host_port=listener.match_host_port)
+        if listener.tls is None:
+            # A client without TLS has no verified ID: such a route could never match.
+            for v, vhost in enumerate(listener.virtual_hosts):
+                for r, route in enumerate(vhost.routes):
+                    if route.peer is not None:
+                        _fail(source, f"{path}.virtual_hosts[{v}].routes[{r}].match.peer",
+                              "matches the client's SPIFFE ID, which needs tls on the listener")
     else:
         if not listener.cluster:
             _fail(source, f"{path}.cluster", f"required key 'cluster' is missing (a {listener.protocol} listener "

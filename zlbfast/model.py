@@ -236,6 +236,7 @@ class Route:
     path: str = "/"
     headers: tuple[ValueMatch, ...] = ()
     query: tuple[ValueMatch, ...] = ()
+    peer: PeerMatch | None = None  # the client's verified SPIFFE ID (TLS listeners); None: any client
     clusters: tuple[WeightedCluster, ...] = ()
     direct_status: int = 0  # > 0: answer locally
     direct_body: str = ""

@@ -46,6 +46,12 @@ def _add_route(table: _native.RouteTable, vh: int, route: Route, cluster_index: 
     for is_query, matches in ((False, route.headers), (True, route.query)):
         for m in matches:
             table.add_match(vh, rt, is_query, m.name, m.kind, m.value, m.invert)
+    if route.peer is not None:
+        # The router matches an exact ID or an ID prefix; a trust domain is the prefix of its IDs.
+        kind, value = route.peer.kind, route.peer.value
+        if kind == "trust_domain":
+            kind, value = "spiffe_prefix", f"spiffe://{value.removeprefix('spiffe://')}/"
+        table.set_peer(vh, rt, "exact" if kind == "spiffe_id" else "prefix", value)
     for wc in route.clusters:
         table.add_cluster(vh, rt, cluster_index[wc.name], wc.weight)
     if route.direct_status:
