@@ -40,7 +40,7 @@ from _procs import (
     settled_rss_kib,
     start_listening,
 )
-from _report import RatioSpec, cpu_ms_per_1k, fmt, ratios
+from _report import RatioSpec, failed_samples_line, fmt, ratio_lines, ratios, wrk_medians
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -198,19 +198,8 @@ def summarize(result: Result) -> None:
     ok = [s for s in result.samples if s.error is None]
     if not ok:
         return
-    result.median["rps"] = statistics.median(s.rps for s in ok if s.rps is not None)
+    result.median.update(wrk_medians(ok))
     result.median["bulk_gbps"] = statistics.median(s.bulk_gbps for s in ok if s.bulk_gbps is not None)
-    result.median["wrk_errors"] = statistics.median(s.wrk_errors for s in ok)
-    for p in ("p50", "p99"):
-        values = [s.latency_ms[p] for s in ok if p in s.latency_ms]
-        if values:
-            result.median[f"{p}_ms"] = statistics.median(values)
-    cpu = cpu_ms_per_1k((s.proxy_cpu_s, s.rps, s.duration_s) for s in ok)
-    kernel = cpu_ms_per_1k((s.proxy_sys_s, s.rps, s.duration_s) for s in ok)
-    if kernel:
-        result.median["sys_ms_per_1k"] = statistics.median(kernel)
-    if cpu:
-        result.median["cpu_ms_per_1k"] = statistics.median(cpu)
 
 
 def spawn(
@@ -298,12 +287,8 @@ def render(report: dict[str, object], results: dict[str, Result]) -> str:
             f"{fmt(m.get('bulk_gbps'), '.2f'):>10} {fmt(m.get('cpu_ms_per_1k'), '.1f'):>13} "
             f"{fmt(m.get('sys_ms_per_1k'), '.1f'):>12} {fmt(rss, '.1f'):>13}"
         )
-        failed = [s.error for s in r.samples if s.error]
-        if failed:
-            lines.append(f"{'':<9} {len(failed)} failed sample(s), first: {failed[0]}")
-    lines += ["", "ratios of medians:"]
-    for label, value in report["ratios"].items():  # type: ignore[attr-defined]
-        lines.append(f"  {label:<24} {fmt(value, '.2f')}")
+        lines += failed_samples_line([s.error for s in r.samples], 9)
+    lines += ratio_lines(report["ratios"])  # type: ignore[arg-type]
     idle = report["zlbfast_run_idle_rss"]
     lines += ["", f"zlbfast run -c <1 listener, 1 cluster, 1 worker> idle VmRSS: {idle}"]
     return "\n".join(lines)

@@ -38,7 +38,7 @@ from _procs import (
     require_tool,
     start_listening,
 )
-from _report import RatioSpec, cpu_ms_per_1k, fmt, ratios
+from _report import RatioSpec, failed_samples_line, fmt, ratio_lines, ratios, wrk_medians
 from l4_compare import run_wrk
 
 BENCH = Path(__file__).resolve().parent
@@ -156,21 +156,10 @@ def summarize(result: Result) -> None:
     if not ok:
         return
     m = result.median
-    m["rps"] = statistics.median(s.rps for s in ok if s.rps is not None)
-    m["wrk_errors"] = statistics.median(s.wrk_errors for s in ok)
-    for p in ("p50", "p99"):
-        values = [s.latency_ms[p] for s in ok if p in s.latency_ms]
-        if values:
-            m[f"{p}_ms"] = statistics.median(values)
+    m.update(wrk_medians(ok))
     conns = [s.upstream_conns for s in ok if s.upstream_conns is not None]
     if conns:
         m["upstream_conns"] = statistics.median(conns)
-    cpu = cpu_ms_per_1k((s.proxy_cpu_s, s.rps, s.duration_s) for s in ok)
-    kernel = cpu_ms_per_1k((s.proxy_sys_s, s.rps, s.duration_s) for s in ok)
-    if kernel:
-        m["sys_ms_per_1k"] = statistics.median(kernel)
-    if cpu:
-        m["cpu_ms_per_1k"] = statistics.median(cpu)
 
 
 def render(report: dict[str, object], results: dict[str, Result]) -> str:
@@ -196,12 +185,8 @@ def render(report: dict[str, object], results: dict[str, Result]) -> str:
             f"{fmt(m.get('sys_ms_per_1k'), '.1f'):>12} "
             f"{fmt(rss, '.1f'):>12}"
         )
-        failed = [s.error for s in r.samples if s.error]
-        if failed:
-            lines.append(f"{'':<8} {len(failed)} failed sample(s), first: {failed[0]}")
-    lines += ["", "ratios of medians:"]
-    for label, value in report["ratios"].items():  # type: ignore[attr-defined]
-        lines.append(f"  {label:<24} {fmt(value, '.2f')}")
+        lines += failed_samples_line([s.error for s in r.samples], 8)
+    lines += ratio_lines(report["ratios"])  # type: ignore[arg-type]
     versions = [f"{n}: {r.version}" for n, r in results.items() if r.version]
     if versions:
         lines += ["", "versions: " + "; ".join(versions)]
