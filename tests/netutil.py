@@ -120,17 +120,29 @@ def connect(port: int, source_ip: str | None = None, host: str = "127.0.0.1") ->
     return s
 
 
+def read_line(sock: socket.socket) -> bytes:
+    """Bytes up to and including the first newline (b"" when the peer closed first)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(256)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def echo_handler(conn: socket.socket) -> None:
+    """A Backend handler that sends back whatever it receives until the client closes."""
+    conn.settimeout(DEADLINE_S)
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
 def read_label(port: int, source_ip: str | None = None) -> str:
     """Connects through the proxy, returns the backend's label line ('' if
     the proxy closed the connection without one)."""
     with connect(port, source_ip) as s:
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(64)
-            if not chunk:
-                break
-            data += chunk
-        return data.decode().strip()
+        return read_line(s).decode().strip()
 
 
 def sha256_stream(chunks: Iterator[bytes]) -> str:

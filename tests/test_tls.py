@@ -12,7 +12,6 @@ import dataclasses
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,9 @@ from typing import Any
 import pytest
 
 from tests.httputil import Client, Reader, RecordingUpstream, build_request, cluster, http_config, read_body, read_head
-from tests.netutil import DEADLINE_S, Backend, access_log_records, label_handler, wait_for
-from tests.tlsutil import CA, Svid, client_context, peer_serial, read_line, tls_connect, wait_event, write_svid_files
-from tests.wrkutil import Wrk
+from tests.netutil import DEADLINE_S, Backend, access_log_records, echo_handler, label_handler, read_line, wait_for
+from tests.tlsutil import CA, Svid, client_context, peer_serial, tls_connect, wait_event, write_svid_files
+from tests.wrkutil import rotate_under_wrk
 from zlbfast import _native
 from zlbfast.identity import IdentityFiles
 from zlbfast.model import Cluster, Config, Endpoint, Listener, ListenerTls, PeerMatch, Route, WeightedCluster
@@ -32,14 +31,6 @@ from zlbfast.runtime import Engine
 TD = "prod.example"
 SERVER_ID = f"spiffe://{TD}/ns/shop/sa/server"
 CLIENT_ID = f"spiffe://{TD}/ns/shop/sa/client"
-ROTATE_EVERY_S = 1.0
-ROTATIONS_UNDER_WRK = 30  # seconds of wrk, one rotation per second
-
-
-def echo_handler(conn: socket.socket) -> None:
-    conn.settimeout(DEADLINE_S)
-    while data := conn.recv(65536):
-        conn.sendall(data)
 
 
 @dataclass
@@ -321,23 +312,16 @@ def test_rotation_under_load(mesh_factory: Callable[..., Mesh], tmp_path: Path) 
     try:
         assert peer_serial(long_lived) == first.serial
         assert tls_get(long_lived) == "web"
-        wrk = Wrk(m.client.listener_port("out"), ROTATIONS_UNDER_WRK, tmp_path)
-        rotations = 0
-        next_at = time.monotonic()
-        while rotations < ROTATIONS_UNDER_WRK - 1 and wrk.running():
-            # Pacing, not synchronisation: one rotation per ROTATE_EVERY_S while wrk runs.
-            next_at += ROTATE_EVERY_S
-            time.sleep(max(0.0, next_at - time.monotonic()))
+
+        def rotate() -> None:
             svid = m.ca.issue("/ns/shop/sa/server")
             write_svid_files(tmp_path / "svid", svid, m.ca.pem)
             m.server.poll_identities()
-            rotations += 1
             with tls_connect(port, ctx) as s:
                 assert peer_serial(s) == svid.serial
                 assert tls_get(s) == "web"
-        result = wrk.finish()
-        assert result.failed == 0 and result.requests > 0, result.output
-        assert rotations >= ROTATIONS_UNDER_WRK - 5, rotations  # wrk ran across (nearly) all of them
+
+        rotations = rotate_under_wrk(m.client.listener_port("out"), tmp_path, rotate)
         info = m.server.identity_info(name)
         assert info is not None and info["rotations"] == rotations
         # The connection opened before the rotations is still served, by its old SSL_CTX.

@@ -40,8 +40,8 @@ import pytest
 import yaml
 
 from tests.httputil import Client, RecordingUpstream, routes_to
-from tests.netutil import Backend, free_port, label_handler, wait_for
-from tests.tlsutil import CA, Svid, cert_sha256, read_line, write_svid_files
+from tests.netutil import Backend, free_port, label_handler, read_line, wait_for
+from tests.tlsutil import CA, Svid, cert_sha256, write_svid_files
 from zlbfast import _native
 from zlbfast.model import Cluster, ClusterTls, Config, Endpoint, HttpOptions, Listener, ListenerTls, PeerMatch
 from zlbfast.runtime import Engine

@@ -168,17 +168,6 @@ def tls_connect(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
         raise
 
 
-def read_line(sock: socket.socket) -> bytes:
-    """Bytes up to and including the first newline ('' when the peer closed first)."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(256)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def peer_serial(sock: ssl.SSLSocket) -> int:
     der = sock.getpeercert(binary_form=True)
     assert der is not None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +81,22 @@ class Wrk:
             int(non_2xx.group(1)) if non_2xx else 0,
             out,
         )
+
+
+def rotate_under_wrk(port: int, tmp: Path, rotate: Callable[[], None], *, seconds: int = 30,
+                     every_s: float = 1.0) -> int:
+    """Runs wrk against `port` for `seconds` and calls rotate() once per `every_s` while it runs (pacing, not
+    synchronisation: rotate() itself checks what it changed). Asserts that wrk saw no failed request and that it ran
+    across (nearly) all the rotations; returns how many there were."""
+    wrk = Wrk(port, seconds, tmp)
+    rotations = 0
+    next_at = time.monotonic()
+    while rotations < seconds / every_s - 1 and wrk.running():
+        next_at += every_s
+        time.sleep(max(0.0, next_at - time.monotonic()))
+        rotate()
+        rotations += 1
+    result = wrk.finish()
+    assert result.failed == 0 and result.requests > 0, result.output
+    assert rotations >= seconds / every_s - 5, rotations
+    return rotations

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.netutil import DEADLINE_S, Backend, wait_for
+from tests.netutil import Backend, echo_handler, wait_for
 from tests.tlsutil import CA, Svid, client_context, peer_serial, tls_connect
-from tests.wrkutil import Wrk
+from tests.wrkutil import rotate_under_wrk
 from tests.xds.adsserver import AdsServer
 from tests.xds.agentrun import AgentThread
 from tests.xds.envoy_res import assignment, ca_secret, eds_cluster, tls_secret
@@ -30,14 +29,6 @@ from zlbfast.runtime import Engine
 from zlbfast.xds import resources as r
 
 TD = "prod.example"
-ROTATE_EVERY_S = 1.0
-ROTATIONS_UNDER_WRK = 30  # seconds of wrk, one rotation per second
-
-
-def echo(conn: socket.socket) -> None:
-    conn.settimeout(DEADLINE_S)
-    while data := conn.recv(65536):
-        conn.sendall(data)
 
 
 def round_trip(s: socket.socket, payload: bytes) -> bytes:
@@ -89,7 +80,7 @@ def sds_factory(ads_server: AdsServer, tmp_path: Path) -> Iterator[Any]:
     def make(first: Svid, ca: CA, *, delta: bool = False) -> Sds:
         from tests.xds.envoy_res import ads_bootstrap
 
-        backend = Backend(echo)
+        backend = Backend(echo_handler)
         ads_server.set(r.CLUSTER, {"backend": eds_cluster("backend")})
         ads_server.set(r.ENDPOINT, {"backend": assignment("backend", [(backend.host, backend.port)])})
         agent = AgentThread(ads_bootstrap(ads_server.port, delta=delta), str(tmp_path / "cache")).start()
@@ -203,22 +194,14 @@ def test_rotation_every_second_under_wrk(sds_factory: Any, tmp_path: Path) -> No
                             (Cluster("mesh", (Endpoint("127.0.0.1", web_port),), connect_retries=0),)))
         client.native.set_cluster_tls("mesh", {"identity": "client", "peer": ("trust_domain", TD)})
 
-        wrk = Wrk(client.listener_port("out"), ROTATIONS_UNDER_WRK, tmp_path)
-        rotations = 0
-        next_at = time.monotonic()
-        while rotations < ROTATIONS_UNDER_WRK - 1 and wrk.running():
-            # Pacing, not synchronisation: one rotation per ROTATE_EVERY_S while wrk runs.
-            next_at += ROTATE_EVERY_S
-            time.sleep(max(0.0, next_at - time.monotonic()))
+        def rotate() -> None:
             svid = ca.issue("/ns/shop/sa/server")
             sds.push(svid)
             sds.server.wait_ack(r.SECRET)
-            rotations += 1
             assert sds.serial() == svid.serial
             assert sds.presented_serial() == svid.serial
-        result = wrk.finish()
-        assert result.failed == 0 and result.requests > 0, result.output
-        assert rotations >= ROTATIONS_UNDER_WRK - 5, rotations  # wrk ran across (nearly) all of them
+
+        rotations = rotate_under_wrk(client.listener_port("out"), tmp_path, rotate)
         info = sds.agent.call(lambda: engine.identity_info("default"))
         assert info is not None and info["rotations"] == rotations
         assert sds.stats()["tls_handshake_failures_down"] == 0
