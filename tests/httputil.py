@@ -184,22 +184,26 @@ class Reader:
         return False
 
 
+class HeaderLookup:
+    """Header access for the message classes below, which keep `headers` as (lowercased name, value) in order."""
+
+    headers: list[tuple[str, str]]
+
+    def get(self, name: str) -> str | None:
+        """The first value of the header, or None."""
+        return next((v for k, v in self.headers if k == name), None)
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k == name]
+
+
 @dataclass
-class Head:
+class Head(HeaderLookup):
     """A parsed message head: start line parts and headers (lowercased names, in order)."""
 
     start: list[str]
     headers: list[tuple[str, str]]
     raw: bytes
-
-    def get(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
-
-    def all(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k == name]
 
 
 def parse_head(raw: bytes) -> Head:
@@ -320,7 +324,7 @@ def pattern_sha(seed: bytes, total: int, chunk: int = MIB) -> str:
 
 
 @dataclass
-class Received:
+class Received(HeaderLookup):
     """One request an upstream parsed."""
 
     method: str
@@ -329,14 +333,6 @@ class Received:
     body: bytes
     conn: int  # index of the upstream connection it came on
 
-    def get(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
-
-    def all(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k == name]
 
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
