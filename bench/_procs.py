@@ -10,10 +10,16 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's zlbfast, not another one installed in the environment
+
+from zlbfast.bench.targets import nginx_http_conf  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -143,26 +149,7 @@ def nginx_backend_argv(root: Path, servers: str) -> list[str]:
     SIGTERM stops it), access log off, every path under `root`, and `servers` (server blocks) in its http block.
     keepalive_requests is raised so that load generators' connections really stay open for a whole run."""
     cfg = root / "nginx.conf"
-    cfg.write_text(
-        f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 120s;
-{servers}
-}}
-"""
-    )
+    cfg.write_text(nginx_http_conf(str(root), servers, worker_connections=4096, keepalive_timeout_s=120))
     return ["nginx", "-p", str(root), "-e", str(root / "error.log"), "-c", str(cfg)]
 
 

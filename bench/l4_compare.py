@@ -45,8 +45,6 @@ from _report import RatioSpec, failed_samples_line, fmt, ratio_lines, ratios, wr
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 GIB = 1 << 30
-sys.path.insert(0, str(REPO))  # this checkout's zlbfast, not another one installed in the environment
-
 from zlbfast.bench import procstat  # noqa: E402
 
 # (listen port, upstream port, scratch dir) -> argv of a proxy listening on HOST:listen.

@@ -43,8 +43,6 @@ from l4_compare import run_wrk
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(0, str(REPO))  # this checkout's zlbfast, not another one installed in the environment
-
 from zlbfast.bench import procstat, targets  # noqa: E402
 from zlbfast.bench.targets import HTTP_PEERS, TargetSkipped, check_peer  # noqa: E402
 

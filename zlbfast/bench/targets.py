@@ -255,18 +255,16 @@ def _haproxy_http_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> 
     timeout http-keep-alive 60s""")
 
 
-def _nginx_http_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
-    exe = _need("nginx")
-    servers = "\n".join(f"        server {fmt(b)};" for b in backends)
-    # One process (master_process off): the pid we start is the one serving, and every temp path is in
-    # workdir, which only that process (root or not) needs to reach. Upstream keepalive needs HTTP/1.1 and
-    # an empty Connection header towards the backends.
-    cfg = f"""daemon off;
+def nginx_http_conf(workdir: str, http_body: str, *, worker_connections: int, keepalive_timeout_s: int) -> str:
+    """nginx.conf for one process (no daemon, no master: the pid we start is the one serving) whose every path is
+    in workdir, with the access log off and client keep-alive connections kept open for a whole run;
+    http_body goes into the http block. The HTTP peer here and bench/'s nginx backends share it."""
+    return f"""daemon off;
 master_process off;
 worker_processes 1;
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log warn;
-events {{ worker_connections 20000; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log off;
     client_body_temp_path {workdir}/body;
@@ -275,8 +273,19 @@ http {{
     uwsgi_temp_path {workdir}/uwsgi;
     scgi_temp_path {workdir}/scgi;
     keepalive_requests 100000000;
-    keepalive_timeout 60s;
-    upstream pool {{
+    keepalive_timeout {keepalive_timeout_s}s;
+{http_body}
+}}
+"""
+
+
+def _nginx_http_argv(listen: Addr, backends: Sequence[Addr], workdir: str) -> list[str]:
+    exe = _need("nginx")
+    servers = "\n".join(f"        server {fmt(b)};" for b in backends)
+    # One process (master_process off): the pid we start is the one serving, and every temp path is in
+    # workdir, which only that process (root or not) needs to reach. Upstream keepalive needs HTTP/1.1 and
+    # an empty Connection header towards the backends.
+    cfg = nginx_http_conf(workdir, f"""    upstream pool {{
 {servers}
         keepalive 64;
         keepalive_requests 100000000;
@@ -289,9 +298,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
-    }}
-}}
-"""
+    }}""", worker_connections=20000, keepalive_timeout_s=60)
     return [exe, "-e", f"{workdir}/error.log", "-p", workdir, "-c", _write(workdir, "nginx.conf", cfg)]
 
 
