@@ -1003,7 +1003,7 @@ static int tls_pump(zlb_conn *c, int dir)
                 }
                 n = r;
             } else {
-                n = write(dst, buf + t->off[dir], want);
+                n = send(dst, buf + t->off[dir], want, MSG_NOSIGNAL);
                 if (n < 0) {
                     if (errno == EAGAIN) {
                         t->blocked[dir] = 1;
@@ -1061,7 +1061,7 @@ static int tls_pump(zlb_conn *c, int dir)
                 }
             }
         } else {
-            n = read(src, buf, ZLB_SCRATCH);
+            n = recv(src, buf, ZLB_SCRATCH, 0);
             if (n < 0) {
                 if (errno == EAGAIN) {
                     d->readable = 0;
