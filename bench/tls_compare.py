@@ -39,6 +39,8 @@ from pathlib import Path
 
 from _procs import HOST, Child, ChildError, free_port, nginx_backend_argv, pinned, require_tool, start_listening
 
+from zlbfast.bench import procstat
+
 REPO = Path(__file__).resolve().parent.parent
 TD = "bench.example"
 
@@ -178,8 +180,7 @@ class Result:
 
 def make_certs(d: Path) -> dict[str, str]:
     """A CA, a server SVID (also HAProxy's crt file: cert + key) and a client SVID, ECDSA P-256."""
-    sys.path.insert(0, str(REPO))
-    from tests.tlsutil import CA
+    from tests.tlsutil import CA  # this checkout's tests (bench/_procs put the checkout on sys.path)
 
     ca = CA(TD)
     server, client = ca.issue("/bench/server"), ca.issue("/bench/client")
@@ -203,22 +204,17 @@ def build_client(d: Path) -> str:
     return str(exe)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def measure(client: str, mode: str, port: int, proxy: Child, args: argparse.Namespace, certs: dict[str, str],
             cpu: int | None) -> Sample:
     conns = args.hs_conns if mode == "hs" else args.ka_conns
     argv = pinned([client, mode, str(port), str(conns), str(args.duration), certs["ccert"], certs["ckey"], certs["ca"]],
                   cpu)
-    before = cpu_seconds(proxy.pid)
+    before = procstat.cpu_seconds(proxy.pid)
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=args.duration + 30, check=False)
     except subprocess.TimeoutExpired:
         return Sample(error="client did not finish")
-    used = cpu_seconds(proxy.pid) - before
+    used = procstat.cpu_seconds(proxy.pid) - before
     if out.returncode != 0:
         return Sample(error=f"client failed ({out.returncode}): {out.stderr.strip()[-300:]}")
     r = json.loads(out.stdout)
