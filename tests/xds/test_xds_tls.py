@@ -30,7 +30,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import json_format
 
 from tests.httputil import Client, RecordingUpstream
-from tests.netutil import DEADLINE_S, Backend, connect, free_port, label_handler, wait_for
+from tests.netutil import DEADLINE_S, Backend, connect, free_port, label_handler, read_line, wait_for
 from tests.tlsutil import (
     CA,
     Svid,
@@ -38,7 +38,6 @@ from tests.tlsutil import (
     client_context,
     peer_serial,
     peer_spiffe_id,
-    read_line,
     server_context,
     tls_connect,
 )
