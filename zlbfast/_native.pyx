@@ -704,6 +704,29 @@ def hold_gil(double seconds):
     zlb_py_spin_holding_gil(seconds)
 
 
+cdef extern from *:
+    """
+    #ifdef __GLIBC__
+    #include <malloc.h>
+    static int zlb_py_trim_heap(void) { return malloc_trim(0); }
+    #else
+    static int zlb_py_trim_heap(void) { return 0; }
+    #endif
+    """
+    int zlb_py_trim_heap() nogil
+
+
+def trim_heap():
+    """Gives the C heap's free pages back to the OS (glibc's malloc_trim; a no-op elsewhere) and returns whether
+    any were. Startup (imports, the YAML parse) frees megabytes that glibc would otherwise keep for later
+    allocations that a proxy, whose data path allocates little, never makes. Any thread; it briefly takes
+    each malloc arena's lock, so a worker allocating at that moment waits for that arena's trim."""
+    cdef int released
+    with nogil:
+        released = zlb_py_trim_heap()
+    return released != 0
+
+
 def debug_counters():
     """Process-wide live objects; tests assert they return to zero."""
     return {

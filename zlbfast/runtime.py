@@ -21,6 +21,10 @@ from zlbfast.model import AuthzRule, Cluster, ClusterTls, Config, Listener, List
 
 tls_log = logging.getLogger("zlbfast.tls")
 
+# The heap is trimmed after an apply at most this often (seconds): the first apply's trim returns startup's
+# garbage; a control plane pushing many updates a second should not pay for a heap walk on each.
+HEAP_TRIM_INTERVAL_S = 10.0
+
 
 class ApplyError(Exception):
     """The new configuration could not be installed; the previous one stays active."""
@@ -145,6 +149,7 @@ class Engine:
     def __init__(self, workers: int = 0, seed: int = 0x5EED) -> None:
         self.native = _native.NativeEngine(workers or default_workers(), seed)
         self.config: Config | None = None
+        self._trimmed_at: float | None = None  # time.monotonic() of the last heap trim
         self._listeners: dict[str, _InstalledListener] = {}
         self._watchers: dict[str, IdentityWatcher] = {}
         self._tls_stop: asyncio.Event | None = None
@@ -275,6 +280,14 @@ class Engine:
         for inst, spec in kept:
             inst.spec = spec
         self.config = cfg
+        self._trim_heap()
+
+    def _trim_heap(self) -> None:
+        """Returns free heap pages to the OS after an apply, at most every HEAP_TRIM_INTERVAL_S."""
+        now = time.monotonic()
+        if self._trimmed_at is None or now - self._trimmed_at >= HEAP_TRIM_INTERVAL_S:
+            self._trimmed_at = now
+            _native.trim_heap()
 
     def _apply_identities(self, cfg: Config) -> dict[str, dict[str, object]]:
         """Loads every identity the config names (files read once per distinct path set) and returns the native
