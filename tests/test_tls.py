@@ -9,9 +9,11 @@ Topology of most tests:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from tests.httputil import Client, Reader, RecordingUpstream, build_request, clu
 from tests.netutil import DEADLINE_S, Backend, access_log_records, echo_handler, label_handler, read_line, wait_for
 from tests.tlsutil import CA, Svid, client_context, peer_serial, tls_connect, wait_event, write_svid_files
 from tests.wrkutil import rotate_under_wrk
-from zlbfast import _native
+from zlbfast import _native, runtime
 from zlbfast.identity import IdentityFiles
 from zlbfast.model import Cluster, Config, Endpoint, Listener, ListenerTls, PeerMatch, Route, WeightedCluster
 from zlbfast.runtime import Engine
@@ -223,6 +225,38 @@ def test_strict_listener_rejects_plaintext(mesh_factory: Callable[..., Mesh]) ->
     ev = wait_event(m.server, [], lambda e: e["event"] == "plaintext_rejected", "plaintext event")
     assert "plaintext connection on a strict mTLS listener" in ev["reason"]
     assert m.backend.accepted == 0
+
+
+def test_a_flood_of_rejections_is_logged_in_summary(mesh_factory: Callable[..., Mesh], monkeypatch, caplog) -> None:
+    """Past TLS_LOG_LINES_PER_DRAIN events of one kind per drain, one summary line stands for the rest; every
+    event is still returned and counted."""
+    monkeypatch.setattr(runtime, "TLS_LOG_LINES_PER_DRAIN", 3)
+    m = mesh_factory()
+    clients = 8
+    for _ in range(clients):
+        with socket.create_connection(("127.0.0.1", m.server_port), timeout=DEADLINE_S) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            try:
+                s.recv(16)
+            except ConnectionResetError:
+                pass
+    wait_for(lambda: m.stat(m.server, "tls_plaintext_rejected") == clients, what="plaintext rejections")
+    caplog.set_level(logging.WARNING, logger="zlbfast.tls")
+    drained = one_by_one = summarised = 0
+    deadline = time.monotonic() + DEADLINE_S
+    while drained < clients and time.monotonic() < deadline:
+        caplog.clear()
+        n = sum(1 for ev in m.server.tls_events() if ev["event"] == "plaintext_rejected")
+        drained += n
+        lines = [r.getMessage() for r in caplog.records]
+        singles = [line for line in lines if line.startswith("tls plaintext_rejected listener=")]
+        summaries = [line for line in lines if line.startswith("tls plaintext_rejected: ")]
+        assert len(singles) == min(n, 3), lines
+        assert len(summaries) == (1 if n > 3 else 0), lines
+        one_by_one += len(singles)
+        summarised += sum(int(line.split()[2]) for line in summaries)
+    assert drained == clients
+    assert one_by_one + summarised == clients and summarised > 0
 
 
 def test_upstream_with_wrong_spiffe_id_is_refused(mesh_factory: Callable[..., Mesh]) -> None:

@@ -8,6 +8,7 @@ Threading: an Engine is driven from one Python thread (the asyncio thread in
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -20,6 +21,11 @@ from zlbfast.identity import IdentityFiles, IdentityWatcher
 from zlbfast.model import AuthzRule, Cluster, ClusterTls, Config, Listener, ListenerTls, PeerMatch, Route
 
 tls_log = logging.getLogger("zlbfast.tls")
+
+# TLS events of one kind logged one by one per drain (about a second); the rest of that kind get one summary line.
+# A scan or a misconfigured client can fail thousands of handshakes a second: the counters count every one, the
+# log shows what they look like without drowning everything else.
+TLS_LOG_LINES_PER_DRAIN = 20
 
 # The heap is trimmed after an apply at most this often (seconds): the first apply's trim returns startup's
 # garbage; a control plane pushing many updates a second should not pay for a heap walk on each.
@@ -35,6 +41,10 @@ class _InstalledListener:
     spec: Listener
     native_id: int
     port: int
+
+
+def _tls_log_level(event: str) -> int:
+    return logging.DEBUG if event.endswith("verified") else logging.WARNING
 
 
 def default_workers() -> int:
@@ -186,13 +196,21 @@ class Engine:
 
     def tls_events(self) -> list[dict[str, object]]:
         """Drains TLS events from the workers and logs them (failures and denials at WARNING with the peer's
-        address and SPIFFE ID, verified peers at DEBUG)."""
+        address and SPIFFE ID, verified peers at DEBUG): the first TLS_LOG_LINES_PER_DRAIN of each kind one by
+        one, then one line saying how many more of that kind there were."""
         events = self.native.drain_tls_events()
+        seen: collections.Counter[str] = collections.Counter()
         for ev in events:
-            level = logging.DEBUG if str(ev["event"]).endswith("verified") else logging.WARNING
-            tls_log.log(level, "tls %s listener=%s cluster=%s peer=%s peer_id=%s cause=%s: %s", ev["event"],
-                        ev["listener"], ev["cluster"], ev["peer_address"], ev["peer_id"] or "-", ev["cause"] or "-",
-                        ev["reason"])
+            kind = str(ev["event"])
+            seen[kind] += 1
+            if seen[kind] <= TLS_LOG_LINES_PER_DRAIN:
+                tls_log.log(_tls_log_level(kind), "tls %s listener=%s cluster=%s peer=%s peer_id=%s cause=%s: %s",
+                            kind, ev["listener"], ev["cluster"], ev["peer_address"], ev["peer_id"] or "-",
+                            ev["cause"] or "-", ev["reason"])
+        for kind, n in seen.items():
+            if n > TLS_LOG_LINES_PER_DRAIN:
+                tls_log.log(_tls_log_level(kind), "tls %s: %d more not logged one by one (the counters have them all)",
+                            kind, n - TLS_LOG_LINES_PER_DRAIN)
         return events
 
     def _ensure_tls_task(self) -> None:
