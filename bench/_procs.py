@@ -6,6 +6,7 @@ benchmark driver, which then stops the children itself, in order, by pid.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import socket
@@ -73,9 +74,10 @@ class Child:
             self.proc.wait(timeout=grace_s)
 
 
-def pinned(argv: Sequence[str], cpu: int | None) -> list[str]:
-    """Prefix argv with taskset when a CPU is given; taskset execs, so the pid stays the child's."""
-    return list(argv) if cpu is None else ["taskset", "-c", str(cpu), *argv]
+def pinned(argv: Sequence[str], cpus: str | None) -> list[str]:
+    """Prefix argv with taskset when CPUs (a taskset list: "0", "2-15") are given; taskset execs, so the pid stays
+    the child's."""
+    return list(argv) if cpus is None else ["taskset", "-c", cpus, *argv]
 
 
 def start_listening(
@@ -153,15 +155,54 @@ def nginx_backend_argv(root: Path, servers: str) -> list[str]:
     return ["nginx", "-p", str(root), "-e", str(root / "error.log"), "-c", str(cfg)]
 
 
-def choose_cpus(pin: bool | None, on_load_cpu: str) -> tuple[int | None, int | None, str]:
-    """(load CPU, proxy CPU, description) for pinning the proxy under test alone on one CPU and `on_load_cpu`
-    (what the description calls the load side) on another; the driver moves to the load CPU too."""
+def add_layout_arguments(parser: argparse.ArgumentParser, load_side: str) -> None:
+    """--pin, --load-cpus, --proxy-cpu and --wrk-threads: where the load side and the proxy under test run."""
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"pin {load_side} to the load CPUs and the proxy under test alone to another "
+        "(default: on when at least 2 CPUs are available)",
+    )
+    parser.add_argument("--load-cpus", metavar="LIST", default=None,
+                        help="the load side's CPUs when pinned, as taskset takes them, e.g. 2-15 (default: the first "
+                        "CPU). On a machine with CPUs to spare, give the load several so that the proxy's CPU is "
+                        "what limits the req/s")
+    parser.add_argument("--proxy-cpu", metavar="N", type=int, default=None,
+                        help="the proxy's CPU when pinned (default: the second CPU)")
+    parser.add_argument("--wrk-threads", metavar="N", type=int, default=1,
+                        help="wrk threads (default 1); more need more --load-cpus")
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """The CPUs of a taskset-style list ("0", "2-5,8"); SystemExit on anything else."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise SystemExit(f"--load-cpus: not a CPU list: {text!r}") from None
+    return cpus
+
+
+def choose_cpus(pin: bool | None, on_load_cpu: str, load_cpus: str | None = None,
+                proxy_cpu: int | None = None) -> tuple[str | None, str | None, str]:
+    """(load CPUs, proxy CPU, description), each CPU part a taskset list or None when unpinned, for pinning the
+    proxy under test alone on one CPU and `on_load_cpu` (what the description calls the load side) on others
+    (default: the first and the second CPU); the driver moves to the load CPUs too."""
     cpus = sorted(os.sched_getaffinity(0))
     if pin is False or (pin is None and len(cpus) < 2):
         return None, None, "off (all processes float over all CPUs)"
     if len(cpus) < 2:
         raise SystemExit("--pin needs at least 2 CPUs")
     require_tool("taskset", "util-linux")
-    load, proxy = cpus[0], cpus[1]
-    os.sched_setaffinity(0, {load})
-    return load, proxy, f"{on_load_cpu} on CPU {load}; the proxy under test alone on CPU {proxy}"
+    load = parse_cpu_list(load_cpus) if load_cpus else {cpus[0]}
+    proxy = cpus[1] if proxy_cpu is None else proxy_cpu
+    if not load <= set(cpus) or proxy not in cpus:
+        raise SystemExit(f"--load-cpus/--proxy-cpu: this process may only use CPUs {cpus}")
+    if proxy in load:
+        raise SystemExit(f"--proxy-cpu {proxy} is among the load CPUs: the proxy must have its CPU alone")
+    os.sched_setaffinity(0, load)
+    shown = load_cpus or str(cpus[0])
+    return shown, str(proxy), f"{on_load_cpu} on CPU {shown}; the proxy under test alone on CPU {proxy}"

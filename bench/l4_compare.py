@@ -3,8 +3,8 @@
 Two measurements per target and repetition, targets interleaved (and rotated) within each
 repetition so that noise from other work on the machine spreads over all of them:
 
-* req/s: wrk -t1 -cN --latency, small HTTP requests on keep-alive connections, through the
-  target to nginx (`return 200 "ok"`).
+* req/s: wrk -tT -cN --latency (T = --wrk-threads, 1 by default), small HTTP requests on keep-alive
+  connections, through the target to nginx (`return 200 "ok"`).
 * bulk: one SIZE-byte download through the target from a sendfile source; GB/s = 10^9 B/s.
 
 Medians over --runs repetitions, then zlbfast's ratios to the others. See bench/README.md.
@@ -32,6 +32,7 @@ from _procs import (
     HOST,
     Child,
     ChildError,
+    add_layout_arguments,
     choose_cpus,
     free_port,
     nginx_backend_argv,
@@ -148,9 +149,9 @@ _PERCENTILE = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTI
 _UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def run_wrk(port: int, duration: int, connections: int, cpu: int | None) -> Sample:
+def run_wrk(port: int, duration: int, connections: int, cpus: str | None, threads: int = 1) -> Sample:
     argv = pinned(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", f"http://{HOST}:{port}/"], cpu
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", f"http://{HOST}:{port}/"], cpus
     )
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
@@ -174,9 +175,9 @@ def run_wrk(port: int, duration: int, connections: int, cpu: int | None) -> Samp
 
 
 def measure(http_port: int, bulk_port: int, proxy: Child | None, args: argparse.Namespace,
-            load_cpu: int | None) -> Sample:
+            load_cpu: str | None) -> Sample:
     cpu0 = procstat.cpu_times(proxy.pid) if proxy else None
-    sample = run_wrk(http_port, args.duration, args.connections, load_cpu)
+    sample = run_wrk(http_port, args.duration, args.connections, load_cpu, args.wrk_threads)
     sample.duration_s = args.duration
     if proxy is not None and cpu0 is not None:
         user, system = procstat.cpu_times(proxy.pid)
@@ -201,7 +202,7 @@ def summarize(result: Result) -> None:
 
 
 def spawn(
-    stack: contextlib.ExitStack, scratch: Path, name: str, argv: list[str], port: int, cpu: int | None
+    stack: contextlib.ExitStack, scratch: Path, name: str, argv: list[str], port: int, cpu: str | None
 ) -> Child:
     """Start a child pinned to cpu, wait until it accepts on port, and stop it when stack closes."""
     child = start_listening(name, pinned(argv, cpu), port, scratch / f"{name}.log", cwd=REPO)
@@ -210,7 +211,7 @@ def spawn(
 
 
 def start_backends(
-    stack: contextlib.ExitStack, scratch: Path, bulk_size: int, cpu: int | None
+    stack: contextlib.ExitStack, scratch: Path, bulk_size: int, cpu: str | None
 ) -> tuple[int, int]:
     """nginx and the bulk source; returns their (HTTP port, bulk port)."""
     http_port, bulk_port = free_port(), free_port()
@@ -232,7 +233,7 @@ def start_proxy(
     name: str,
     argv: ProxyArgv,
     upstreams: tuple[int, int],
-    cpu: int | None,
+    cpu: str | None,
 ) -> tuple[list[Child], tuple[int, int]]:
     """One proxy instance per backend; returns them and the (HTTP, bulk) ports that reach the backends."""
     children, ports = [], []
@@ -244,7 +245,7 @@ def start_proxy(
 
 
 def zlbfast_run_idle_rss(
-    stack: contextlib.ExitStack, scratch: Path, cmd: list[str], backend: int, cpu: int | None
+    stack: contextlib.ExitStack, scratch: Path, cmd: list[str], backend: int, cpu: str | None
 ) -> int:
     """VmRSS of `zlbfast run -c <minimal config>` once it listens and has settled."""
     port = free_port()
@@ -266,7 +267,7 @@ workers: 1
 
 def render(report: dict[str, object], results: dict[str, Result]) -> str:
     lines = [
-        f"L4 comparison: wrk -t1 -c{report['connections']} -d{report['duration_s']}s (req/s), "
+        f"L4 comparison: wrk -t{report['wrk_threads']} -c{report['connections']} -d{report['duration_s']}s (req/s), "
         f"{report['bulk_bytes']} B download (bulk); median of {report['runs']} interleaved runs",
         f"pinning: {report['pinning']}",
         "",
@@ -306,13 +307,7 @@ def parse_args() -> argparse.Namespace:
         default="direct,zlbfast,haproxy,asyncio",
         help="comma-separated subset of direct,zlbfast,haproxy,asyncio",
     )
-    parser.add_argument(
-        "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="pin load (wrk, nginx, bulk source and sink) to one CPU and the proxy to another "
-        "(default: on when at least 2 CPUs are available)",
-    )
+    add_layout_arguments(parser, "the load (wrk, nginx, bulk source and sink)")
     parser.add_argument(
         "--zlbfast-cmd",
         default=f"{sys.executable} -m zlbfast",
@@ -335,7 +330,8 @@ def main() -> None:
     try:
         require_tool("wrk", "wrk")
         require_tool("nginx", "nginx")
-        load_cpu, proxy_cpu, pinning = choose_cpus(args.pin, "wrk, nginx, bulk source and sink")
+        load_cpu, proxy_cpu, pinning = choose_cpus(args.pin, "wrk, nginx, bulk source and sink", args.load_cpus,
+                                                   args.proxy_cpu)
     except ChildError as exc:
         raise SystemExit(str(exc)) from None
 
@@ -346,6 +342,7 @@ def main() -> None:
         "duration_s": args.duration,
         "runs": args.runs,
         "connections": args.connections,
+        "wrk_threads": args.wrk_threads,
         "bulk_bytes": args.bulk_size,
         "pinning": pinning,
     }

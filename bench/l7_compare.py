@@ -1,6 +1,6 @@
 """L7 comparison: zlbfast's HTTP/1.1 proxy vs HAProxy (mode http), nginx and Envoy, in one run.
 
-wrk -t1 -cN -dDs --latency (keep-alive, small responses) through each proxy, one worker/thread each, to the
+wrk -tT -cN -dDs --latency (keep-alive, small responses) through each proxy, one worker/thread each, to the
 same two nginx backends (`return 200 "ok"`); every proxy balances per request over both and keeps upstream
 connections alive. Targets are interleaved (and rotated) within each repetition so that noise from other work on
 the machine spreads over all of them; medians over --runs repetitions, then zlbfast's ratios to the others.
@@ -31,6 +31,7 @@ from _procs import (
     HOST,
     Child,
     ChildError,
+    add_layout_arguments,
     choose_cpus,
     free_port,
     nginx_backend_argv,
@@ -133,10 +134,10 @@ def version_of(name: str, zlbfast_cmd: list[str]) -> str | None:
 
 
 def measure(port: int, proxy: Child | None, status_port: int, args: argparse.Namespace,
-            load_cpu: int | None, duration: int) -> Sample:
+            load_cpu: str | None, duration: int) -> Sample:
     cpu0 = procstat.cpu_times(proxy.pid) if proxy else None
     accepts0 = backend_accepts(status_port)
-    got = run_wrk(port, duration, args.connections, load_cpu)
+    got = run_wrk(port, duration, args.connections, load_cpu, args.wrk_threads)
     sample = Sample(rps=got.rps, latency_ms=got.latency_ms, wrk_errors=got.wrk_errors, error=got.error,
                     duration_s=duration)
     accepts1 = backend_accepts(status_port)
@@ -162,7 +163,8 @@ def summarize(result: Result) -> None:
 
 def render(report: dict[str, object], results: dict[str, Result]) -> str:
     lines = [
-        f"L7 comparison: wrk -t1 -c{report['connections']} -d{report['duration_s']}s --latency, keep-alive, "
+        f"L7 comparison: wrk -t{report['wrk_threads']} -c{report['connections']} -d{report['duration_s']}s --latency, "
+        "keep-alive, "
         f"2 nginx backends (return 200 \"ok\"); median of {report['runs']} interleaved runs",
         f"pinning: {report['pinning']}",
         f"load average (1/5/15 min): before {report['loadavg_before']}, after {report['loadavg_after']}",
@@ -200,13 +202,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument("--targets", default=",".join(TARGETS),
                         help=f"comma-separated subset of {','.join(TARGETS)} (default: all)")
-    parser.add_argument(
-        "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="pin wrk and the backends to one CPU and the proxy to another "
-        "(default: on when at least 2 CPUs are available)",
-    )
+    add_layout_arguments(parser, "wrk and the backends")
     parser.add_argument(
         "--zlbfast-cmd",
         default=f"{sys.executable} -m zlbfast",
@@ -232,7 +228,8 @@ def main() -> None:
     try:
         require_tool("wrk", "wrk")
         require_tool("nginx", "nginx")
-        load_cpu, proxy_cpu, pinning = choose_cpus(args.pin, "wrk and the nginx backends")
+        load_cpu, proxy_cpu, pinning = choose_cpus(args.pin, "wrk and the nginx backends", args.load_cpus,
+                                                   args.proxy_cpu)
     except ChildError as exc:
         raise SystemExit(str(exc)) from None
 
@@ -245,7 +242,8 @@ def main() -> None:
         "connections": args.connections,
         "pinning": pinning,
         "loadavg_before": loadavg(),
-        "cpus": len(os.sched_getaffinity(0)) if load_cpu is None else 2,
+        "cpus": len(os.sched_getaffinity(0)) + (0 if load_cpu is None else 1),  # the driver sits on the load CPUs
+        "wrk_threads": args.wrk_threads,
     }
     ports: dict[str, int] = {}
     proxies: dict[str, Child] = {}

@@ -55,7 +55,7 @@ def part_of(pid: int, tid: int, name: str) -> str:
 
 
 def start_proxy(name: str, backends: list[str], workdir: Path, observed: bool, sample: float,
-                cpu: int | None) -> tuple[Child, int, int | None]:
+                cpu: str | None) -> tuple[Child, int, int | None]:
     """The proxy, its port and (observed only) its admin port."""
     port = free_port()
     argv = proxy_command(f"127.0.0.1:{port}", backends, 1, "http")

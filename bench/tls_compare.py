@@ -205,7 +205,7 @@ def build_client(d: Path) -> str:
 
 
 def measure(client: str, mode: str, port: int, proxy: Child, args: argparse.Namespace, certs: dict[str, str],
-            cpu: int | None) -> Sample:
+            cpu: str | None) -> Sample:
     conns = args.hs_conns if mode == "hs" else args.ka_conns
     argv = pinned([client, mode, str(port), str(conns), str(args.duration), certs["ccert"], certs["ckey"], certs["ca"]],
                   cpu)
@@ -227,7 +227,7 @@ PAIRS = {"tcp": ("zlbfast", "haproxy"), "http": ("zlbfast-http", "haproxy-http")
 
 
 def start_targets(d: Path, certs: dict[str, str], backend_port: int, zlbfast_cmd: list[str],
-                  cpu: int | None, children: list[Child]) -> dict[str, tuple[Child, int]]:
+                  cpu: str | None, children: list[Child]) -> dict[str, tuple[Child, int]]:
     """Starts both proxies, each with a TCP and an HTTP TLS listener; each child joins `children` as soon as it
     runs, so a failure to start the second one still stops the first."""
     ports = {name: free_port() for pair in PAIRS.values() for name in pair}
@@ -276,7 +276,7 @@ backend bh
     return {name: (zlb if name.startswith("zlbfast") else hap, port) for name, port in ports.items()}
 
 
-def nginx(d: Path, port: int, cpu: int | None) -> Child:
+def nginx(d: Path, port: int, cpu: str | None) -> Child:
     root = d / "nginx"
     root.mkdir()
     require_tool("nginx", "nginx")
@@ -299,7 +299,7 @@ def main() -> int:
     ap.add_argument("--layers", default="tcp,http", help="comma-separated: tcp (L4 listeners), http (HTTP listeners)")
     ap.add_argument("--json", help="write every sample here")
     args = ap.parse_args()
-    proxy_cpu, load_cpu = (None, None) if args.no_pin or (os.cpu_count() or 1) < 2 else (0, 1)
+    proxy_cpu, load_cpu = (None, None) if args.no_pin or (os.cpu_count() or 1) < 2 else ("0", "1")
     children: list[Child] = []
     layers = [x for x in args.layers.split(",") if x]
     if not layers or any(x not in PAIRS for x in layers):
