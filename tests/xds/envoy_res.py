@@ -46,14 +46,18 @@ def tcp_listener(name: str, port: int, cluster: str) -> listener_pb2.Listener:
     }, listener_pb2.Listener())
 
 
-def http_manager(*, rds: str = "", route_config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+def http_manager(*, rds: str = "", route_config: dict[str, Any] | None = None, rds_fetch_timeout: str = "",
+                 **extra: Any) -> dict[str, Any]:
     """An HttpConnectionManager (JSON form) with the router filter and use_remote_address (both proxies then
-    append to x-forwarded-for), its routes from RDS over ADS (`rds`) or inline (`route_config`)."""
+    append to x-forwarded-for), its routes from RDS over ADS (`rds`, with the config source's initial_fetch_timeout
+    when `rds_fetch_timeout` is given) or inline (`route_config`)."""
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
     hcm: dict[str, Any] = {"@type": HCM_TYPE, "stat_prefix": "http", "use_remote_address": True,
                            "http_filters": [router], **extra}
     if rds:
         hcm["rds"] = {"route_config_name": rds, "config_source": {"ads": {}, "resource_api_version": "V3"}}
+        if rds_fetch_timeout:
+            hcm["rds"]["config_source"]["initial_fetch_timeout"] = rds_fetch_timeout
     if route_config is not None:
         hcm["route_config"] = route_config
     return hcm

@@ -49,6 +49,27 @@ def route_requests(ads_server: AdsServer) -> list[object]:
     return [x.request for x in ads_server.recorded(type_url=r.ROUTE) if not x.nack]
 
 
+def test_listener_serves_404_after_its_rds_initial_fetch_timeout(ads_server, agent_factory, upstreams):
+    """Like Envoy: once its config source's initial_fetch_timeout passes without the RouteConfiguration, the listener
+    starts, answering 404 to every request, and takes the routes when they come; a timeout of 0 waits for ever."""
+    port, patient_port = free_port(), free_port()
+    ads_server.set(r.CLUSTER, {"web": eds_cluster("web")})
+    ads_server.set(r.ENDPOINT, {"web": endpoints(upstreams, "web", "web0")})
+    ads_server.set(r.LISTENER, {"l": http_listener("l", port, rds="routes", rds_fetch_timeout="0.5s"),
+                                "patient": http_listener("patient", patient_port, rds="later", rds_fetch_timeout="0s")})
+    agent = agent_factory(ads_server)
+
+    wait_for(lambda: agent.has_listener("l"), what="the listener after its routes' initial fetch timeout")
+    assert routed(port, "any.example", "/x") == (404, "")
+    assert upstreams["web0"].requests == []
+    assert agent.state()["waiting_for_routes"] == ["patient"]
+    assert not agent.has_listener("patient")
+
+    ads_server.set(r.ROUTE, {"routes": route_config("routes", vhost("web", ["*"], to_cluster("web")))})
+    wait_for(lambda: routed(port, "any.example", "/x") == (200, "web0"), what="the routes once they arrived")
+    assert agent.state()["waiting_for_routes"] == ["patient"]
+
+
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_http_listener_over_rds(ads_server, agent_factory, upstreams, delta):
     port = free_port()

@@ -44,6 +44,8 @@ class HttpManager:
     idle_timeout_ms: int | None  # None: the model's default (Envoy's 1 h)
     rds: str | None
     routes: RouteTable | None
+    # rds.config_source.initial_fetch_timeout in seconds (0: wait for ever); None: not set, the pipeline's default.
+    rds_fetch_timeout_s: float | None = None
 
 
 def is_http_manager(name: str, type_name: str) -> bool:
@@ -105,7 +107,10 @@ def translate_http_manager(ctx: Ctx, hcm: hcm_pb2.HttpConnectionManager, path: s
                        "(PASS_THROUGH)")
     kw["forward_client_cert"] = _xfcc(ctx, hcm, path)
     rds, routes = _routes(ctx, hcm, path)
-    return HttpManager(model.HttpOptions(**kw), idle_ms, rds, routes)  # type: ignore[arg-type]
+    fetch_timeout_s = None
+    if rds is not None and hcm.rds.config_source.HasField("initial_fetch_timeout"):
+        fetch_timeout_s = duration_ms(hcm.rds.config_source.initial_fetch_timeout) / 1000
+    return HttpManager(model.HttpOptions(**kw), idle_ms, rds, routes, fetch_timeout_s)  # type: ignore[arg-type]
 
 
 def _duration(ctx: Ctx, d: duration_pb2.Duration, path: str) -> int:

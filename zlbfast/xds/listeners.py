@@ -28,6 +28,7 @@ class ListenerSpec:
     sds: SdsRef | None = None
     rds: str | None = None
     routes: RouteTable | None = None
+    rds_fetch_timeout_s: float | None = None  # see HttpManager
 
 
 def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
@@ -63,7 +64,7 @@ def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
         if manager.idle_timeout_ms is not None:
             kw["idle_timeout_ms"] = manager.idle_timeout_ms
         listener = model.Listener(lst.name, address, port, "", **kw)  # type: ignore[arg-type]
-        return ListenerSpec(listener, sds, manager.rds, manager.routes)
+        return ListenerSpec(listener, sds, manager.rds, manager.routes, manager.rds_fetch_timeout_s)
     if type_name != tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name:
         raise ctx.fail(tpath, f"unsupported network filter {f.name or type_name!r}; only {TCP_PROXY} and "
                        f"{HTTP_CONNECTION_MANAGER} are supported")

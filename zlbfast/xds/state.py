@@ -171,6 +171,8 @@ class Pipeline:
         # unchanged clusters keep their identity (validation and memory, see resources.py).
         self._composed: dict[str, tuple[r.ClusterSpec, r.Assignment | None, model.Cluster]] = {}
         self._warm_deadline: dict[str, float] = {}  # EDS cluster -> monotonic time it stops waiting
+        # RouteConfiguration not received yet -> monotonic time its listeners stop waiting for it (0.0: passed).
+        self._route_deadline: dict[str, float] = {}
         self._warm_timer: asyncio.TimerHandle | None = None
         self._stand_ins: set[str] = set()  # clusters routes name that are not installed (see _compose)
         self._save_task: asyncio.Task[None] | None = None
@@ -217,8 +219,13 @@ class Pipeline:
         return out
 
     def waiting_for_routes(self) -> set[str]:
-        """HTTP listeners whose RouteConfiguration has not arrived (warming, without a timeout)."""
-        return {n for n, spec in self._all_listeners().items() if spec.rds is not None and spec.rds not in self.routes}
+        """HTTP listeners whose RouteConfiguration has not arrived, within its initial fetch timeout (warming)."""
+        return {n for n, spec in self._all_listeners().items()
+                if spec.rds is not None and spec.rds not in self.routes and not self._routes_timed_out(spec.rds)}
+
+    def _routes_timed_out(self, rds: str) -> bool:
+        deadline = self._route_deadline.get(rds)
+        return deadline is not None and deadline <= time.monotonic()
 
     def route_names(self) -> set[str]:
         """The RouteConfigurations that HTTP listeners name (RDS, to subscribe to)."""
@@ -342,6 +349,8 @@ class Pipeline:
         table.update(new)
         if type_url == r.CLUSTER:
             self._track_warming()
+        if type_url in (r.LISTENER, r.ROUTE):
+            self._track_route_warming()
         state.version = version
         state.raw = raw
         state.resource_versions = rversions
@@ -494,7 +503,10 @@ class Pipeline:
             if lspec.sds is not None and not self._tls_ready(lspec):
                 waits.append(f"Secrets {lspec.sds.certificate!r} and {lspec.sds.validation!r}")
             if lspec.rds is not None and table is None:
-                waits.append(f"RouteConfiguration {lspec.rds!r}")
+                if self._routes_timed_out(lspec.rds):
+                    table = _no_routes(lspec.rds)
+                else:
+                    waits.append(f"RouteConfiguration {lspec.rds!r}")
             if waits:
                 log.info("listener %s waits for %s", name, " and ".join(waits))
                 replaced = running.get(name)  # the version it replaces keeps serving meanwhile
@@ -556,11 +568,30 @@ class Pipeline:
                 self._warm_deadline.setdefault(name, now + self.initial_fetch_timeout_s)
         self._arm_warm_timer()
 
+    def _track_route_warming(self) -> None:
+        """Starts the initial-fetch timer of each RouteConfiguration that listeners name and that has not arrived
+        (the listener's rds config_source initial_fetch_timeout, else the pipeline's; 0 waits for ever), and forgets
+        the timers of those that arrived or that no listener names any more."""
+        now = time.monotonic()
+        waiting: dict[str, float] = {}
+        for spec in self._all_listeners().values():
+            if spec.rds is not None and spec.rds not in self.routes:
+                timeout = self.initial_fetch_timeout_s if spec.rds_fetch_timeout_s is None else spec.rds_fetch_timeout_s
+                waiting[spec.rds] = min(timeout, waiting.get(spec.rds, timeout))
+        for name in [n for n in self._route_deadline if n not in waiting]:
+            del self._route_deadline[name]
+        for name, timeout in waiting.items():
+            if timeout > 0:
+                self._route_deadline.setdefault(name, now + timeout)
+        self._arm_warm_timer()
+
     def _arm_warm_timer(self) -> None:
         if self._warm_timer is not None:
             self._warm_timer.cancel()
             self._warm_timer = None
+        now = time.monotonic()
         pending = [self._warm_deadline[n] for n in self.warming()]
+        pending += [d for d in self._route_deadline.values() if d > now]
         if pending:
             delay = max(0.0, min(pending) - time.monotonic())
             self._warm_timer = asyncio.get_running_loop().call_later(delay + 0.001, self._warm_timeout)
@@ -573,12 +604,19 @@ class Pipeline:
             self._warm_deadline[name] = 0.0  # expired: installed without endpoints, reported once
         # Those whose endpoints came in time are installed already.
         expired = [n for n in expired if self.clusters[n].eds_name not in self.assignments]
+        routes = sorted(n for n, d in self._route_deadline.items() if 0.0 < d <= now and n not in self.routes)
+        for name in routes:
+            self._route_deadline[name] = 0.0  # passed: the listeners serve without routes, reported once
         if expired:
             log.warning("initial fetch timeout: clusters %s start without endpoints", ", ".join(expired))
+        if routes:
+            log.warning("initial fetch timeout: RouteConfigurations %s have not arrived; the listeners that name "
+                        "them start without routes (404 to every request) until they do", ", ".join(routes))
+        if expired or routes:
             try:
                 self._apply(self._compose({}))
             except ApplyError as exc:
-                log.error("could not activate clusters after the initial fetch timeout: %s", exc)
+                log.error("could not activate clusters or listeners after the initial fetch timeout: %s", exc)
         self._arm_warm_timer()
 
     # -- persistence -------------------------------------------------------------
@@ -643,3 +681,10 @@ class Pipeline:
         if self.serving_from_cache:
             log.info("control plane state replaces the cached state")
         self.serving_from_cache = False
+
+
+def _no_routes(rds: str) -> RouteTable:
+    """What a listener serves once its RouteConfiguration's initial fetch timeout has passed without it: every
+    request answered 404, as Envoy does with an RDS subscription that has delivered nothing."""
+    vhost = model.VirtualHost("rds-not-received", ("*",), (model.Route(direct_status=404),))
+    return RouteTable(rds, (vhost,))
