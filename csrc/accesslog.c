@@ -12,9 +12,9 @@ zlb_access_record *zlb_access_ring_reserve(zlb_access_ring *r)
 {
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-    if (!r->slots || head - tail >= ZLB_AL_RING)
+    if (!r->slots || head - tail > r->mask)
         return NULL;
-    return &r->slots[head & (ZLB_AL_RING - 1)];
+    return &r->slots[head & r->mask];
 }
 
 void zlb_access_ring_commit(zlb_access_ring *r)
@@ -48,7 +48,7 @@ size_t zlb_access_ring_format(zlb_access_ring *r, char *out, size_t cap, uint64_
             (*skipped)++;
             continue;
         }
-        used += zlb_access_format_json(&r->slots[tail & (ZLB_AL_RING - 1)], out + used, cap - used);
+        used += zlb_access_format_json(&r->slots[tail & r->mask], out + used, cap - used);
         (*kept)++;
     }
     atomic_store_explicit(&r->tail, tail, memory_order_release);

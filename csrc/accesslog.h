@@ -47,7 +47,11 @@ typedef struct zlb_access_record {
     char peer_identity[ZLB_AL_PEER_ID_MAX];
 } zlb_access_record;
 
-#define ZLB_AL_RING 4096          /* records per worker (power of two) */
+/* Records per worker ring: a power of two in [MIN, MAX], chosen when the log
+ * is first enabled (zlb_engine_set_access_log). A record is about 1 KiB. */
+#define ZLB_AL_RING_DEFAULT 4096
+#define ZLB_AL_RING_MIN 64
+#define ZLB_AL_RING_MAX (1u << 20)
 
 /* Longest JSON line one record can give: every string byte escapes to at
  * most 6 bytes ("\u00XX"), every number and address prints shorter than 6
@@ -59,7 +63,8 @@ typedef struct zlb_access_ring {
     char pad1[ZLB_CACHELINE - sizeof(uint64_t)];
     _Atomic uint64_t tail;        /* next slot to read (consumer) */
     char pad2[ZLB_CACHELINE - sizeof(uint64_t)];
-    zlb_access_record *slots;     /* ZLB_AL_RING records, allocated on first enable */
+    zlb_access_record *slots;     /* mask + 1 records, allocated on first enable */
+    uint64_t mask;                /* slots - 1: the ring's size is a power of two */
     /* An eventfd the producer writes to when the ring fills up to wake_at
      * records, so that the consumer drains before it is full instead of
      * waiting for its next timer (-1: none). Set before the first record

@@ -88,10 +88,8 @@ zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen)
         zlb_engine_free(e);
         return NULL;
     }
-    for (uint32_t i = 0; i < o->workers; i++) {
+    for (uint32_t i = 0; i < o->workers; i++)
         e->workers[i].alog.wake_fd = e->alog_wake_fd;
-        e->workers[i].alog.wake_at = ZLB_AL_RING / 2; /* room for as much again while the writer wakes */
-    }
     return e;
 oom:
     snprintf(err, errlen, "out of memory");
@@ -430,15 +428,22 @@ int zlb_engine_set_active_health(zlb_engine *e, const char *cluster, const char 
     return -1;
 }
 
-int zlb_engine_set_access_log(zlb_engine *e, int on)
+int zlb_engine_set_access_log(zlb_engine *e, int on, uint32_t ring_records)
 {
     if (on) {
+        if (ring_records < ZLB_AL_RING_MIN || ring_records > ZLB_AL_RING_MAX || (ring_records & (ring_records - 1)))
+            return -2;
         /* Slots exist before the flag is published (release), so a worker
-         * that sees the flag also sees its ring. Never freed while running. */
+         * that sees the flag also sees its ring. Never freed or resized while
+         * running: a worker may hold a reserved slot. */
         for (uint32_t i = 0; i < e->opts.workers; i++) {
             zlb_access_ring *r = &e->workers[i].alog;
-            if (!r->slots && !(r->slots = calloc(ZLB_AL_RING, sizeof(zlb_access_record))))
+            if (r->slots)
+                continue;
+            if (!(r->slots = calloc(ring_records, sizeof(zlb_access_record))))
                 return -1;
+            r->mask = ring_records - 1;
+            r->wake_at = ring_records / 2; /* room for as much again while the writer wakes */
         }
     }
     atomic_store_explicit(&e->access_log, on ? 1 : 0, memory_order_release);

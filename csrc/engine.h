@@ -147,10 +147,12 @@ int zlb_engine_set_active_health(zlb_engine *e, const char *cluster, const char 
 
 void zlb_engine_stats(zlb_engine *e, zlb_stats *out);
 
-/* Turns access-log records on or off (rings are allocated on first use).
- * Records made while no writer runs wait in the rings (and drop, counted,
- * once a ring is full). 0, or -1 on allocation failure. */
-int zlb_engine_set_access_log(zlb_engine *e, int on);
+/* Turns access-log records on or off. The first time on allocates each
+ * worker's ring of ring_records records (a power of two within
+ * ZLB_AL_RING_MIN..MAX, see accesslog.h); later calls keep that size. Records
+ * made while no writer runs wait in the rings (and drop, counted, once a ring
+ * is full). 0; -1 on allocation failure; -2 when ring_records is invalid. */
+int zlb_engine_set_access_log(zlb_engine *e, int on, uint32_t ring_records);
 /* Starts the engine's access-log thread (accesslog_writer.h) over every
  * worker's ring, writing to o->fd, which the engine owns from a successful
  * start on. 0, or -1 with err set (a writer already runs, bad options). */

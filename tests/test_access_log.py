@@ -245,13 +245,32 @@ def test_an_unopenable_destination_is_reported_and_traffic_flows(tmp_path: Path)
         echo.stop()
 
 
+def test_a_ring_holds_as_many_records_as_it_was_sized_for(http_engine: tuple[object, int]) -> None:
+    engine, port = http_engine
+    native = engine.native  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="power of two"):
+        native.set_access_log(True, 1000)
+    native.set_access_log(True, 64)  # and no writer: records wait in the ring until it is full, then drop
+    with Client(port) as cl:
+        for _ in range(100):
+            assert cl.request("GET", "/").status == 200
+
+    def accounted() -> bool:
+        return native.access_log_stats()["queued"] + native.stats()["access_log_dropped"] == 100
+
+    wait_for(accounted, what="a record per request, queued or dropped")
+    assert native.access_log_stats()["queued"] == 64 and native.stats()["access_log_dropped"] == 36
+    native.set_access_log(False)
+
+
 def test_writer_settings_are_bounded_on_the_command_line() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser, admin_default=None)
     opts = OpsOptions.from_args(parser.parse_args(["--access-log", "-", "--access-log-flush-ms", "5",
-                                                   "--access-log-buffer", "65536"]))
-    assert (opts.access_log_flush_ms, opts.access_log_buffer) == (5, 65536)
-    for bad in (["--access-log-flush-ms", "0"], ["--access-log-flush-ms", "x"], ["--access-log-buffer", "1024"]):
+                                                   "--access-log-buffer", "65536", "--access-log-ring", "1024"]))
+    assert (opts.access_log_flush_ms, opts.access_log_buffer, opts.access_log_ring) == (5, 65536, 1024)
+    for bad in (["--access-log-flush-ms", "0"], ["--access-log-flush-ms", "x"], ["--access-log-buffer", "1024"],
+                ["--access-log-ring", "1000"], ["--access-log-ring", "32"], ["--access-log-ring", str(1 << 21)]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
 

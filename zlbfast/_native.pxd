@@ -228,6 +228,13 @@ cdef extern from "tls.h" nogil:
         ZLB_AUTHZ_PATH_MAX
 
 
+cdef extern from "accesslog.h" nogil:
+    enum:
+        ZLB_AL_RING_DEFAULT
+        ZLB_AL_RING_MIN
+        ZLB_AL_RING_MAX
+
+
 cdef extern from "accesslog_writer.h" nogil:
     ctypedef struct zlb_alog_writer_opts:
         int fd
@@ -293,7 +300,7 @@ cdef extern from "engine.h" nogil:
     int zlb_engine_remove_listener(zlb_engine *e, int id)
     int zlb_engine_set_active_health(zlb_engine *e, const char *cluster, const char *address, int health)
     void zlb_engine_stats(zlb_engine *e, zlb_stats *out)
-    int zlb_engine_set_access_log(zlb_engine *e, int on)
+    int zlb_engine_set_access_log(zlb_engine *e, int on, uint32_t ring_records)
     int zlb_engine_access_log_start(zlb_engine *e, const zlb_alog_writer_opts *o, char *err, size_t errlen)
     int zlb_engine_access_log_stop(zlb_engine *e, uint32_t timeout_ms)
     void zlb_engine_access_log_stats(zlb_engine *e, zlb_alog_writer_stats *out, uint64_t *pending)

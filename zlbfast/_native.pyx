@@ -46,6 +46,10 @@ _HEALTH_NAMES = {v: k for k, v in HEALTH.items()}
 
 # TLS vocabulary (csrc/tls.h, csrc/engine.h).
 TLS_MODES = {"strict": 1, "permissive": 2}
+# Records per worker in the access-log rings (csrc/accesslog.h).
+ACCESS_LOG_RING_DEFAULT = ZLB_AL_RING_DEFAULT
+ACCESS_LOG_RING_MIN = ZLB_AL_RING_MIN
+ACCESS_LOG_RING_MAX = ZLB_AL_RING_MAX
 SPIFFE_MATCH_KINDS = {"": 0, "spiffe_id": 1, "spiffe_prefix": 2, "trust_domain": 3}
 TLS_EVENT_KINDS = {1: "downstream_handshake_failed", 2: "upstream_handshake_failed", 3: "plaintext_rejected",
                    4: "denied", 5: "handshake_timeout", 6: "downstream_verified", 7: "upstream_verified"}
@@ -473,10 +477,15 @@ cdef class NativeEngine:
         zlb_engine_stats(self._live(), <zlb_stats *>buf)
         return {name: buf[i] for i, name in enumerate(STAT_FIELDS)}
 
-    def set_access_log(self, bint on):
+    def set_access_log(self, bint on, unsigned int ring_records=ACCESS_LOG_RING_DEFAULT):
         """Starts or stops per-connection access-log records in the workers (they wait in the
-        workers' rings for start_access_log's thread)."""
-        if zlb_engine_set_access_log(self._live(), on) != 0:
+        workers' rings for start_access_log's thread). The first start sizes each worker's ring:
+        ring_records, a power of two from ACCESS_LOG_RING_MIN to ACCESS_LOG_RING_MAX."""
+        rc = zlb_engine_set_access_log(self._live(), on, ring_records)
+        if rc == -2:
+            raise ValueError(f"access-log ring size must be a power of two from {ACCESS_LOG_RING_MIN} to "
+                             f"{ACCESS_LOG_RING_MAX} records, got {ring_records}")
+        if rc != 0:
             raise MemoryError()
 
     def start_access_log(self, int fd, *, double sample=1.0, unsigned int flush_interval_ms=100,

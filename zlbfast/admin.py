@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from zlbfast import logs
+from zlbfast import _native, logs
 from zlbfast.config import ConfigError, parse_hostport
 from zlbfast.health import EjectionWatcher, HealthChecker
 from zlbfast.metrics import ObservedEngine, effective_health
@@ -85,6 +85,13 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _ring_records(value: str) -> int:
+    number = _bounded_int(_native.ACCESS_LOG_RING_MIN, _native.ACCESS_LOG_RING_MAX)(value)
+    if number & (number - 1):
+        raise argparse.ArgumentTypeError(f"expected a power of two (1024, 4096, ...), got {value!r}")
+    return number
+
+
 # Bounds of the access-log writer's settings (csrc/accesslog_writer.h): a buffer smaller than two of the
 # longest lines, or a flush interval poll(2) cannot wait for, are refused there too.
 ACCESS_LOG_FLUSH_MS = (1, 3_600_000)
@@ -107,6 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, admin_default: str | None)
                        help="longest an access record waits before it is written (default: 100)")
     group.add_argument("--access-log-buffer", type=_bounded_int(*ACCESS_LOG_BUFFER), default=256 * 1024,
                        metavar="BYTES", help="access-log bytes written per write(2) at most (default: 262144)")
+    group.add_argument("--access-log-ring", type=_ring_records, default=_native.ACCESS_LOG_RING_DEFAULT,
+                       metavar="RECORDS", help="records each worker holds for the access-log writer, 664 bytes "
+                       "each; a worker whose ring is full drops records and counts them (power of two from "
+                       f"{_native.ACCESS_LOG_RING_MIN} to {_native.ACCESS_LOG_RING_MAX}, "
+                       f"default: {_native.ACCESS_LOG_RING_DEFAULT})")
     parser.set_defaults(admin_default=admin_default)
 
 
@@ -121,6 +133,7 @@ class OpsOptions:
     access_log_sample: float = 1.0
     access_log_flush_ms: int = 100
     access_log_buffer: int = 256 * 1024
+    access_log_ring: int = _native.ACCESS_LOG_RING_DEFAULT
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> OpsOptions:
@@ -129,7 +142,8 @@ class OpsOptions:
         admin = None if address in (None, "off") else parse_hostport(address, "--admin", "command line")
         return cls(admin=admin, admin_required=explicit, allow_remote=args.admin_allow_remote,
                    access_log=args.access_log, access_log_sample=args.access_log_sample,
-                   access_log_flush_ms=args.access_log_flush_ms, access_log_buffer=args.access_log_buffer)
+                   access_log_flush_ms=args.access_log_flush_ms, access_log_buffer=args.access_log_buffer,
+                   access_log_ring=args.access_log_ring)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -420,7 +434,8 @@ class Operations:
         self.access_log = logs.AccessLog(self.engine.native, self.opts.access_log,
                                          sample=self.opts.access_log_sample,
                                          flush_interval_ms=self.opts.access_log_flush_ms,
-                                         buffer_bytes=self.opts.access_log_buffer)
+                                         buffer_bytes=self.opts.access_log_buffer,
+                                         ring_records=self.opts.access_log_ring)
         self.access_log.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self.access_log.run(self._closing),
                                                                   name="access log"))

@@ -171,14 +171,17 @@ typedef struct rings {
     int wake_fd;
 } rings;
 
-static void rings_init(rings *rs)
+/* Two rings of `records` slots (a power of two), set up the way
+ * zlb_engine_set_access_log does. */
+static void rings_init(rings *rs, uint32_t records)
 {
     memset(rs, 0, sizeof(*rs));
     rs->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     for (int i = 0; i < 2; i++) {
-        rs->r[i].slots = calloc(ZLB_AL_RING, sizeof(zlb_access_record));
+        rs->r[i].slots = calloc(records, sizeof(zlb_access_record));
+        rs->r[i].mask = records - 1;
         rs->r[i].wake_fd = rs->wake_fd;
-        rs->r[i].wake_at = ZLB_AL_RING / 2;
+        rs->r[i].wake_at = records / 2;
         rs->p[i] = &rs->r[i];
     }
 }
@@ -249,7 +252,7 @@ static void *consume(void *arg)
 static void test_writer_writes_every_record_in_order(void)
 {
     rings rs;
-    rings_init(&rs);
+    rings_init(&rs, ZLB_AL_RING_DEFAULT);
     int pfd[2];
     ZT_CHECK(pipe2(pfd, O_CLOEXEC) == 0);
     sink s = {.fd = pfd[0]};
@@ -259,7 +262,7 @@ static void test_writer_writes_every_record_in_order(void)
     zlb_alog_writer_opts o = {.fd = pfd[1], .flush_interval_ms = 600000, .buffer_bytes = 64 * 1024};
     zlb_alog_writer *w = zlb_alog_writer_start(rs.p, 2, rs.wake_fd, &o, err, sizeof(err));
     ZT_CHECKF(w != NULL, "%s", err);
-    enum { N = 3 * ZLB_AL_RING + 123 };
+    enum { N = 3 * ZLB_AL_RING_DEFAULT + 123 };
     producer prod[2] = {{.ring = &rs.r[0], .k = 0, .n = N}, {.ring = &rs.r[1], .k = 1, .n = N}};
     pthread_t t[2];
     for (int i = 0; i < 2; i++)
@@ -295,7 +298,7 @@ static void test_writer_writes_every_record_in_order(void)
 static void test_writer_samples_at_random_and_counts(void)
 {
     rings rs;
-    rings_init(&rs);
+    rings_init(&rs, ZLB_AL_RING_DEFAULT);
     int pfd[2];
     ZT_CHECK(pipe2(pfd, O_CLOEXEC) == 0);
     sink s = {.fd = pfd[0]};
@@ -327,7 +330,7 @@ static void test_writer_samples_at_random_and_counts(void)
 static void test_bad_options_are_refused(void)
 {
     rings rs;
-    rings_init(&rs);
+    rings_init(&rs, ZLB_AL_RING_DEFAULT);
     char err[256] = "";
     zlb_alog_writer_opts o = {.fd = -1, .flush_interval_ms = 100, .buffer_bytes = ZLB_ALOG_MIN_BUFFER - 1};
     ZT_CHECK(zlb_alog_writer_start(rs.p, 2, rs.wake_fd, &o, err, sizeof(err)) == NULL && err[0]);
@@ -344,7 +347,7 @@ static void test_bad_options_are_refused(void)
 static void test_blocked_writer_is_left_behind_without_touching_the_rings(void)
 {
     rings rs;
-    rings_init(&rs);
+    rings_init(&rs, ZLB_AL_RING_DEFAULT);
     int pfd[2];
     ZT_CHECK(pipe2(pfd, O_CLOEXEC) == 0);
     int probe = dup(pfd[1]); /* to see the pipe full; closed before the EOF is awaited */
@@ -355,7 +358,7 @@ static void test_blocked_writer_is_left_behind_without_touching_the_rings(void)
     /* Far more than the pipe and the buffer hold, less than the ring. */
     int n = 0;
     zlb_access_record *rec;
-    while (n < ZLB_AL_RING - 1 && (rec = zlb_access_ring_reserve(&rs.r[0]))) {
+    while (n < ZLB_AL_RING_DEFAULT - 1 && (rec = zlb_access_ring_reserve(&rs.r[0]))) {
         memset(rec, 0, sizeof(*rec));
         v4(&rec->down, "127.0.0.1", 1000);
         zlb_access_ring_commit(&rs.r[0]);
@@ -373,7 +376,7 @@ static void test_blocked_writer_is_left_behind_without_touching_the_rings(void)
         memset(rec, 0, sizeof(*rec));
         zlb_access_ring_commit(&rs.r[1]);
     }
-    ZT_CHECK(zlb_access_ring_pending(&rs.r[1]) == ZLB_AL_RING);
+    ZT_CHECK(zlb_access_ring_pending(&rs.r[1]) == ZLB_AL_RING_DEFAULT);
     zlb_alog_writer_stats st;
     ZT_CHECK(zlb_alog_writer_stop(w, 50, &st) == -1);
     ZT_CHECK(st.written < (uint64_t)n && st.buffered > 0);
@@ -392,6 +395,38 @@ static void test_blocked_writer_is_left_behind_without_touching_the_rings(void)
     ZT_CHECK(got == 0);
 }
 
+/* A ring of the smallest size takes exactly that many records, refuses the
+ * next, and uses its slots in order around the ring, also when a filling
+ * starts part-way round (the first 5 records move the start). */
+static void test_small_ring_fills_at_its_size_and_wraps(void)
+{
+    rings rs;
+    rings_init(&rs, ZLB_AL_RING_MIN);
+    zlb_access_ring *r = &rs.r[0];
+    char *out = malloc(2 * ZLB_AL_LINE_MAX);
+    uint64_t rng = 1, kept = 0, skipped = 0, seq = 0;
+    for (int pass = 0; pass < 6; pass++) {
+        uint32_t fill = pass == 0 ? 5 : ZLB_AL_RING_MIN;
+        for (uint32_t i = 0; i < fill; i++, seq++) {
+            zlb_access_record *rec = zlb_access_ring_reserve(r);
+            ZT_CHECK(rec == &r->slots[seq % ZLB_AL_RING_MIN]);
+            if (!rec)
+                break;
+            memset(rec, 0, sizeof(*rec));
+            zlb_access_ring_commit(r);
+        }
+        if (pass > 0) {
+            ZT_CHECK(zlb_access_ring_reserve(r) == NULL);
+            ZT_CHECK(zlb_access_ring_pending(r) == ZLB_AL_RING_MIN);
+        }
+        while (zlb_access_ring_pending(r) > 0)
+            zlb_access_ring_format(r, out, 2 * ZLB_AL_LINE_MAX, &rng, 0, &kept, &skipped);
+    }
+    ZT_CHECK(kept == 5 + 5 * ZLB_AL_RING_MIN && skipped == 0);
+    free(out);
+    rings_free(&rs);
+}
+
 int main(void)
 {
     ZT_RUN(test_sockaddr_format_matches_inet_ntop);
@@ -402,5 +437,6 @@ int main(void)
     ZT_RUN(test_writer_samples_at_random_and_counts);
     ZT_RUN(test_bad_options_are_refused);
     ZT_RUN(test_blocked_writer_is_left_behind_without_touching_the_rings);
+    ZT_RUN(test_small_ring_fills_at_its_size_and_wraps);
     return zt_summary();
 }
