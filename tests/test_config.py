@@ -1102,3 +1102,28 @@ def test_tls_names_files_or_an_installed_identity_not_both() -> None:
         validate(cfg(ListenerTls("a.pem", "", "", identity="x")))
     with pytest.raises(ConfigError, match=r"listeners\[0\]\.tls\.key: expected a file path"):
         validate(cfg(ListenerTls("a.pem", "", "b.pem")))
+
+
+def _routing_config(vhosts: tuple[VirtualHost, ...], *clusters: str) -> Config:
+    return Config(listeners=(Listener("l", "127.0.0.1", 0, "", protocol="http", virtual_hosts=vhosts),),
+                  clusters=tuple(Cluster(name, (Endpoint("127.0.0.1", 9),)) for name in clusters))
+
+
+def test_routing_that_passed_is_not_checked_again_unless_its_clusters_change(monkeypatch):
+    import zlbfast.config as config_module
+
+    checked: list[str] = []
+    check_route = config_module._validate_route
+    monkeypatch.setattr(config_module, "_validate_route",
+                        lambda route, path, *rest: (checked.append(path), check_route(route, path, *rest))[1])
+    vhosts = (VirtualHost("v", routes=tuple(Route(path=f"/{i}/", clusters=(WeightedCluster("a"),)) for i in range(3))),)
+    validate(_routing_config(vhosts, "a", "b"))
+    assert len(checked) == 3
+    validate(_routing_config(vhosts, "a", "b"))  # the same tuple against the same clusters
+    assert len(checked) == 3
+    # An equal but distinct tuple is checked, and so is the same one once the cluster names differ: one the
+    # routes name may be gone.
+    validate(_routing_config((dataclasses.replace(vhosts[0]),), "a", "b"))
+    assert len(checked) == 6
+    with pytest.raises(ConfigError, match=r"routes\[0\]"):
+        validate(_routing_config(vhosts, "b"))
