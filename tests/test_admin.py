@@ -26,7 +26,7 @@ from typing import IO, Any, TypeVar
 
 import pytest
 
-from tests.netutil import DEADLINE_S, Backend, connect, free_port, wait_for
+from tests.netutil import DEADLINE_S, Backend, connect, echo_handler, free_port, wait_for
 from tests.xds.envoy_res import assignment
 from zlbfast.admin import REDACTED, AdminServer, redact
 from zlbfast.metrics import ObservedEngine
@@ -326,7 +326,7 @@ def l4_yaml(listeners: dict[str, str], clusters: dict[str, list[str]], cluster_e
 
 
 def test_post_drain_works_like_sigterm(tmp_path: Path) -> None:
-    echo = Backend(lambda c: [c.sendall(d) for d in iter(lambda: c.recv(4096), b"")])
+    echo = Backend(echo_handler)
     try:
         with running(tmp_path, l4_yaml({"l": "c"}, {"c": [echo.address]})) as p, connect(p.ports["l"]) as s:
             s.sendall(b"before")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netutil import Backend, connect, free_port, read_label, wait_for
+from tests.netutil import Backend, connect, echo_handler, free_port, read_label, wait_for
 
 
 class ProxyProcess:
@@ -131,7 +131,7 @@ def test_bad_reload_is_rejected_and_old_config_keeps_serving(proxy_env, backends
 
 def test_sigterm_drains_open_connections_then_exits_zero(proxy_env):
     cfg, port, procs = proxy_env
-    echo = Backend(lambda c: [c.sendall(d) for d in iter(lambda: c.recv(4096), b"")])
+    echo = Backend(echo_handler)
     try:
         write_config(cfg, port, [echo])
         p = ProxyProcess(cfg)
