@@ -37,6 +37,7 @@ typedef struct zlb_http_opts {
     uint32_t max_idle_per_endpoint; /* pooled connections kept per endpoint and worker */
     uint32_t retry_buffer;          /* requests up to this size (head + body) can be retried */
     int forward_client_cert;        /* zlb_xfcc: what happens to x-forwarded-client-cert */
+    uint32_t xfcc_details;          /* zlb_xfcc_detail bits: what this hop's element adds to By, Hash, URI */
     int append_x_forwarded_for;     /* nonzero: the client's address is appended to x-forwarded-for
                                      * (Envoy's use_remote_address: true); zero: it passes unchanged */
 } zlb_http_opts;
@@ -48,6 +49,13 @@ enum zlb_xfcc {
     ZLB_XFCC_FORWARD_ONLY = 1,      /* pass the incoming header on unchanged */
     ZLB_XFCC_APPEND_FORWARD = 2,    /* append this hop's element to the incoming header */
     ZLB_XFCC_SANITIZE_SET = 3,      /* replace the incoming header with this hop's element */
+};
+
+/* Keys of this hop's element beyond By, Hash and URI (Envoy's
+ * set_current_client_cert_details). */
+enum zlb_xfcc_detail {
+    ZLB_XFCC_SUBJECT = 1,           /* Subject="<the client certificate's subject, RFC 2253>" */
+    ZLB_XFCC_DNS = 2,               /* DNS=<name>, once per DNS name of its subjectAltName */
 };
 
 typedef struct zlb_listener_opts {

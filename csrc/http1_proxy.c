@@ -85,7 +85,7 @@ typedef struct htls {
                                         mat: one reference each */
     zlb_tls_session_sink sink;       /* upstream: where tickets go */
     uint32_t xfcc_len;               /* client side: this hop's x-forwarded-client-cert element */
-    char xfcc[2 * ZLB_SPIFFE_ID_MAX + 80];
+    char *xfcc;                      /* (malloc'd, NULL when the listener does not add one) */
 } htls;
 
 typedef struct zlb_hconn {
@@ -464,6 +464,7 @@ static void htls_free(hsock *s, htls *t, int reset)
                 s->tls_dead ? ZLB_TLS_END_ABORT : reset ? ZLB_TLS_END_QUIET : ZLB_TLS_END_NOTIFY);
     if (!t->peer.policy->is_server)
         zlb_tls_policy_unref((zlb_tls_policy *)t->peer.policy);
+    free(t->xfcc);
     free(t);
     zlb_tls_live_add(-1);
 }
@@ -1028,8 +1029,9 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
         case ZLB_H1_HDR_X_FORWARDED_CLIENT_CERT:
             if (xfcc == ZLB_XFCC_SANITIZE || xfcc == ZLB_XFCC_SANITIZE_SET)
                 continue;
-            if (i == last_xfcc) {
-                /* append_forward: this hop's element ends the list. */
+            if (i == last_xfcc && t->xfcc_len) {
+                /* append_forward: this hop's element ends the list (when
+                 * there is one: see hc_xfcc_prepare). */
                 rc |= hbuf_append(b, buf + name.off, name.len) | hbuf_append(b, ": ", 2);
                 rc |= hbuf_append(b, buf + value.off, value.len) | hbuf_append(b, ",", 1);
                 rc |= hbuf_append(b, t->xfcc, t->xfcc_len) | hbuf_append(b, "\r\n", 2);
@@ -1064,7 +1066,8 @@ static int build_request_head(zlb_hconn *c, const zlb_route *rt)
     }
     if (add_xff && last_xff == UINT32_MAX)
         rc |= append_header(b, "x-forwarded-for", 15, c->peer_ip, (uint32_t)strlen(c->peer_ip));
-    if (xfcc == ZLB_XFCC_SANITIZE_SET || (xfcc == ZLB_XFCC_APPEND_FORWARD && last_xfcc == UINT32_MAX))
+    if ((xfcc == ZLB_XFCC_SANITIZE_SET || (xfcc == ZLB_XFCC_APPEND_FORWARD && last_xfcc == UINT32_MAX)) &&
+        t->xfcc_len)
         rc |= append_header(b, "x-forwarded-client-cert", 23, t->xfcc, t->xfcc_len);
     /* The scheme the client used to reach us: a permissive listener serves
      * both, so it is per connection, not per listener. */
@@ -1960,21 +1963,67 @@ static void hc_tls_ready(zlb_hconn *c)
     hc_run(c);
 }
 
+/* The longest element this hop adds; one that would be longer (a client
+ * certificate with a very long subject or very many names) is left out, as
+ * an element that does not fit is. */
+#define ZLB_XFCC_MAX 4096
+
+typedef struct xfcc_buf {
+    size_t len; /* past sizeof(p) once something did not fit */
+    char p[ZLB_XFCC_MAX];
+} xfcc_buf;
+
+static void xfcc_put(xfcc_buf *b, const char *s, size_t n)
+{
+    if (b->len + n <= sizeof(b->p))
+        memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static void xfcc_puts(xfcc_buf *b, const char *s) { xfcc_put(b, s, strlen(s)); }
+
+static void xfcc_dns(const char *name, size_t len, void *arg)
+{
+    xfcc_puts(arg, ";DNS=");
+    xfcc_put(arg, name, len);
+}
+
 /* This hop's x-forwarded-client-cert element, once per connection and only
- * when the listener appends or sets it: By (our SPIFFE ID), Hash (SHA-256 of
- * the client's certificate) and URI (the client's SPIFFE ID), Envoy's keys
- * and order. SPIFFE IDs hold none of ",;=\"", so no value needs quoting. */
+ * when the listener appends or sets it, in Envoy's keys and order: By (our
+ * SPIFFE ID), Hash (SHA-256 of the client's certificate), Subject (quoted;
+ * its RFC 2253 form already escapes '"' and '\\' with a backslash), URI (the
+ * client's SPIFFE ID), DNS (each name). SPIFFE IDs and DNS names hold none of
+ * ",;=\"", so they need no quoting. */
 static void hc_xfcc_prepare(zlb_hconn *c)
 {
     htls *t = c->tls;
     int mode = c->l->opts.http.forward_client_cert;
+    uint32_t details = c->l->opts.http.xfcc_details;
     if (mode != ZLB_XFCC_APPEND_FORWARD && mode != ZLB_XFCC_SANITIZE_SET)
         return;
+    xfcc_buf b; /* 4 KiB on the worker's stack, once per connection */
+    b.len = 0;
+    xfcc_puts(&b, "By=");
+    xfcc_puts(&b, t->peer.mat->own_id);
     char hash[65];
-    int have_hash = zlb_tls_peer_cert_sha256(c->s.ssl, hash) == 0;
-    int n = snprintf(t->xfcc, sizeof(t->xfcc), "By=%s;%s%s%sURI=%s", t->peer.mat->own_id, have_hash ? "Hash=" : "",
-                     have_hash ? hash : "", have_hash ? ";" : "", t->peer.id);
-    t->xfcc_len = n > 0 && (size_t)n < sizeof(t->xfcc) ? (uint32_t)n : 0;
+    if (zlb_tls_peer_cert_sha256(c->s.ssl, hash) == 0) {
+        xfcc_puts(&b, ";Hash=");
+        xfcc_put(&b, hash, 64);
+    }
+    char subject[ZLB_XFCC_MAX]; /* a longer one cannot fit the element either */
+    if ((details & ZLB_XFCC_SUBJECT) && zlb_tls_peer_subject(c->s.ssl, subject, sizeof(subject)) >= 0) {
+        xfcc_puts(&b, ";Subject=\"");
+        xfcc_puts(&b, subject);
+        xfcc_put(&b, "\"", 1);
+    }
+    xfcc_puts(&b, ";URI=");
+    xfcc_puts(&b, t->peer.id);
+    if (details & ZLB_XFCC_DNS)
+        zlb_tls_peer_dns_names(c->s.ssl, xfcc_dns, &b);
+    if (b.len > sizeof(b.p) || !(t->xfcc = malloc(b.len)))
+        return; /* xfcc_len stays 0: no element */
+    memcpy(t->xfcc, b.p, b.len);
+    t->xfcc_len = (uint32_t)b.len;
 }
 
 /* HS_TLS: runs on every event of the client socket until the connection is

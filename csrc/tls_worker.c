@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -198,4 +199,60 @@ int zlb_tls_peer_cert_sha256(SSL *ssl, char out[65])
     }
     out[64] = '\0';
     return 0;
+}
+
+int zlb_tls_peer_subject(SSL *ssl, char *out, size_t cap)
+{
+    X509 *c = SSL_get0_peer_certificate(ssl);
+    if (!c || cap == 0 || cap > INT32_MAX)
+        return -1;
+    BIO *bio = BIO_new(BIO_s_mem());
+    if (!bio)
+        return -1;
+    int n = -1;
+    if (X509_NAME_print_ex(bio, X509_get_subject_name(c), 0, XN_FLAG_RFC2253) >= 0) {
+        n = BIO_read(bio, out, (int)cap - 1);
+        if (n < 0)
+            n = 0; /* an empty subject */
+        out[n] = '\0';
+    }
+    BIO_free(bio);
+    return n;
+}
+
+/* Letters, digits, '-', '.', '_' and a leading "*." wildcard label. */
+static int dns_name_ok(const unsigned char *s, int len)
+{
+    if (len <= 0)
+        return 0;
+    for (int i = 0; i < len; i++) {
+        unsigned char ch = s[i];
+        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+                 ch == '.' || ch == '_' || (ch == '*' && i == 0);
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+int zlb_tls_peer_dns_names(SSL *ssl, void (*fn)(const char *name, size_t len, void *arg), void *arg)
+{
+    X509 *c = SSL_get0_peer_certificate(ssl);
+    if (!c)
+        return -1;
+    GENERAL_NAMES *names = X509_get_ext_d2i(c, NID_subject_alt_name, NULL, NULL);
+    int count = 0;
+    for (int i = 0; i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        if (g->type != GEN_DNS)
+            continue;
+        const unsigned char *s = ASN1_STRING_get0_data(g->d.dNSName);
+        int len = ASN1_STRING_length(g->d.dNSName);
+        if (!dns_name_ok(s, len))
+            continue;
+        fn((const char *)s, (size_t)len, arg);
+        count++;
+    }
+    GENERAL_NAMES_free(names);
+    return count;
 }

@@ -38,6 +38,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from tests.httputil import Client, RecordingUpstream, routes_to
 from tests.netutil import Backend, free_port, label_handler, read_line, wait_for
@@ -116,15 +118,16 @@ def _tcp_listener(name: str, port: int, cluster: str, log_path: str, log_format:
 
 def _http_listener(name: str, port: int, cluster: str, tls: dict[str, Any] | None = None) -> dict[str, Any]:
     """HTTP/1.1 connection manager routing everything to `cluster`. With `tls`, x-forwarded-client-cert is
-    replaced by this hop's (SANITIZE_SET, with the client's URI SAN): what Envoy saw of the client's
-    certificate reaches the backend."""
+    replaced by this hop's (SANITIZE_SET, with the client's subject, URI SAN and DNS SANs): what Envoy saw of the
+    client's certificate reaches the backend."""
     hcm: dict[str, Any] = {
         "@type": HCM, "stat_prefix": name, "codec_type": "HTTP1",
         "route_config": {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [
             {"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}]},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]}
     if tls is not None:
-        hcm.update(forward_client_cert_details="SANITIZE_SET", set_current_client_cert_details={"uri": True})
+        hcm.update(forward_client_cert_details="SANITIZE_SET",
+                   set_current_client_cert_details={"uri": True, "subject": True, "dns": True})
     return _listener(name, port, {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm},
                      tls)
 
@@ -185,7 +188,11 @@ class Pki:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     tmp = tmp_path_factory.mktemp("pki")
     ca = CA(TD)
-    zlb, envoy = ca.issue("/ns/shop/sa/zlbfast"), ca.issue("/ns/mesh/sa/envoy")
+    # Subjects with characters RFC 2253 escapes, and DNS names: both proxies put them in x-forwarded-client-cert.
+    zlb = ca.issue("/ns/shop/sa/zlbfast", dns=("zlbfast.shop.svc", "*.shop.example"), subject=x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, 'Shop, "Inc"'), x509.NameAttribute(NameOID.COMMON_NAME, "zlb")]))
+    envoy = ca.issue("/ns/mesh/sa/envoy", dns=("envoy.mesh.svc",), subject=x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Mesh+Ops"), x509.NameAttribute(NameOID.COMMON_NAME, "envoy")]))
     zcert, zkey, zbundle = (str(f) for f in write_svid_files(tmp / "zlbfast", zlb, ca.pem))
     ecert, ekey, ebundle = (str(f) for f in write_svid_files(tmp / "envoy", envoy, ca.pem))
     return Pki(ca, zlb, envoy, (zcert, zkey, zbundle), {"cert": ecert, "key": ekey, "bundle": ebundle})
@@ -404,7 +411,8 @@ def http_interop(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator
 
         def inbound(name: str, peer_id: str) -> Listener:
             return Listener(name, "127.0.0.1", 0, "", protocol="http", virtual_hosts=routes_to("backend"),
-                            http=HttpOptions(forward_client_cert="sanitize_set"),
+                            http=HttpOptions(forward_client_cert="sanitize_set",
+                                             client_cert_details=("subject", "dns")),
                             tls=ListenerTls(*pki.zlb_files, peer=PeerMatch("spiffe_id", peer_id)))
 
         def outbound(name: str, cluster: str) -> Listener:
@@ -459,7 +467,9 @@ def test_http_envoy_to_zlbfast_xfcc_names_envoy(http_interop: HttpInterop, pki: 
         assert get(m.ports["e_http_out"], f"/c{i}") == (200, f"via-zlbfast:GET:/c{i}".encode())
     got = m.zlb_backend.requests[seen:]
     assert [r.target for r in got] == ["/c0", "/c1", "/c2"]
-    mine = f"By={ZLB_ID};Hash={cert_sha256(pki.envoy.cert_pem)};URI={ENVOY_ID}"
+    # The same keys, order and quoting as Envoy's element in (d), of Envoy's certificate.
+    mine = (f'By={ZLB_ID};Hash={cert_sha256(pki.envoy.cert_pem)};Subject="CN=envoy,O=Mesh\\+Ops";URI={ENVOY_ID}'
+            ";DNS=envoy.mesh.svc")
     assert [r.all(XFCC) for r in got] == [[mine]] * 3
     stats = m.envoy.stats()
     assert stats["cluster.zlb_ok.ssl.handshake"] >= 1  # Envoy pools (and resumes): maybe one for all three
@@ -476,7 +486,8 @@ def test_http_zlbfast_to_envoy_xfcc_names_zlbfast(http_interop: HttpInterop, pki
         assert get(m.ports["http_out"], f"/d{i}") == (200, f"via-envoy:GET:/d{i}".encode())
     got = m.envoy_backend.requests[seen:]
     assert [r.target for r in got] == ["/d0", "/d1", "/d2"]
-    theirs = f"By={ENVOY_ID};Hash={cert_sha256(pki.zlb.cert_pem)};URI={ZLB_ID}"
+    theirs = (f'By={ENVOY_ID};Hash={cert_sha256(pki.zlb.cert_pem)};Subject="CN=zlb,O=Shop\\, \\"Inc\\"";'
+              f"URI={ZLB_ID};DNS=zlbfast.shop.svc;DNS=*.shop.example")
     assert [r.all(XFCC) for r in got] == [[theirs]] * 3
     stats = m.envoy.stats()
     assert stats["listener.e_http_in_ok.ssl.handshake"] >= 1

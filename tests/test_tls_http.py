@@ -9,6 +9,7 @@ Topologies:
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from tests.httputil import MIB, Client, Reader, RecordingUpstream, Response, read_head, routes_to
 from tests.netutil import DEADLINE_S, Backend, access_log_records, wait_for
@@ -473,6 +476,36 @@ def test_forward_client_cert_modes(mesh: Mesh, mode: str) -> None:
         "sanitize_set": ([mine], [mine]),
     }[mode]
     assert (with_hdr.all(XFCC), without.all(XFCC)) == expected
+
+
+def test_client_cert_details_add_subject_and_dns_names(mesh: Mesh) -> None:
+    """subject and dns (Envoy's set_current_client_cert_details) add Subject, the RFC 2253 subject in quotes, and
+    one DNS key per DNS name, in Envoy's order; a quote in the subject stays escaped as RFC 2253 escapes it."""
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, 'Shop "Inc"'),
+                         x509.NameAttribute(NameOID.COMMON_NAME, "client")])
+    svid = mesh.ca.issue("/ns/shop/sa/client", dns=("client.shop.svc", "*.shop.example"), subject=subject)
+    _, port = mesh.make_back(http=HttpOptions(forward_client_cert="sanitize_set",
+                                              client_cert_details=("subject", "dns")))
+    _, only_dns = mesh.make_back(http=HttpOptions(forward_client_cert="sanitize_set", client_cert_details=("dns",)))
+    for p in (port, only_dns):
+        with Client(p, ctx=mesh.client_ctx(svid)) as cl:
+            assert cl.request("GET", "/").status == 200
+    full, dns_only = (r.get(XFCC) for r in mesh.upstream.requests)
+    head = f"By={SERVER_ID};Hash={cert_sha256(svid.cert_pem)}"
+    dns = ";DNS=client.shop.svc;DNS=*.shop.example"
+    assert full == f'{head};Subject="CN=client,O=Shop \\"Inc\\"";URI={CLIENT_ID}{dns}'
+    assert dns_only == f"{head};URI={CLIENT_ID}{dns}"
+
+
+def test_client_cert_details_are_checked() -> None:
+    for details, problem in ((["subject", "cert"], "unknown client_cert_details entry 'cert'"),
+                             (["dns", "dns"], "'dns' is listed twice")):
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            parse_config({"listeners": [{"name": "l", "address": "127.0.0.1:0", "protocol": "http",
+                                         "http": {"client_cert_details": details},
+                                         "virtual_hosts": [{"name": "v", "routes": [{"match": {"prefix": "/"},
+                                                                                     "cluster": "c"}]}]}],
+                          "clusters": [{"name": "c", "endpoints": ["127.0.0.1:9"]}]}, "test")
 
 
 # ---- access log, YAML end to end --------------------------------------------------------------------------------

@@ -72,8 +72,10 @@ class CA:
     def pem(self) -> str:
         return self.cert.public_bytes(serialization.Encoding.PEM).decode()
 
-    def issue(self, path: str, *, expired: bool = False, uri: str | None = None) -> Svid:
-        """An SVID for spiffe://<trust domain><path> (or exactly `uri`), valid now unless `expired`."""
+    def issue(self, path: str, *, expired: bool = False, uri: str | None = None, dns: tuple[str, ...] = (),
+              subject: x509.Name | None = None) -> Svid:
+        """An SVID for spiffe://<trust domain><path> (or exactly `uri`), valid now unless `expired`; `dns` names go
+        into its subjectAltName after the URI, `subject` replaces the default O=SPIRE."""
         spiffe_id = uri if uri is not None else f"spiffe://{self.trust_domain}{path}"
         key = ec.generate_private_key(ec.SECP256R1())
         serial = x509.random_serial_number()
@@ -83,13 +85,14 @@ class CA:
             start, end = _now() - dt.timedelta(hours=1), _now() + 7 * _ONE_DAY
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIRE")]))
+            .subject_name(subject or x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIRE")]))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(serial)
             .not_valid_before(start)
             .not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id),
+                                                        *(x509.DNSName(name) for name in dns)]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
                                          content_commitment=False, key_encipherment=False, data_encipherment=False,

@@ -269,6 +269,7 @@ cdef extern from "engine.h" nogil:
         uint32_t max_idle_per_endpoint
         uint32_t retry_buffer
         int forward_client_cert
+        uint32_t xfcc_details
         int append_x_forwarded_for
 
     ctypedef struct zlb_listener_opts:

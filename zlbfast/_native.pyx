@@ -60,6 +60,7 @@ AUTHZ_METHODS = {"GET": 1, "HEAD": 2, "POST": 4, "PUT": 8, "DELETE": 16, "CONNEC
 AUTHZ_PATH_KINDS = {"exact": 1, "prefix": 2}
 # x-forwarded-client-cert handling (enum zlb_xfcc in csrc/engine.h).
 XFCC_MODES = {"sanitize": 0, "forward_only": 1, "append_forward": 2, "sanitize_set": 3}
+XFCC_DETAILS = {"subject": 1, "dns": 2}  # zlb_xfcc_detail
 
 
 class NativeError(Exception):
@@ -439,6 +440,10 @@ cdef class NativeEngine:
             if mode not in XFCC_MODES:
                 raise NativeError(f"unknown forward_client_cert {mode!r}")
             o.http.forward_client_cert = XFCC_MODES[mode]
+            for detail in http.get("client_cert_details", ()):
+                if detail not in XFCC_DETAILS:
+                    raise NativeError(f"unknown client_cert_details entry {detail!r}")
+                o.http.xfcc_details |= XFCC_DETAILS[detail]
             o.http.append_x_forwarded_for = 1 if http.get("append_x_forwarded_for", True) else 0
         zlb_strlcpy(o.name, _b(name, 128), sizeof(o.name))
         zlb_strlcpy(o.cluster, _b(cluster, 128), sizeof(o.cluster))

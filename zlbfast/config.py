@@ -48,6 +48,7 @@ from .model import (
     SPIFFE_MATCH_KINDS,
     TLS_MODES,
     TLS_VERSIONS,
+    XFCC_DETAILS,
     XFCC_MODES,
     AuthzRule,
     CircuitBreakers,
@@ -677,6 +678,7 @@ _HTTP_OPTIONS_KEYS = (
     _Key("max_idle_per_endpoint", ("max_idle_per_endpoint",), _integer),
     _Key("retry_buffer", ("retry_buffer",), _integer),
     _Key("forward_client_cert", ("forward_client_cert",), _string),
+    _Key("client_cert_details", ("client_cert_details",), _list_of(_string)),
     _Key("append_x_forwarded_for", ("append_x_forwarded_for",), _boolean),
 )
 
@@ -1379,6 +1381,12 @@ def _validate_http_options(http: HttpOptions, path: str, source: str) -> None:
     _check_range(http.retry_buffer, 0, MAX_RETRY_BUFFER, f"{path}.retry_buffer", source)
     _check_choice(http.forward_client_cert, XFCC_MODES, "forward_client_cert", f"{path}.forward_client_cert",
                   source)  # fmt: skip
+    seen: set[str] = set()
+    for i, detail in enumerate(http.client_cert_details):
+        _check_choice(detail, XFCC_DETAILS, "client_cert_details entry", f"{path}.client_cert_details[{i}]", source)
+        if detail in seen:
+            _fail(source, f"{path}.client_cert_details[{i}]", f"{detail!r} is listed twice")
+        seen.add(detail)
 
 
 class _PassedRouting:

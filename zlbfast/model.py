@@ -49,6 +49,8 @@ AUTHZ_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNE
 AUTHZ_PATH_KINDS: tuple[str, ...] = ("exact", "prefix")
 # x-forwarded-client-cert handling of HTTP listeners (Envoy's forward_client_cert_details).
 XFCC_MODES: tuple[str, ...] = ("sanitize", "forward_only", "append_forward", "sanitize_set")
+# What this hop's element may carry besides By, Hash and URI (Envoy's set_current_client_cert_details).
+XFCC_DETAILS: tuple[str, ...] = ("subject", "dns")
 
 # Active health check probes: "tcp" succeeds when the connect does, "http" when a GET answers with an
 # expected status.
@@ -271,6 +273,7 @@ class HttpOptions:
     max_idle_per_endpoint: int = 64  # pooled connections per endpoint and worker
     retry_buffer: int = 65536  # requests up to this size (head + body) can be retried
     forward_client_cert: str = "sanitize"  # one of XFCC_MODES
+    client_cert_details: tuple[str, ...] = ()  # of XFCC_DETAILS, in this hop's element (append_forward, sanitize_set)
     append_x_forwarded_for: bool = True  # the client's address goes on x-forwarded-for (else it passes unchanged)
 
 

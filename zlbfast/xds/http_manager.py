@@ -105,7 +105,7 @@ def translate_http_manager(ctx: Ctx, hcm: hcm_pb2.HttpConnectionManager, path: s
     if hcm.server_header_transformation not in (_HCM.OVERWRITE, _HCM.PASS_THROUGH):
         raise ctx.fail(f"{path}.server_header_transformation", "zlbfast passes the upstream's Server header on "
                        "(PASS_THROUGH)")
-    kw["forward_client_cert"] = _xfcc(ctx, hcm, path)
+    kw["forward_client_cert"], kw["client_cert_details"] = _xfcc(ctx, hcm, path)
     rds, routes = _routes(ctx, hcm, path)
     fetch_timeout_s = None
     if rds is not None and hcm.rds.config_source.HasField("initial_fetch_timeout"):
@@ -138,19 +138,22 @@ def _router_only(ctx: Ctx, hcm: hcm_pb2.HttpConnectionManager, path: str) -> Non
         ctx.only(router, f"{fpath}.typed_config", ())
 
 
-def _xfcc(ctx: Ctx, hcm: hcm_pb2.HttpConnectionManager, path: str) -> str:
+def _xfcc(ctx: Ctx, hcm: hcm_pb2.HttpConnectionManager, path: str) -> tuple[str, tuple[str, ...]]:
+    """forward_client_cert and client_cert_details (the model's names) of the manager's XFCC settings."""
     mode = hcm.forward_client_cert_details
     if mode not in _XFCC:
         raise ctx.fail(f"{path}.forward_client_cert_details", f"{_HCM.ForwardClientCertDetails.Name(mode)} is not "
                        "supported; use SANITIZE, FORWARD_ONLY, APPEND_FORWARD or SANITIZE_SET")
     details = hcm.set_current_client_cert_details
     dpath = f"{path}.set_current_client_cert_details"
-    # zlbfast's element is By, Hash and URI (the client's SPIFFE ID): what Envoy writes with uri alone.
-    ctx.only(details, dpath, ("uri",))
+    # zlbfast's element is By, Hash and URI (the client's SPIFFE ID), plus Subject and DNS when asked: what Envoy
+    # writes with uri (and subject, dns) set. Cert and Chain (URL-encoded PEM) are not written.
+    ctx.only(details, dpath, ("uri", "subject", "dns"))
     if mode in (_HCM.APPEND_FORWARD, _HCM.SANITIZE_SET) and not details.uri:
         raise ctx.fail(f"{dpath}.uri", "must be true: zlbfast's x-forwarded-client-cert element always carries "
                        "URI=<client SPIFFE ID> (with By and Hash)")
-    return _XFCC[mode]
+    extra = tuple(name for name, on in (("subject", details.subject.value), ("dns", details.dns)) if on)
+    return _XFCC[mode], extra
 
 
 def _routes(ctx: Ctx, hcm: hcm_pb2.HttpConnectionManager, path: str) -> tuple[str | None, RouteTable | None]:
