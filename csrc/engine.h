@@ -56,6 +56,8 @@ enum zlb_xfcc {
 enum zlb_xfcc_detail {
     ZLB_XFCC_SUBJECT = 1,           /* Subject="<the client certificate's subject, RFC 2253>" */
     ZLB_XFCC_DNS = 2,               /* DNS=<name>, once per DNS name of its subjectAltName */
+    ZLB_XFCC_CERT = 4,              /* Cert="<its PEM, URL-encoded>" */
+    ZLB_XFCC_CHAIN = 8,             /* Chain="<its PEM and those of the certificates sent after it, URL-encoded>" */
 };
 
 typedef struct zlb_listener_opts {

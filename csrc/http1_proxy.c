@@ -1966,7 +1966,7 @@ static void hc_tls_ready(zlb_hconn *c)
 /* The longest element this hop adds; one that would be longer (a client
  * certificate with a very long subject or very many names) is left out, as
  * an element that does not fit is. */
-#define ZLB_XFCC_MAX 4096
+#define ZLB_XFCC_MAX 16384
 
 typedef struct xfcc_buf {
     size_t len; /* past sizeof(p) once something did not fit */
@@ -1982,6 +1982,23 @@ static void xfcc_put(xfcc_buf *b, const char *s, size_t n)
 
 static void xfcc_puts(xfcc_buf *b, const char *s) { xfcc_put(b, s, strlen(s)); }
 
+/* Percent-encodes all but RFC 3986's unreserved characters, as Envoy does
+ * with the PEM in Cert and Chain. */
+static void xfcc_urlencoded(const char *pem, size_t len, void *arg)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)pem[i];
+        if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+            ch == '.' || ch == '_' || ch == '~') {
+            xfcc_put(arg, pem + i, 1);
+        } else {
+            char esc[3] = {'%', hex[ch >> 4], hex[ch & 15]};
+            xfcc_put(arg, esc, 3);
+        }
+    }
+}
+
 static void xfcc_dns(const char *name, size_t len, void *arg)
 {
     xfcc_puts(arg, ";DNS=");
@@ -1990,7 +2007,8 @@ static void xfcc_dns(const char *name, size_t len, void *arg)
 
 /* This hop's x-forwarded-client-cert element, once per connection and only
  * when the listener appends or sets it, in Envoy's keys and order: By (our
- * SPIFFE ID), Hash (SHA-256 of the client's certificate), Subject (quoted;
+ * SPIFFE ID), Hash (SHA-256 of the client's certificate), Cert and Chain
+ * (quoted URL-encoded PEM), Subject (quoted;
  * its RFC 2253 form already escapes '"' and '\\' with a backslash), URI (the
  * client's SPIFFE ID), DNS (each name). SPIFFE IDs and DNS names hold none of
  * ",;=\"", so they need no quoting. */
@@ -2001,7 +2019,7 @@ static void hc_xfcc_prepare(zlb_hconn *c)
     uint32_t details = c->l->opts.http.xfcc_details;
     if (mode != ZLB_XFCC_APPEND_FORWARD && mode != ZLB_XFCC_SANITIZE_SET)
         return;
-    xfcc_buf b; /* 4 KiB on the worker's stack, once per connection */
+    xfcc_buf b; /* 16 KiB on the worker's stack, once per connection */
     b.len = 0;
     xfcc_puts(&b, "By=");
     xfcc_puts(&b, t->peer.mat->own_id);
@@ -2009,6 +2027,16 @@ static void hc_xfcc_prepare(zlb_hconn *c)
     if (zlb_tls_peer_cert_sha256(c->s.ssl, hash) == 0) {
         xfcc_puts(&b, ";Hash=");
         xfcc_put(&b, hash, 64);
+    }
+    for (int chain = 0; chain <= 1; chain++) {
+        if (!(details & (chain ? ZLB_XFCC_CHAIN : ZLB_XFCC_CERT)))
+            continue;
+        size_t mark = b.len;
+        xfcc_puts(&b, chain ? ";Chain=\"" : ";Cert=\"");
+        if (zlb_tls_peer_pem(c->s.ssl, chain, xfcc_urlencoded, &b) != 0)
+            b.len = mark; /* no certificate (or no memory): no key */
+        else
+            xfcc_put(&b, "\"", 1);
     }
     char subject[ZLB_XFCC_MAX]; /* a longer one cannot fit the element either */
     if ((details & ZLB_XFCC_SUBJECT) && zlb_tls_peer_subject(c->s.ssl, subject, sizeof(subject)) >= 0) {

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <string.h>
@@ -255,4 +256,25 @@ int zlb_tls_peer_dns_names(SSL *ssl, void (*fn)(const char *name, size_t len, vo
     }
     GENERAL_NAMES_free(names);
     return count;
+}
+
+int zlb_tls_peer_pem(SSL *ssl, int chain, void (*fn)(const char *pem, size_t len, void *arg), void *arg)
+{
+    X509 *leaf = SSL_get0_peer_certificate(ssl);
+    if (!leaf)
+        return -1;
+    BIO *bio = BIO_new(BIO_s_mem());
+    if (!bio)
+        return -1;
+    int ok = PEM_write_bio_X509(bio, leaf) == 1;
+    /* On the server side the sent chain does not include the leaf. */
+    STACK_OF(X509) *rest = chain ? SSL_get_peer_cert_chain(ssl) : NULL;
+    for (int i = 0; ok && i < sk_X509_num(rest); i++)
+        ok = PEM_write_bio_X509(bio, sk_X509_value(rest, i)) == 1;
+    char *data = NULL;
+    long len = BIO_get_mem_data(bio, &data);
+    if (ok && len > 0)
+        fn(data, (size_t)len, arg);
+    BIO_free(bio);
+    return ok && len > 0 ? 0 : -1;
 }

@@ -92,4 +92,10 @@ int zlb_tls_peer_subject(SSL *ssl, char *out, size_t cap);
  * when there is no peer certificate. */
 int zlb_tls_peer_dns_names(SSL *ssl, void (*fn)(const char *name, size_t len, void *arg), void *arg);
 
+/* Calls fn once with the PEM of the peer's certificate (chain == 0) or of
+ * it and the certificates it sent after it (chain != 0; XFCC "Cert" and
+ * "Chain"). Server side (a listener's connection). 0, or -1 when there is
+ * no peer certificate or no memory. */
+int zlb_tls_peer_pem(SSL *ssl, int chain, void (*fn)(const char *pem, size_t len, void *arg), void *arg);
+
 #endif

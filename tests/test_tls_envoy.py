@@ -29,6 +29,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,8 +119,8 @@ def _tcp_listener(name: str, port: int, cluster: str, log_path: str, log_format:
 
 def _http_listener(name: str, port: int, cluster: str, tls: dict[str, Any] | None = None) -> dict[str, Any]:
     """HTTP/1.1 connection manager routing everything to `cluster`. With `tls`, x-forwarded-client-cert is
-    replaced by this hop's (SANITIZE_SET, with the client's subject, URI SAN and DNS SANs): what Envoy saw of the
-    client's certificate reaches the backend."""
+    replaced by this hop's (SANITIZE_SET, with the client's certificate, chain, subject, URI SAN and DNS SANs): what
+    Envoy saw of the client's certificate reaches the backend."""
     hcm: dict[str, Any] = {
         "@type": HCM, "stat_prefix": name, "codec_type": "HTTP1",
         "route_config": {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [
@@ -127,7 +128,8 @@ def _http_listener(name: str, port: int, cluster: str, tls: dict[str, Any] | Non
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]}
     if tls is not None:
         hcm.update(forward_client_cert_details="SANITIZE_SET",
-                   set_current_client_cert_details={"uri": True, "subject": True, "dns": True})
+                   set_current_client_cert_details={"uri": True, "cert": True, "chain": True, "subject": True,
+                                                    "dns": True})
     return _listener(name, port, {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm},
                      tls)
 
@@ -412,7 +414,7 @@ def http_interop(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator
         def inbound(name: str, peer_id: str) -> Listener:
             return Listener(name, "127.0.0.1", 0, "", protocol="http", virtual_hosts=routes_to("backend"),
                             http=HttpOptions(forward_client_cert="sanitize_set",
-                                             client_cert_details=("subject", "dns")),
+                                             client_cert_details=("cert", "chain", "subject", "dns")),
                             tls=ListenerTls(*pki.zlb_files, peer=PeerMatch("spiffe_id", peer_id)))
 
         def outbound(name: str, cluster: str) -> Listener:
@@ -458,6 +460,11 @@ def http_interop(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator
         zlb_backend.stop()
 
 
+def _urlencoded(pem: str) -> str:
+    """A PEM as XFCC's Cert and Chain carry it: all but RFC 3986's unreserved characters percent-encoded."""
+    return urllib.parse.quote(pem, safe="")
+
+
 def test_http_envoy_to_zlbfast_xfcc_names_envoy(http_interop: HttpInterop, pki: Pki) -> None:
     """(c) Envoy -> mTLS -> zlbfast HTTP: zlbfast verifies Envoy's ID and sets XFCC (sanitize_set) from Envoy's
     certificate; the backend sees exactly that one XFCC value."""
@@ -467,9 +474,11 @@ def test_http_envoy_to_zlbfast_xfcc_names_envoy(http_interop: HttpInterop, pki: 
         assert get(m.ports["e_http_out"], f"/c{i}") == (200, f"via-zlbfast:GET:/c{i}".encode())
     got = m.zlb_backend.requests[seen:]
     assert [r.target for r in got] == ["/c0", "/c1", "/c2"]
-    # The same keys, order and quoting as Envoy's element in (d), of Envoy's certificate.
-    mine = (f'By={ZLB_ID};Hash={cert_sha256(pki.envoy.cert_pem)};Subject="CN=envoy,O=Mesh\\+Ops";URI={ENVOY_ID}'
-            ";DNS=envoy.mesh.svc")
+    # The same keys, order, encoding and quoting as Envoy's element in (d), of Envoy's certificate (it sends no
+    # intermediates: Chain is the certificate alone).
+    pem = _urlencoded(pki.envoy.cert_pem)
+    mine = (f'By={ZLB_ID};Hash={cert_sha256(pki.envoy.cert_pem)};Cert="{pem}";Chain="{pem}";'
+            f'Subject="CN=envoy,O=Mesh\\+Ops";URI={ENVOY_ID};DNS=envoy.mesh.svc')
     assert [r.all(XFCC) for r in got] == [[mine]] * 3
     stats = m.envoy.stats()
     assert stats["cluster.zlb_ok.ssl.handshake"] >= 1  # Envoy pools (and resumes): maybe one for all three
@@ -486,8 +495,9 @@ def test_http_zlbfast_to_envoy_xfcc_names_zlbfast(http_interop: HttpInterop, pki
         assert get(m.ports["http_out"], f"/d{i}") == (200, f"via-envoy:GET:/d{i}".encode())
     got = m.envoy_backend.requests[seen:]
     assert [r.target for r in got] == ["/d0", "/d1", "/d2"]
-    theirs = (f'By={ENVOY_ID};Hash={cert_sha256(pki.zlb.cert_pem)};Subject="CN=zlb,O=Shop\\, \\"Inc\\"";'
-              f"URI={ZLB_ID};DNS=zlbfast.shop.svc;DNS=*.shop.example")
+    pem = _urlencoded(pki.zlb.cert_pem)
+    theirs = (f'By={ENVOY_ID};Hash={cert_sha256(pki.zlb.cert_pem)};Cert="{pem}";Chain="{pem}";'
+              f'Subject="CN=zlb,O=Shop\\, \\"Inc\\"";URI={ZLB_ID};DNS=zlbfast.shop.svc;DNS=*.shop.example')
     assert [r.all(XFCC) for r in got] == [[theirs]] * 3
     stats = m.envoy.stats()
     assert stats["listener.e_http_in_ok.ssl.handshake"] >= 1

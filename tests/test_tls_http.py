@@ -480,7 +480,8 @@ def test_forward_client_cert_modes(mesh: Mesh, mode: str) -> None:
 
 def test_client_cert_details_add_subject_and_dns_names(mesh: Mesh) -> None:
     """subject and dns (Envoy's set_current_client_cert_details) add Subject, the RFC 2253 subject in quotes, and
-    one DNS key per DNS name, in Envoy's order; a quote in the subject stays escaped as RFC 2253 escapes it."""
+    one DNS key per DNS name, in Envoy's order; a quote in the subject stays escaped as RFC 2253 escapes it.
+    (Cert and Chain are compared with Envoy's in tests/test_tls_envoy.py.)"""
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, 'Shop "Inc"'),
                          x509.NameAttribute(NameOID.COMMON_NAME, "client")])
     svid = mesh.ca.issue("/ns/shop/sa/client", dns=("client.shop.svc", "*.shop.example"), subject=subject)
@@ -498,7 +499,7 @@ def test_client_cert_details_add_subject_and_dns_names(mesh: Mesh) -> None:
 
 
 def test_client_cert_details_are_checked() -> None:
-    for details, problem in ((["subject", "cert"], "unknown client_cert_details entry 'cert'"),
+    for details, problem in ((["subject", "uri"], "unknown client_cert_details entry 'uri'"),
                              (["dns", "dns"], "'dns' is listed twice")):
         with pytest.raises(ConfigError, match=re.escape(problem)):
             parse_config({"listeners": [{"name": "l", "address": "127.0.0.1:0", "protocol": "http",

@@ -60,7 +60,7 @@ AUTHZ_METHODS = {"GET": 1, "HEAD": 2, "POST": 4, "PUT": 8, "DELETE": 16, "CONNEC
 AUTHZ_PATH_KINDS = {"exact": 1, "prefix": 2}
 # x-forwarded-client-cert handling (enum zlb_xfcc in csrc/engine.h).
 XFCC_MODES = {"sanitize": 0, "forward_only": 1, "append_forward": 2, "sanitize_set": 3}
-XFCC_DETAILS = {"subject": 1, "dns": 2}  # zlb_xfcc_detail
+XFCC_DETAILS = {"subject": 1, "dns": 2, "cert": 4, "chain": 8}  # zlb_xfcc_detail
 
 
 class NativeError(Exception):

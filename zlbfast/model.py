@@ -50,7 +50,7 @@ AUTHZ_PATH_KINDS: tuple[str, ...] = ("exact", "prefix")
 # x-forwarded-client-cert handling of HTTP listeners (Envoy's forward_client_cert_details).
 XFCC_MODES: tuple[str, ...] = ("sanitize", "forward_only", "append_forward", "sanitize_set")
 # What this hop's element may carry besides By, Hash and URI (Envoy's set_current_client_cert_details).
-XFCC_DETAILS: tuple[str, ...] = ("subject", "dns")
+XFCC_DETAILS: tuple[str, ...] = ("cert", "chain", "subject", "dns")
 
 # Active health check probes: "tcp" succeeds when the connect does, "http" when a GET answers with an
 # expected status.

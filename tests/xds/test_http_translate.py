@@ -78,8 +78,6 @@ HCM_REFUSED = [
      f"{TC}.forward_client_cert_details", "ALWAYS_FORWARD_ONLY is not supported"),
     ("append without URI", hcm_edit(forwardClientCertDetails="APPEND_FORWARD"),
      f"{TC}.set_current_client_cert_details.uri", "must be true"),
-    ("client cert chain", hcm_edit(setCurrentClientCertDetails={"chain": True, "uri": True}),
-     f"{TC}.set_current_client_cert_details.chain", "not supported"),
     ("scoped routes", scoped_routes, f"{TC}.scoped_routes", "not supported"),
     ("RDS from a file", lambda h: h["rds"].update(configSource={"pathConfigSource": {"path": "/x"}}),
      f"{TC}.rds.config_source.path_config_source", "not supported"),
@@ -143,10 +141,10 @@ def test_connection_manager_options_map_to_the_http_listener():
         http = translate_listener(listener(forward_client_cert_details=mode,
                                            set_current_client_cert_details={"uri": True})).listener.http
         assert http.forward_client_cert == mode.lower()
-    # Subject and DNS are the extra keys zlbfast writes (Cert and Chain are refused above).
+    # Cert, Chain, Subject and DNS: the keys zlbfast writes besides By, Hash and URI.
     http = translate_listener(listener(forward_client_cert_details="SANITIZE_SET", set_current_client_cert_details={
-        "uri": True, "subject": True, "dns": True})).listener.http
-    assert http.client_cert_details == ("subject", "dns")
+        "uri": True, "subject": True, "dns": True, "chain": True})).listener.http
+    assert http.client_cert_details == ("chain", "subject", "dns")
     assert translate_listener(listener()).listener.http.client_cert_details == ()
     # x-forwarded-for is appended to only with use_remote_address, Envoy's default being false.
     assert translate_listener(listener()).listener.http.append_x_forwarded_for

@@ -146,13 +146,14 @@ def _xfcc(ctx: Ctx, hcm: hcm_pb2.HttpConnectionManager, path: str) -> tuple[str,
                        "supported; use SANITIZE, FORWARD_ONLY, APPEND_FORWARD or SANITIZE_SET")
     details = hcm.set_current_client_cert_details
     dpath = f"{path}.set_current_client_cert_details"
-    # zlbfast's element is By, Hash and URI (the client's SPIFFE ID), plus Subject and DNS when asked: what Envoy
-    # writes with uri (and subject, dns) set. Cert and Chain (URL-encoded PEM) are not written.
-    ctx.only(details, dpath, ("uri", "subject", "dns"))
+    # zlbfast's element is By, Hash and URI (the client's SPIFFE ID), plus Cert, Chain, Subject and DNS when asked:
+    # what Envoy writes with the same fields set.
+    ctx.only(details, dpath, ("uri", "cert", "chain", "subject", "dns"))
     if mode in (_HCM.APPEND_FORWARD, _HCM.SANITIZE_SET) and not details.uri:
         raise ctx.fail(f"{dpath}.uri", "must be true: zlbfast's x-forwarded-client-cert element always carries "
                        "URI=<client SPIFFE ID> (with By and Hash)")
-    extra = tuple(name for name, on in (("subject", details.subject.value), ("dns", details.dns)) if on)
+    extra = tuple(name for name, on in (("cert", details.cert), ("chain", details.chain),
+                                        ("subject", details.subject.value), ("dns", details.dns)) if on)
     return _XFCC[mode], extra
 
 
