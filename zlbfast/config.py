@@ -839,6 +839,14 @@ def _check_label(value: str, path: str, source: str, *, required: bool) -> None:
         _fail(source, path, f"must be at most {MAX_NAME_BYTES} bytes long, got {size}")
 
 
+def _check_choice_list(values: tuple[str, ...], choices: tuple[str, ...], what: str, path: str, source: str) -> None:
+    """Each of `values` (the list at `path`) is one of `choices`, and none is listed twice."""
+    for i, value in enumerate(values):
+        _check_choice(value, choices, what, f"{path}[{i}]", source)
+        if value in values[:i]:
+            _fail(source, f"{path}[{i}]", f"{value!r} is listed twice")
+
+
 def _check_choice(value: str, choices: tuple[str, ...], what: str, path: str, source: str) -> None:
     if value not in choices:
         _fail(
@@ -1249,10 +1257,7 @@ def _check_managed_header(name: str, path: str, source: str) -> None:
 def _validate_retry(retry: RetryPolicy, path: str, source: str) -> None:
     if not retry.retry_on:
         _fail(source, f"{path}.retry_on", "at least one condition is required; num_retries: 0 disables retries")
-    for i, condition in enumerate(retry.retry_on):
-        _check_choice(condition, RETRY_ON, "retry condition", f"{path}.retry_on[{i}]", source)
-        if condition in retry.retry_on[:i]:
-            _fail(source, f"{path}.retry_on[{i}]", f"{condition!r} is listed twice")
+    _check_choice_list(retry.retry_on, RETRY_ON, "retry condition", f"{path}.retry_on", source)
     _check_range(retry.num_retries, 0, MAX_RETRIES, f"{path}.num_retries", source)
     _check_duration(retry.per_try_timeout_ms, f"{path}.per_try_timeout", source, minimum_ms=0)
     _check_duration(retry.backoff_base_ms, f"{path}.backoff_base_interval", source, minimum_ms=0)
@@ -1381,12 +1386,8 @@ def _validate_http_options(http: HttpOptions, path: str, source: str) -> None:
     _check_range(http.retry_buffer, 0, MAX_RETRY_BUFFER, f"{path}.retry_buffer", source)
     _check_choice(http.forward_client_cert, XFCC_MODES, "forward_client_cert", f"{path}.forward_client_cert",
                   source)  # fmt: skip
-    seen: set[str] = set()
-    for i, detail in enumerate(http.client_cert_details):
-        _check_choice(detail, XFCC_DETAILS, "client_cert_details entry", f"{path}.client_cert_details[{i}]", source)
-        if detail in seen:
-            _fail(source, f"{path}.client_cert_details[{i}]", f"{detail!r} is listed twice")
-        seen.add(detail)
+    _check_choice_list(http.client_cert_details, XFCC_DETAILS, "client_cert_details entry",
+                       f"{path}.client_cert_details", source)
 
 
 class _PassedRouting:
