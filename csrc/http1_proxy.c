@@ -1982,6 +1982,8 @@ static void xfcc_put(xfcc_buf *b, const char *s, size_t n)
 
 static void xfcc_puts(xfcc_buf *b, const char *s) { xfcc_put(b, s, strlen(s)); }
 
+static void xfcc_append(const char *s, size_t len, void *arg) { xfcc_put(arg, s, len); }
+
 /* Percent-encodes all but RFC 3986's unreserved characters, as Envoy does
  * with the PEM in Cert and Chain. */
 static void xfcc_urlencoded(const char *pem, size_t len, void *arg)
@@ -2038,11 +2040,13 @@ static void hc_xfcc_prepare(zlb_hconn *c)
         else
             xfcc_put(&b, "\"", 1);
     }
-    char subject[ZLB_XFCC_MAX]; /* a longer one cannot fit the element either */
-    if ((details & ZLB_XFCC_SUBJECT) && zlb_tls_peer_subject(c->s.ssl, subject, sizeof(subject)) >= 0) {
+    if (details & ZLB_XFCC_SUBJECT) {
+        size_t mark = b.len;
         xfcc_puts(&b, ";Subject=\"");
-        xfcc_puts(&b, subject);
-        xfcc_put(&b, "\"", 1);
+        if (zlb_tls_peer_subject(c->s.ssl, xfcc_append, &b) != 0)
+            b.len = mark; /* no certificate (or no memory): no key */
+        else
+            xfcc_put(&b, "\"", 1);
     }
     xfcc_puts(&b, ";URI=");
     xfcc_puts(&b, t->peer.id);

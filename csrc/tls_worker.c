@@ -202,23 +202,28 @@ int zlb_tls_peer_cert_sha256(SSL *ssl, char out[65])
     return 0;
 }
 
-int zlb_tls_peer_subject(SSL *ssl, char *out, size_t cap)
+/* Calls fn with what a memory BIO holds, unless that is nothing. */
+static void emit_bio(BIO *bio, void (*fn)(const char *data, size_t len, void *arg), void *arg)
+{
+    char *data = NULL;
+    long len = BIO_get_mem_data(bio, &data);
+    if (len > 0)
+        fn(data, (size_t)len, arg);
+}
+
+int zlb_tls_peer_subject(SSL *ssl, void (*fn)(const char *subject, size_t len, void *arg), void *arg)
 {
     X509 *c = SSL_get0_peer_certificate(ssl);
-    if (!c || cap == 0 || cap > INT32_MAX)
+    if (!c)
         return -1;
     BIO *bio = BIO_new(BIO_s_mem());
     if (!bio)
         return -1;
-    int n = -1;
-    if (X509_NAME_print_ex(bio, X509_get_subject_name(c), 0, XN_FLAG_RFC2253) >= 0) {
-        n = BIO_read(bio, out, (int)cap - 1);
-        if (n < 0)
-            n = 0; /* an empty subject */
-        out[n] = '\0';
-    }
+    int ok = X509_NAME_print_ex(bio, X509_get_subject_name(c), 0, XN_FLAG_RFC2253) >= 0;
+    if (ok)
+        emit_bio(bio, fn, arg);
     BIO_free(bio);
-    return n;
+    return ok ? 0 : -1;
 }
 
 /* Letters, digits, '-', '.', '_' and a leading "*." wildcard label. */
@@ -271,10 +276,8 @@ int zlb_tls_peer_pem(SSL *ssl, int chain, void (*fn)(const char *pem, size_t len
     STACK_OF(X509) *rest = chain ? SSL_get_peer_cert_chain(ssl) : NULL;
     for (int i = 0; ok && i < sk_X509_num(rest); i++)
         ok = PEM_write_bio_X509(bio, sk_X509_value(rest, i)) == 1;
-    char *data = NULL;
-    long len = BIO_get_mem_data(bio, &data);
-    if (ok && len > 0)
-        fn(data, (size_t)len, arg);
+    if (ok)
+        emit_bio(bio, fn, arg);
     BIO_free(bio);
-    return ok && len > 0 ? 0 : -1;
+    return ok ? 0 : -1;
 }

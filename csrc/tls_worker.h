@@ -81,10 +81,10 @@ void zlb_tls_live_add(int64_t d);
  * digits and a NUL (XFCC "Hash"). 0, or -1 when there is no peer certificate. */
 int zlb_tls_peer_cert_sha256(SSL *ssl, char out[65]);
 
-/* The peer certificate's subject in RFC 2253 form ("CN=x,O=y"; XFCC
- * "Subject"), NUL-terminated in out and cut at cap - 1 bytes. Its length, or
- * -1 when there is no peer certificate. Worker thread (OpenSSL objects). */
-int zlb_tls_peer_subject(SSL *ssl, char *out, size_t cap);
+/* Calls fn with the peer certificate's subject in RFC 2253 form ("CN=x,O=y";
+ * XFCC "Subject"), or not at all when it is empty. 0, or -1 when there is no
+ * peer certificate or no memory. Worker thread (OpenSSL objects). */
+int zlb_tls_peer_subject(SSL *ssl, void (*fn)(const char *subject, size_t len, void *arg), void *arg);
 
 /* Calls fn(name, length, arg) for each DNS name of the peer certificate's
  * subjectAltName, in order (XFCC "DNS"), skipping names with characters a
