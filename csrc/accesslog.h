@@ -48,7 +48,8 @@ typedef struct zlb_access_record {
 } zlb_access_record;
 
 /* Records per worker ring: a power of two in [MIN, MAX], chosen when the log
- * is first enabled (zlb_engine_set_access_log). A record is about 1 KiB. */
+ * is first enabled (zlb_engine_set_access_log). A record is 664 bytes on
+ * x86-64. */
 #define ZLB_AL_RING_DEFAULT 4096
 #define ZLB_AL_RING_MIN 64
 #define ZLB_AL_RING_MAX (1u << 20)

@@ -593,7 +593,7 @@ class Pipeline:
         pending = [self._warm_deadline[n] for n in self.warming()]
         pending += [d for d in self._route_deadline.values() if d > now]
         if pending:
-            delay = max(0.0, min(pending) - time.monotonic())
+            delay = max(0.0, min(pending) - now)
             self._warm_timer = asyncio.get_running_loop().call_later(delay + 0.001, self._warm_timeout)
 
     def _warm_timeout(self) -> None:
