@@ -112,10 +112,9 @@ def asyncio_argv(listen: int, upstream: int, scratch: Path) -> list[str]:
     ]
 
 
-def zlbfast_argv(cmd: list[str], kernel_relay: str = "off") -> ProxyArgv:
+def zlbfast_argv(cmd: list[str]) -> ProxyArgv:
     def argv(listen: int, upstream: int, scratch: Path) -> list[str]:
-        return [*cmd, "proxy", "--from", f"{HOST}:{listen}", "--to", f"{HOST}:{upstream}", "--workers", "1",
-                "--kernel-relay", kernel_relay]
+        return [*cmd, "proxy", "--from", f"{HOST}:{listen}", "--to", f"{HOST}:{upstream}", "--workers", "1"]
 
     return argv
 
@@ -124,9 +123,6 @@ def all_targets(zlbfast_cmd: list[str]) -> list[Target]:
     return [
         Target("direct", None),
         Target("zlbfast", zlbfast_argv(zlbfast_cmd)),
-        # Opt-in: the kernel does the relaying (softirq and kworker time on the CPUs that receive the packets,
-        # which the proxy's own CPU column does not show).
-        Target("krelay", zlbfast_argv(zlbfast_cmd, "on")),
         Target("haproxy", haproxy_argv, ("haproxy", "haproxy")),
         Target("asyncio", asyncio_argv),
     ]
@@ -309,7 +305,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         default="direct,zlbfast,haproxy,asyncio",
-        help="comma-separated subset of direct,zlbfast,haproxy,asyncio,krelay (zlbfast --kernel-relay on)",
+        help="comma-separated subset of direct,zlbfast,haproxy,asyncio",
     )
     add_layout_arguments(parser, "the load (wrk, nginx, bulk source and sink)")
     parser.add_argument(

@@ -90,16 +90,6 @@ zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen)
     }
     for (uint32_t i = 0; i < o->workers; i++)
         e->workers[i].alog.wake_fd = e->alog_wake_fd;
-    if (o->kernel_relay == ZLB_KRELAY_OFF) {
-        snprintf(e->krelay_status, sizeof(e->krelay_status), "off");
-    } else {
-        e->krelay = zlb_krelay_open(o->kernel_relay_max_connections, e->krelay_status, sizeof(e->krelay_status));
-        if (!e->krelay && o->kernel_relay == ZLB_KRELAY_ON) {
-            snprintf(err, errlen, "%s", e->krelay_status);
-            zlb_engine_free(e);
-            return NULL;
-        }
-    }
     return e;
 oom:
     snprintf(err, errlen, "out of memory");
@@ -171,7 +161,6 @@ void zlb_engine_free(zlb_engine *e)
     }
     if (e->alog_wake_fd >= 0)
         close(e->alog_wake_fd);
-    zlb_krelay_free(e->krelay); /* the workers closed (and unlinked) every connection */
     while (e->cluster_tls) {
         zlb_cluster_tls *ct = e->cluster_tls;
         e->cluster_tls = ct->next;
@@ -199,11 +188,6 @@ void zlb_engine_free(zlb_engine *e)
     pthread_mutex_destroy(&e->listeners_lock);
     free(e->workers);
     free(e);
-}
-
-const char *zlb_engine_kernel_relay_status(const zlb_engine *e)
-{
-    return e->krelay ? NULL : e->krelay_status;
 }
 
 zlb_ep_registry *zlb_engine_registry(zlb_engine *e) { return e->registry; }

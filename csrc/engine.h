@@ -17,23 +17,9 @@
 
 typedef struct zlb_engine zlb_engine;
 
-/* Whether plaintext TCP connections are relayed inside the kernel (krelay.h). */
-enum zlb_kernel_relay_mode {
-    ZLB_KRELAY_OFF = 0,   /* always splice/copy in the worker */
-    ZLB_KRELAY_AUTO = 1,  /* relay when the kernel and privileges allow it, else splice */
-    ZLB_KRELAY_ON = 2,    /* relay; zlb_engine_new fails when it cannot */
-};
-
 typedef struct zlb_engine_opts {
     uint32_t workers;   /* >= 1 */
     uint64_t rng_seed;  /* seeds the per-worker generators (worker i: seed + i) */
-    int kernel_relay;   /* zlb_kernel_relay_mode */
-    uint32_t kernel_relay_max_connections; /* linked at once, all workers; more use splice */
-    /* A connection moves into the kernel after this many messages were
-     * copied in the worker (0: as soon as the upstream connects). Short
-     * connections are cheaper in the worker: linking costs about a dozen
-     * system calls, a message in the worker two or three. */
-    uint32_t kernel_relay_after;
 } zlb_engine_opts;
 
 enum zlb_protocol { ZLB_PROTO_TCP = 0, ZLB_PROTO_HTTP = 1 };
@@ -134,8 +120,6 @@ typedef struct zlb_stats {
     uint64_t tls_bytes_up_down;
     uint64_t authz_denied;               /* closed (L4) or answered 403 (HTTP) by a listener's allow/deny rules */
     uint64_t tls_events_dropped;         /* TLS events lost because the event ring was full */
-    uint64_t kernel_relayed;             /* connections moved into the kernel relay */
-    uint64_t kernel_relay_failures;      /* ... that could not be (full map, kernel refusal): spliced instead */
 } zlb_stats;
 
 zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen);
@@ -143,9 +127,6 @@ zlb_engine *zlb_engine_new(const zlb_engine_opts *o, char *err, size_t errlen);
 int zlb_engine_start(zlb_engine *e, char *err, size_t errlen);
 /* Stops and joins workers, closes every socket, frees everything. */
 void zlb_engine_free(zlb_engine *e);
-
-/* NULL when the kernel relay is in use; else why not ("off" when turned off). */
-const char *zlb_engine_kernel_relay_status(const zlb_engine *e);
 
 zlb_ep_registry *zlb_engine_registry(zlb_engine *e);
 uint32_t zlb_engine_workers(const zlb_engine *e);

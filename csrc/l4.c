@@ -30,15 +30,6 @@
  * kept per worker and endpoint. A connection with TLS on either side copies
  * through SSL_read/SSL_write with one 16 KiB buffer per direction (zlb_conn_tls,
  * allocated only for such connections); plaintext connections are unchanged.
- *
- * Kernel relay (krelay.h): when the engine has one, a plaintext connection
- * that has carried kernel_relay_after messages (0: at once) and has nothing
- * waiting in its pipes is linked into it. From then on the worker reads
- * neither socket: it waits for each side's end of stream, lets the kernel
- * finish handing that side's bytes over (polled on a short timer, as the
- * kernel gives no event for it), and then forwards the FIN. Byte counts are
- * read from the relay when the connection ends, and by the idle timer to
- * tell a quiet connection from a busy one.
  */
 #define _GNU_SOURCE /* splice, pipe2, accept4, F_SETPIPE_SZ */
 #include "tls_worker.h"
@@ -126,20 +117,10 @@ typedef struct zlb_conn {
     uint64_t bytes[2];            /* per direction, as d[] */
     uint16_t flags;               /* ZLB_AL_* */
     uint8_t down_registered;      /* down_fd already in epoll (TLS listeners register at accept) */
-    uint8_t relay_state;          /* enum relay_state */
-    uint32_t messages;            /* copied in the worker (counts toward kernel_relay_after) */
-    int64_t drain_poll_ns;        /* relayed: delay of the next check for a finished direction */
-    zlb_krelay_pair relay;        /* valid while relay_state == RELAY_LINKED */
     zlb_conn_tls *tls;            /* NULL unless TLS is used on a side */
     zlb_dir d[2];                 /* 0: client -> upstream, 1: upstream -> client */
     struct zlb_conn *prev, *next;
 } zlb_conn;
-
-enum relay_state {
-    RELAY_NOT_YET = 0,  /* copied in the worker; may be linked later */
-    RELAY_LINKED,       /* the kernel moves the bytes */
-    RELAY_NEVER,        /* stays in the worker (TLS, no relay, or the link failed) */
-};
 
 #define CONN_OF(ptr, member) ((zlb_conn *)((char *)(ptr) - offsetof(zlb_conn, member)))
 
@@ -290,20 +271,6 @@ static zlb_conn_tls *tls_state(zlb_conn *c)
     return c->tls;
 }
 
-static void count_bytes(zlb_conn *c, int dir, size_t n);
-
-/* Takes the connection out of the kernel relay (before closing), counting
- * the bytes it moved. */
-static void relay_finish(zlb_conn *c)
-{
-    zlb_krelay *kr = c->w->eng->krelay;
-    zlb_krelay_refresh(kr, &c->relay);
-    for (int dir = 0; dir < 2; dir++)
-        count_bytes(c, dir, c->relay.relayed[dir]);
-    zlb_krelay_unlink(kr, &c->relay);
-    c->relay_state = RELAY_NEVER;
-}
-
 /* Closes both sockets and releases everything but the memory, which
  * zlb_l4_reap frees after the current event batch. `reset` makes the peers
  * see RST instead of FIN (an error on one side aborts the other). */
@@ -318,8 +285,6 @@ static void conn_close(zlb_conn *c, int reset)
         if (!(c->flags & (ZLB_AL_UF | ZLB_AL_NR)))
             c->flags |= ZLB_AL_RS;
     }
-    if (c->relay_state == RELAY_LINKED)
-        relay_finish(c);
     log_connection(c);
     if (c->down_fd >= 0) {
         if (reset)
@@ -438,8 +403,6 @@ static void arm_idle(zlb_conn *c)
 static void tls_pump_all(zlb_conn *c);
 static void start_up_tls(zlb_conn *c);
 static void try_connect(zlb_conn *c);
-static int relay_eligible(const zlb_conn *c);
-static int relay_link(zlb_conn *c);
 
 /* The upstream is ready (TCP connected and, with TLS, handshaken and
  * verified): start moving bytes. */
@@ -465,14 +428,10 @@ static void conn_open(zlb_conn *c)
     }
     c->d[0].readable = c->d[1].readable = 1;
     arm_idle(c);
-    if (c->tls) {
+    if (c->tls)
         tls_pump_all(c);
-        return;
-    }
-    c->relay_state = relay_eligible(c) ? RELAY_NOT_YET : RELAY_NEVER;
-    if (c->relay_state == RELAY_NOT_YET && w->eng->opts.kernel_relay_after == 0 && relay_link(c))
-        return;
-    pump_all(c);
+    else
+        pump_all(c);
 }
 
 /* TCP connect to the upstream completed. */
@@ -595,8 +554,6 @@ static void try_connect(zlb_conn *c)
     }
 }
 
-static void relay_on_timer(zlb_conn *c, int64_t now_ns);
-
 static void on_timer(zlb_timer *t, int64_t now_ns)
 {
     zlb_conn *c = CONN_OF(t, timer);
@@ -611,11 +568,6 @@ static void on_timer(zlb_timer *t, int64_t now_ns)
         conn_close(c, 0);
         return;
     }
-    if (c->relay_state == RELAY_LINKED) {
-        relay_on_timer(c, now_ns);
-        return;
-    }
-
     int64_t idle_ns = (int64_t)c->l->opts.idle_timeout_ms * 1000000;
     if (now_ns - c->last_activity_ns >= idle_ns) {
         ZLB_STAT_ADD(c->w, idle_timeouts, 1);
@@ -998,7 +950,6 @@ static int pump(zlb_conn *c, int dir)
             return -1;
         }
         c->last_activity_ns = w->now_ns;
-        c->messages++;
     }
 }
 
@@ -1163,121 +1114,11 @@ static void tls_on_event(zlb_conn *c, int side, uint32_t events)
     tls_pump_all(c);
 }
 
-/* ---- kernel relay ---------------------------------------------------------- */
-
-static int relay_eligible(const zlb_conn *c)
-{
-    int fam[2] = {c->down_addr.sin6_family, c->up_addr.sin6_family};
-    for (int i = 0; i < 2; i++)
-        if (fam[i] != AF_INET && fam[i] != AF_INET6)
-            return 0; /* the relay's byte accounting reads TCP counters */
-    return c->w->eng->krelay != NULL;
-}
-
-/* Moves an open plaintext connection into the kernel when nothing of it
- * waits in the worker. Returns 1 when it did (the caller must not pump). */
-static int relay_link(zlb_conn *c)
-{
-    zlb_worker *w = c->w;
-    for (int i = 0; i < 2; i++)
-        if (c->d[i].pending || c->d[i].eof || c->d[i].hup)
-            return 0; /* bytes in a pipe, or an end under way: stay in the worker */
-    int fd[2] = {c->down_fd, c->up_fd};
-    if (zlb_krelay_link(w->eng->krelay, fd, &c->relay) != 0) {
-        if (errno == EAGAIN)
-            return 0; /* unacknowledged bytes: try after a later message */
-        ZLB_STAT_ADD(w, kernel_relay_failures, 1);
-        c->relay_state = RELAY_NEVER;
-        return 0;
-    }
-    ZLB_STAT_ADD(w, kernel_relayed, 1);
-    c->relay_state = RELAY_LINKED;
-    for (int i = 0; i < 2; i++) {
-        pipe_put(w, c->d[i].pipe, 0);
-        c->d[i].readable = 0;
-        c->d[i].splicing = 0;
-        if (want_write(c, i, 0) != 0) {
-            conn_close(c, 1);
-            return 1;
-        }
-    }
-    return 1;
-}
-
-#define RELAY_DRAIN_POLL_MIN_NS 1000000LL    /* the first check: the work queue usually runs at once */
-#define RELAY_DRAIN_POLL_MAX_NS 100000000LL  /* backing off to this while the receiver is slow */
-
-/* Forwards each finished direction's FIN once the kernel handed over all
- * its bytes; closes when both are done; else sets the timer: a short poll
- * while a FIN waits, the idle timeout otherwise. */
-static void relay_progress(zlb_conn *c)
-{
-    int fd[2] = {c->down_fd, c->up_fd};
-    int waiting = 0;
-    for (int dir = 0; dir < 2; dir++) {
-        zlb_dir *d = &c->d[dir];
-        if (!d->eof || d->done)
-            continue;
-        if (zlb_krelay_drained(c->w->eng->krelay, &c->relay, dir, fd)) {
-            shutdown(fd[1 - dir], SHUT_WR);
-            d->done = 1;
-        } else {
-            waiting = 1;
-        }
-    }
-    if (c->d[0].done && c->d[1].done) {
-        conn_close(c, 0);
-        return;
-    }
-    if (!waiting) {
-        c->drain_poll_ns = 0;
-        arm_idle(c);
-        return;
-    }
-    c->drain_poll_ns = c->drain_poll_ns ? c->drain_poll_ns * 2 : RELAY_DRAIN_POLL_MIN_NS;
-    if (c->drain_poll_ns > RELAY_DRAIN_POLL_MAX_NS)
-        c->drain_poll_ns = RELAY_DRAIN_POLL_MAX_NS;
-    zlb_timer_arm(&c->w->timers, &c->timer, c->w->now_ns + c->drain_poll_ns);
-}
-
-/* A relayed socket only reports its end: an error (the other side is reset
- * too) or its peer's FIN. */
-static void relay_on_event(zlb_conn *c, int side, uint32_t events)
-{
-    int soerr = 0;
-    socklen_t len = sizeof(soerr);
-    int fd = side ? c->up_fd : c->down_fd;
-    if ((events & EPOLLERR) || (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr != 0)) {
-        conn_close(c, 1);
-        return;
-    }
-    if (!(events & (EPOLLRDHUP | EPOLLHUP)) || c->d[side].eof)
-        return;
-    c->d[side].eof = 1;
-    c->last_activity_ns = c->w->now_ns;
-    relay_progress(c);
-}
-
-/* The idle timer (or a drain poll) of a relayed connection: bytes moved by
- * the kernel since the last look count as activity. */
-static void relay_on_timer(zlb_conn *c, int64_t now_ns)
-{
-    if (zlb_krelay_refresh(c->w->eng->krelay, &c->relay))
-        c->last_activity_ns = now_ns;
-    uint32_t idle_ms = c->l->opts.idle_timeout_ms;
-    if (idle_ms && now_ns - c->last_activity_ns >= (int64_t)idle_ms * 1000000) {
-        ZLB_STAT_ADD(c->w, idle_timeouts, 1);
-        c->flags |= ZLB_AL_IT;
-        conn_close(c, 0);
-        return;
-    }
-    relay_progress(c);
-}
-
 void zlb_l4_on_event(zlb_worker *w, zlb_io *io, uint32_t events)
 {
     zlb_conn *c = io->kind == ZLB_IO_DOWN ? CONN_OF(io, down_io) : CONN_OF(io, up_io);
     int side = io->kind == ZLB_IO_DOWN ? 0 : 1;
+    ZLB_UNUSED(w);
     switch (c->state) {
     case CONN_CLOSED:
         return;
@@ -1300,11 +1141,6 @@ void zlb_l4_on_event(zlb_worker *w, zlb_io *io, uint32_t events)
         tls_on_event(c, side, events);
         return;
     }
-    if (c->relay_state == RELAY_LINKED) {
-        relay_on_event(c, side, events);
-        return;
-    }
-
     if (c->state == CONN_CONNECTING) {
         if (io->kind != ZLB_IO_UP)
             return;
@@ -1338,6 +1174,4 @@ void zlb_l4_on_event(zlb_worker *w, zlb_io *io, uint32_t events)
         conn_close(c, 1);
     else if (c->d[0].done && c->d[1].done)
         conn_close(c, 0);
-    else if (c->relay_state == RELAY_NOT_YET && c->messages >= w->eng->opts.kernel_relay_after)
-        relay_link(c);
 }

@@ -8,7 +8,6 @@
 
 #include <pthread.h>
 #include "engine.h"
-#include "krelay.h"
 #include "lb.h"
 #include "qsbr.h"
 #include "timer.h"
@@ -138,8 +137,6 @@ struct zlb_engine {
     pthread_mutex_t tls_ev_lock;      /* the event ring (rare: failures, or peer logging) */
     zlb_tls_event *tls_ev;            /* ZLB_TLS_EVENT_RING slots, allocated with the engine */
     uint64_t tls_ev_head, tls_ev_tail;
-    zlb_krelay *krelay;               /* NULL: no kernel relay (set before the workers start) */
-    char krelay_status[256];          /* why there is none */
 };
 
 /* Wall clock of the current loop iteration (access-log start times, TLS

@@ -34,8 +34,8 @@ def engine_factory() -> Iterator[Callable[..., object]]:
 
     engines: list[Engine] = []
 
-    def make(workers: int = 1, kernel_relay: str = "off") -> Engine:
-        eng = Engine(workers=workers, kernel_relay=kernel_relay)
+    def make(workers: int = 1) -> Engine:
+        eng = Engine(workers=workers)
         engines.append(eng)
         return eng
 
@@ -43,4 +43,4 @@ def engine_factory() -> Iterator[Callable[..., object]]:
     for eng in engines:
         eng.close()
     if engines:
-        assert _native.debug_counters() == {"conns": 0, "pipes": 0, "snapshots": 0, "kernel_relay_links": 0}
+        assert _native.debug_counters() == {"conns": 0, "pipes": 0, "snapshots": 0}

@@ -86,7 +86,7 @@ def mesh_factory() -> Iterator[Callable[..., Mesh]]:
             eng.close()
         m.backend.stop()
     if made:
-        assert _native.debug_counters() == {"conns": 0, "pipes": 0, "snapshots": 0, "kernel_relay_links": 0}
+        assert _native.debug_counters() == {"conns": 0, "pipes": 0, "snapshots": 0}
         assert _native.debug_live_tls() == 0
 
 

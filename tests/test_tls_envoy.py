@@ -204,7 +204,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def _nothing_leaked() -> Iterator[None]:
     """After the module (every engine closed): no native connection, pipe, snapshot or TLS object left."""
     yield
-    assert _native.debug_counters() == {"conns": 0, "pipes": 0, "snapshots": 0, "kernel_relay_links": 0}
+    assert _native.debug_counters() == {"conns": 0, "pipes": 0, "snapshots": 0}
     assert _native.debug_live_tls() == 0
 
 

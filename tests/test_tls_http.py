@@ -112,7 +112,7 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     for eng in m.engines:
         eng.close()
     m.upstream.stop()
-    assert _native.debug_counters() == {"conns": 0, "pipes": 0, "snapshots": 0, "kernel_relay_links": 0}
+    assert _native.debug_counters() == {"conns": 0, "pipes": 0, "snapshots": 0}
     assert _native.debug_live_tls() == 0
 
 

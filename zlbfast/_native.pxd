@@ -256,9 +256,6 @@ cdef extern from "engine.h" nogil:
     ctypedef struct zlb_engine_opts:
         uint32_t workers
         uint64_t rng_seed
-        int kernel_relay
-        uint32_t kernel_relay_max_connections
-        uint32_t kernel_relay_after
 
     ctypedef struct zlb_http_opts:
         char route_table[128]
@@ -310,12 +307,6 @@ cdef extern from "engine.h" nogil:
     void zlb_engine_access_log_stats(zlb_engine *e, zlb_alog_writer_stats *out, uint64_t *pending)
     int64_t zlb_debug_live_conns()
     int64_t zlb_debug_live_pipes()
-    const char *zlb_engine_kernel_relay_status(const zlb_engine *e)
-
-cdef extern from "krelay.h" nogil:
-    int64_t zlb_debug_live_krelay_links()
-
-cdef extern from "engine.h" nogil:
     # TLS (csrc/engine.h, csrc/tls.h)
     ctypedef struct zlb_tls_event:
         int64_t unix_ns

@@ -27,12 +27,7 @@ STAT_FIELDS = (
     "tls_handshake_failures_up", "tls_handshake_timeouts", "tls_verify_untrusted", "tls_verify_expired",
     "tls_verify_spiffe_id", "tls_no_peer_cert", "tls_plaintext_rejected", "tls_permissive_plaintext",
     "tls_bytes_down_up", "tls_bytes_up_down", "authz_denied", "tls_events_dropped",
-    "kernel_relayed", "kernel_relay_failures",
 )
-# enum zlb_kernel_relay_mode in csrc/engine.h.
-KERNEL_RELAY_MODES = {"off": 0, "auto": 1, "on": 2}
-KERNEL_RELAY_MAX_CONNECTIONS_DEFAULT = 65536
-KERNEL_RELAY_AFTER_DEFAULT = 0
 # Must follow enum zlb_cs_counter in csrc/cluster_stats.h.
 CLUSTER_STAT_FIELDS = (
     "rq_1xx", "rq_2xx", "rq_3xx", "rq_4xx", "rq_5xx", "connections", "connect_attempts", "connect_failures",
@@ -365,21 +360,12 @@ cdef class NativeEngine:
     cdef dict listener_names    # native id -> (name, cluster)
     cdef uint64_t seed          # also seeds access-log sampling
 
-    def __cinit__(self, int workers, unsigned long long seed=0x5eed, *, str kernel_relay="off",
-                  unsigned int kernel_relay_max_connections=KERNEL_RELAY_MAX_CONNECTIONS_DEFAULT,
-                  unsigned int kernel_relay_after=KERNEL_RELAY_AFTER_DEFAULT):
-        """kernel_relay: "auto" relays plaintext TCP connections in the kernel when it and the process's
-        privileges allow (see kernel_relay_status), "on" raises NativeError when they do not, "off" never."""
+    def __cinit__(self, int workers, unsigned long long seed=0x5eed):
         cdef zlb_engine_opts o
         cdef char err[512]
-        if kernel_relay not in KERNEL_RELAY_MODES:
-            raise ValueError(f"kernel_relay must be one of {', '.join(KERNEL_RELAY_MODES)}, got {kernel_relay!r}")
         memset(&o, 0, sizeof(o))
         o.workers = workers
         o.rng_seed = seed
-        o.kernel_relay = KERNEL_RELAY_MODES[kernel_relay]
-        o.kernel_relay_max_connections = kernel_relay_max_connections
-        o.kernel_relay_after = kernel_relay_after
         self.listener_names = {}
         self.seed = seed
         self.e = zlb_engine_new(&o, err, sizeof(err))
@@ -408,12 +394,6 @@ cdef class NativeEngine:
     @property
     def workers(self):
         return zlb_engine_workers(self._live())
-
-    @property
-    def kernel_relay_status(self):
-        """None when plaintext TCP connections are relayed in the kernel; else why not."""
-        cdef const char *why = zlb_engine_kernel_relay_status(self._live())
-        return None if why == NULL else why.decode(errors="replace")
 
     def publish(self, SnapshotBuilder builder not None):
         """Builds the snapshot and makes it the one workers use."""
@@ -766,7 +746,6 @@ def debug_counters():
     return {
         "conns": zlb_debug_live_conns(),
         "pipes": zlb_debug_live_pipes(),
-        "kernel_relay_links": zlb_debug_live_krelay_links(),
         "snapshots": zlb_debug_snapshots_alive(),
     }
 

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import yaml
 
-from zlbfast import __version__, _native, admin, logs
+from zlbfast import __version__, admin, logs
 from zlbfast.bench import cli as bench
 from zlbfast.config import ConfigError, is_envoy_bootstrap, load_config, proxy_config
 from zlbfast.metrics import ObservedEngine
@@ -85,15 +85,10 @@ class _XdsSource:
         return 0
 
 
-async def _serve(source: _Source, workers: int, drain_timeout_ms: int, ops: admin.OpsOptions,
-                 kernel_relay: str = "off") -> int:
+async def _serve(source: _Source, workers: int, drain_timeout_ms: int, ops: admin.OpsOptions) -> int:
     """Runs the engine fed by `source` until SIGTERM/SIGINT (or POST /drain), then drains. The admin server,
     health checks and access log (zlbfast.admin.Operations) run from before the first config to after the drain."""
-    try:
-        engine = ObservedEngine(workers, kernel_relay=kernel_relay)
-    except _native.NativeError as exc:
-        log.error("%s", exc)
-        return 1
+    engine = ObservedEngine(workers)
     try:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -137,7 +132,7 @@ def _is_envoy_bootstrap(path: str) -> bool:
 def _cmd_run(args: argparse.Namespace) -> int:
     if _is_envoy_bootstrap(args.config):
         return asyncio.run(_serve(_XdsSource(args), args.workers, Config((), ()).drain_timeout_ms,
-                                  admin.OpsOptions.from_args(args), args.kernel_relay))
+                                  admin.OpsOptions.from_args(args)))
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -145,7 +140,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 1
     source = _StaticSource(cfg, lambda: load_config(args.config))
     return asyncio.run(_serve(source, args.workers or cfg.workers, cfg.drain_timeout_ms,
-                              admin.OpsOptions.from_args(args), args.kernel_relay))
+                              admin.OpsOptions.from_args(args)))
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
@@ -155,7 +150,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         print(f"zlbfast: {exc}", file=sys.stderr)
         return 1
     return asyncio.run(_serve(_StaticSource(cfg, None), args.workers, cfg.drain_timeout_ms,
-                              admin.OpsOptions.from_args(args), args.kernel_relay))
+                              admin.OpsOptions.from_args(args)))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -178,13 +173,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench.run(args)
 
 
-def _add_kernel_relay_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kernel-relay", default="off", choices=tuple(_native.KERNEL_RELAY_MODES),
-                        help="experimental: plaintext TCP relayed inside the kernel (BPF sockmap); needs "
-                             "CAP_BPF+CAP_NET_ADMIN; auto falls back to splice, on fails without it "
-                             "(see docs/kernel-relay.md)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zlbfast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"zlbfast {__version__}")
@@ -195,7 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run with a zlbfast YAML file or an Envoy v3 bootstrap")
     run.add_argument("-c", "--config", required=True, help="zlbfast YAML, or Envoy v3 bootstrap (YAML/JSON)")
     run.add_argument("--workers", type=int, default=0, help="worker threads (default: config, else CPUs)")
-    _add_kernel_relay_argument(run)
     xds_group = run.add_argument_group("xDS (Envoy bootstraps only)")
     xds_group.add_argument("--xds-cache-dir", default=None, help="where accepted xDS state is persisted")
     xds_group.add_argument("--node-id", default="", help="overrides node.id of the bootstrap")
@@ -212,7 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--mode", default="tcp", choices=("tcp", "http"),
                        help="tcp: balance per connection; http: per request (HTTP/1.1)")
     proxy.add_argument("--workers", type=int, default=0, help="worker threads (default: CPUs)")
-    _add_kernel_relay_argument(proxy)
     admin.add_arguments(proxy, admin_default=None)
     proxy.set_defaults(func=_cmd_proxy)
 

@@ -19,8 +19,8 @@ log = logging.getLogger("zlbfast.config")
 class ObservedEngine(Engine):
     """An Engine whose apply() is counted, logged and announced to `on_apply` callbacks."""
 
-    def __init__(self, workers: int = 0, seed: int = 0x5EED, kernel_relay: str = "off") -> None:
-        super().__init__(workers, seed, kernel_relay)
+    def __init__(self, workers: int = 0, seed: int = 0x5EED) -> None:
+        super().__init__(workers, seed)
         self.config_updates = 0
         self.config_update_failures = 0
         self.last_update_time = 0.0  # unix seconds of the last successful apply, 0 = never

@@ -20,7 +20,6 @@ from zlbfast.config import validate
 from zlbfast.identity import IdentityFiles, IdentityWatcher
 from zlbfast.model import AuthzRule, Cluster, ClusterTls, Config, Listener, ListenerTls, PeerMatch, Route
 
-log = logging.getLogger("zlbfast.engine")
 tls_log = logging.getLogger("zlbfast.tls")
 
 # TLS events of one kind logged one by one per drain (about a second); the rest of that kind get one summary line.
@@ -157,11 +156,8 @@ def _tls_options(tls: ListenerTls | ClusterTls, identity: str, protocol: str = "
 class Engine:
     """A running data plane: worker threads plus the configuration applied to them."""
 
-    def __init__(self, workers: int = 0, seed: int = 0x5EED, kernel_relay: str = "off") -> None:
-        self.native = _native.NativeEngine(workers or default_workers(), seed, kernel_relay=kernel_relay)
-        if kernel_relay == "auto" and self.native.kernel_relay_status is not None:
-            log.warning("kernel relay unavailable, plaintext TCP is spliced in the workers: %s",
-                        self.native.kernel_relay_status)
+    def __init__(self, workers: int = 0, seed: int = 0x5EED) -> None:
+        self.native = _native.NativeEngine(workers or default_workers(), seed)
         self.config: Config | None = None
         self._trimmed_at: float | None = None  # time.monotonic() of the last heap trim
         self._listeners: dict[str, _InstalledListener] = {}
