@@ -202,28 +202,40 @@ int zlb_tls_peer_cert_sha256(SSL *ssl, char out[65])
     return 0;
 }
 
-/* Calls fn with what a memory BIO holds, unless that is nothing. */
-static void emit_bio(BIO *bio, void (*fn)(const char *data, size_t len, void *arg), void *arg)
-{
-    char *data = NULL;
-    long len = BIO_get_mem_data(bio, &data);
-    if (len > 0)
-        fn(data, (size_t)len, arg);
-}
+typedef void zlb_text_fn(const char *text, size_t len, void *arg);
 
-int zlb_tls_peer_subject(SSL *ssl, void (*fn)(const char *subject, size_t len, void *arg), void *arg)
+/* Has write() put text about the peer certificate into a memory BIO and
+ * calls fn with it, unless that is nothing: the shared part of the subject
+ * and PEM helpers. 0, or -1 when there is no peer certificate, no memory or
+ * write() failed (returned 0). */
+static int emit_peer_text(SSL *ssl, int (*write)(BIO *bio, SSL *ssl, X509 *leaf, int chain), int chain,
+                          zlb_text_fn *fn, void *arg)
 {
-    X509 *c = SSL_get0_peer_certificate(ssl);
-    if (!c)
+    X509 *leaf = SSL_get0_peer_certificate(ssl);
+    if (!leaf)
         return -1;
     BIO *bio = BIO_new(BIO_s_mem());
     if (!bio)
         return -1;
-    int ok = X509_NAME_print_ex(bio, X509_get_subject_name(c), 0, XN_FLAG_RFC2253) >= 0;
-    if (ok)
-        emit_bio(bio, fn, arg);
+    int ok = write(bio, ssl, leaf, chain);
+    char *data = NULL;
+    long len = ok ? BIO_get_mem_data(bio, &data) : 0;
+    if (len > 0)
+        fn(data, (size_t)len, arg);
     BIO_free(bio);
     return ok ? 0 : -1;
+}
+
+static int write_subject(BIO *bio, SSL *ssl, X509 *leaf, int chain)
+{
+    ZLB_UNUSED(ssl);
+    ZLB_UNUSED(chain);
+    return X509_NAME_print_ex(bio, X509_get_subject_name(leaf), 0, XN_FLAG_RFC2253) >= 0;
+}
+
+int zlb_tls_peer_subject(SSL *ssl, void (*fn)(const char *subject, size_t len, void *arg), void *arg)
+{
+    return emit_peer_text(ssl, write_subject, 0, fn, arg);
 }
 
 /* Letters, digits, '-', '.', '_' and a leading "*." wildcard label. */
@@ -263,21 +275,17 @@ int zlb_tls_peer_dns_names(SSL *ssl, void (*fn)(const char *name, size_t len, vo
     return count;
 }
 
-int zlb_tls_peer_pem(SSL *ssl, int chain, void (*fn)(const char *pem, size_t len, void *arg), void *arg)
+static int write_pem(BIO *bio, SSL *ssl, X509 *leaf, int chain)
 {
-    X509 *leaf = SSL_get0_peer_certificate(ssl);
-    if (!leaf)
-        return -1;
-    BIO *bio = BIO_new(BIO_s_mem());
-    if (!bio)
-        return -1;
     int ok = PEM_write_bio_X509(bio, leaf) == 1;
     /* On the server side the sent chain does not include the leaf. */
     STACK_OF(X509) *rest = chain ? SSL_get_peer_cert_chain(ssl) : NULL;
     for (int i = 0; ok && i < sk_X509_num(rest); i++)
         ok = PEM_write_bio_X509(bio, sk_X509_value(rest, i)) == 1;
-    if (ok)
-        emit_bio(bio, fn, arg);
-    BIO_free(bio);
-    return ok ? 0 : -1;
+    return ok;
+}
+
+int zlb_tls_peer_pem(SSL *ssl, int chain, void (*fn)(const char *pem, size_t len, void *arg), void *arg)
+{
+    return emit_peer_text(ssl, write_pem, chain, fn, arg);
 }
