@@ -103,7 +103,7 @@ class AccessLog:
     """
 
     def __init__(self, engine: NativeEngine, path: str, *, sample: float = 1.0, flush_interval_ms: int = 100,
-                 buffer_bytes: int = 256 * 1024, ring_records: int | None = None) -> None:
+                 buffer_bytes: int = 256 * 1024, ring_records: int) -> None:
         if not 0.0 <= sample <= 1.0:
             raise ValueError(f"access log sample rate must be between 0 and 1, got {sample}")
         self.engine = engine
@@ -111,8 +111,7 @@ class AccessLog:
         self.sample = sample
         self.flush_interval_ms = flush_interval_ms
         self.buffer_bytes = buffer_bytes
-        # Records in each worker's ring, sized when records are first turned on; None: the engine's default.
-        self.ring_records = ring_records
+        self.ring_records = ring_records  # records in each worker's ring, sized when records are first turned on
         self.writing = False  # the engine's thread has the descriptor
         self._closed = False
         self._reported_errors = 0
@@ -120,10 +119,7 @@ class AccessLog:
     def start(self) -> None:
         """Turns records on and opens the destination; the engine starts writing once it is open."""
         loop = asyncio.get_running_loop()
-        if self.ring_records is None:
-            self.engine.set_access_log(True)
-        else:
-            self.engine.set_access_log(True, self.ring_records)
+        self.engine.set_access_log(True, self.ring_records)
         threading.Thread(target=self._open, args=(loop,), name="zlbfast-access-log-open", daemon=True).start()
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> None:
