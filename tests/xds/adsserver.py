@@ -6,6 +6,7 @@ drive it. Every request is recorded so tests can check ACKs, NACKs and subscript
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import threading
@@ -20,6 +21,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from grpclib.const import Cardinality, Handler
 from grpclib.server import Server, Stream
+from h2.exceptions import StreamClosedError
 
 from tests.netutil import wait_for
 from zlbfast.xds import resources as r
@@ -100,7 +102,9 @@ class AdsServer:
         await self._closing.wait()
         self._server.close()
         for conn in list(self._conns):
-            conn.stream._stream.reset_nowait()  # abrupt, like a crashed control plane
+            # Abrupt, like a crashed control plane; a stream its client closed just now needs no reset.
+            with contextlib.suppress(StreamClosedError):
+                conn.stream._stream.reset_nowait()
         await self._server.wait_closed()
 
     def stop(self) -> None:
