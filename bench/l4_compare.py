@@ -46,6 +46,7 @@ from _report import RatioSpec, failed_samples_line, fmt, ratio_lines, ratios, wr
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 GIB = 1 << 30
+from zlbfast import congestion  # noqa: E402
 from zlbfast.bench import procstat  # noqa: E402
 
 # (listen port, upstream port, scratch dir) -> argv of a proxy listening on HOST:listen.
@@ -112,17 +113,19 @@ def asyncio_argv(listen: int, upstream: int, scratch: Path) -> list[str]:
     ]
 
 
-def zlbfast_argv(cmd: list[str]) -> ProxyArgv:
+def zlbfast_argv(cmd: list[str], tcp_congestion: str) -> ProxyArgv:
+    extra = ["--tcp-congestion", tcp_congestion] if tcp_congestion else []
+
     def argv(listen: int, upstream: int, scratch: Path) -> list[str]:
-        return [*cmd, "proxy", "--from", f"{HOST}:{listen}", "--to", f"{HOST}:{upstream}", "--workers", "1"]
+        return [*cmd, "proxy", "--from", f"{HOST}:{listen}", "--to", f"{HOST}:{upstream}", "--workers", "1", *extra]
 
     return argv
 
 
-def all_targets(zlbfast_cmd: list[str]) -> list[Target]:
+def all_targets(zlbfast_cmd: list[str], tcp_congestion: str) -> list[Target]:
     return [
         Target("direct", None),
-        Target("zlbfast", zlbfast_argv(zlbfast_cmd)),
+        Target("zlbfast", zlbfast_argv(zlbfast_cmd, tcp_congestion)),
         Target("haproxy", haproxy_argv, ("haproxy", "haproxy")),
         Target("asyncio", asyncio_argv),
     ]
@@ -270,6 +273,7 @@ def render(report: dict[str, object], results: dict[str, Result]) -> str:
         f"L4 comparison: wrk -t{report['wrk_threads']} -c{report['connections']} -d{report['duration_s']}s (req/s), "
         f"{report['bulk_bytes']} B download (bulk); median of {report['runs']} interleaved runs",
         f"pinning: {report['pinning']}",
+        f"TCP congestion control: {report['tcp_congestion']}",
         "",
         f"{'target':<9} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'wrk err':>8} {'bulk GB/s':>10} "
         f"{'CPU ms/1k req':>13} {'of which sys':>12} {'idle RSS MiB':>13}",
@@ -313,6 +317,13 @@ def parse_args() -> argparse.Namespace:
         default=f"{sys.executable} -m zlbfast",
         help="command that runs the zlbfast CLI (run from the repo root; default: %(default)s)",
     )
+    parser.add_argument(
+        "--tcp-congestion",
+        default="",
+        metavar="NAME",
+        help="zlbfast's sockets use this congestion control (its --tcp-congestion); the other targets and the load "
+        "keep the system default. See bench/README.md",
+    )
     parser.add_argument("--json", type=Path, help="also write every sample, the medians and ratios here")
     args = parser.parse_args()
     if args.runs < 1 or args.duration < 1:
@@ -324,7 +335,7 @@ def main() -> None:
     args = parse_args()
     zlbfast_cmd = shlex.split(args.zlbfast_cmd)
     wanted = args.targets.split(",")
-    targets = [t for t in all_targets(zlbfast_cmd) if t.name in wanted]
+    targets = [t for t in all_targets(zlbfast_cmd, args.tcp_congestion) if t.name in wanted]
     if len(targets) != len(wanted):
         raise SystemExit(f"--targets: unknown name in {args.targets!r}")
     try:
@@ -345,6 +356,8 @@ def main() -> None:
         "wrk_threads": args.wrk_threads,
         "bulk_bytes": args.bulk_size,
         "pinning": pinning,
+        "tcp_congestion": f"{congestion.system_default()} (system default, net.ipv4.tcp_congestion_control)"
+        + (f"; zlbfast's sockets: {args.tcp_congestion} (--tcp-congestion)" if args.tcp_congestion else ""),
     }
     with tempfile.TemporaryDirectory(prefix="zlb-l4-") as tmp, contextlib.ExitStack() as stack:
         scratch = Path(tmp)

@@ -3,6 +3,7 @@
  * listeners, publishing snapshots, summing statistics. See engine.h.
  */
 #include "sockaddr.h"
+#include "tcpopts.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
@@ -241,6 +242,12 @@ static int bind_listener_socket(const zlb_listener_opts *o, uint16_t port, char 
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (zlb_tcp_set_congestion(fd, o->tcp_congestion) != 0) {
+        snprintf(err, errlen, "listener %s: congestion control '%s': %s", o->name, o->tcp_congestion,
+                 strerror(errno));
+        close(fd);
+        return -1;
+    }
     if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, o->backlog > 0 ? o->backlog : 4096) != 0) {
         snprintf(err, errlen, "listener %s: cannot listen on %s:%u: %s", o->name, o->host, port,
                  strerror(errno));

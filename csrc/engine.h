@@ -70,6 +70,7 @@ typedef struct zlb_listener_opts {
     uint32_t max_connections;      /* per listener, all workers together */
     uint32_t idle_timeout_ms;      /* 0 = none */
     int backlog;
+    char tcp_congestion[ZLB_TCP_CA_NAME_MAX]; /* accepted sockets' congestion control; "" = system default */
     /* NULL = plaintext, else terminate TLS with these options (read during
      * zlb_engine_add_listener only; not kept). Rules naming HTTP methods or
      * paths are refused on TCP listeners. */

@@ -35,6 +35,7 @@
 #include "http1_parser.h"
 #include "router.h"
 #include "sockaddr.h"
+#include "tcpopts.h"
 #include "tls_worker.h"
 
 #include <errno.h>
@@ -571,10 +572,9 @@ static void pool_put(zlb_hup *u, const zlb_http_opts *o)
         zlb_timer_arm(&w->timers, &u->timer, w->now_ns + (int64_t)o->upstream_idle_ms * 1000000);
 }
 
-/* Opens a connection to ep for cluster `cluster` (whose upstream TLS policy,
- * if any, is taken now and used once the TCP connect completes). */
-static zlb_hup *hup_connect(zlb_worker *w, zlb_endpoint *ep, zlb_cluster_stats *cs, const char *cluster,
-                            uint32_t timeout_ms)
+/* Opens a connection to ep for the cluster with options `co` (whose upstream
+ * TLS policy, if any, is taken now and used once the TCP connect completes). */
+static zlb_hup *hup_connect(zlb_worker *w, zlb_endpoint *ep, zlb_cluster_stats *cs, const zlb_cluster_opts *co)
 {
     zlb_hup *u = calloc(1, sizeof(*u));
     if (!u)
@@ -584,7 +584,7 @@ static zlb_hup *hup_connect(zlb_worker *w, zlb_endpoint *ep, zlb_cluster_stats *
     /* The generation first: a change racing with the lookup below makes the
      * connection look older than it is (not reused), never newer. */
     u->tls_gen = atomic_load_explicit(&w->eng->cluster_tls_gen, memory_order_relaxed);
-    zlb_tls_policy *tp = zlb_engine_cluster_tls(w->eng, cluster);
+    zlb_tls_policy *tp = zlb_engine_cluster_tls(w->eng, co->name);
     if (tp && !(u->tls = htls_new())) {
         zlb_tls_policy_unref(tp);
         free(u);
@@ -601,6 +601,8 @@ static zlb_hup *hup_connect(zlb_worker *w, zlb_endpoint *ep, zlb_cluster_stats *
     }
     int one = 1;
     setsockopt(u->s.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* As for L4 (l4.c): validated at apply time, the default if refused now. */
+    zlb_tcp_set_congestion(u->s.fd, co->tcp_congestion);
     struct epoll_event ev = {.events = EV_BASE | EPOLLOUT, .data.ptr = &u->io};
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, u->s.fd, &ev) != 0) {
         if (u->tls)
@@ -629,7 +631,7 @@ static zlb_hup *hup_connect(zlb_worker *w, zlb_endpoint *ep, zlb_cluster_stats *
         hup_close(u, 0);
         return NULL;
     }
-    zlb_timer_arm(&w->timers, &u->timer, w->now_ns + (int64_t)timeout_ms * 1000000);
+    zlb_timer_arm(&w->timers, &u->timer, w->now_ns + (int64_t)co->connect_timeout_ms * 1000000);
     return u;
 }
 
@@ -1347,7 +1349,7 @@ static void hc_dispatch(zlb_hconn *c)
         }
         ZLB_STAT_ADD(w, connect_attempts, 1);
         zlb_cs_add(c->cs, w->id, ZLB_CS_CONNECT_ATTEMPTS, 1);
-        u = hup_connect(w, ep, c->cs, cl->opts.name, cl->opts.connect_timeout_ms);
+        u = hup_connect(w, ep, c->cs, &cl->opts);
         if (!u) {
             ZLB_STAT_ADD(w, connect_failures, 1);
             zlb_cs_add(c->cs, w->id, ZLB_CS_CONNECT_FAILURES, 1);

@@ -32,6 +32,7 @@
  * allocated only for such connections); plaintext connections are unchanged.
  */
 #define _GNU_SOURCE /* splice, pipe2, accept4, F_SETPIPE_SZ */
+#include "tcpopts.h"
 #include "tls_worker.h"
 
 #include <errno.h>
@@ -534,6 +535,9 @@ static void try_connect(zlb_conn *c)
             connect_failed(c, 0);
             continue;
         }
+        /* Validated when the config was applied; should the kernel refuse it
+         * now (module unloaded), the connection goes on with the default. */
+        zlb_tcp_set_congestion(c->up_fd, cl->opts.tcp_congestion);
         struct epoll_event ev = {.events = ZLB_EV_BASE | EPOLLOUT, .data.ptr = &c->up_io};
         if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->up_fd, &ev) != 0) {
             connect_failed(c, 0);

@@ -21,6 +21,7 @@
 #include <pthread.h>
 #include <sys/socket.h>
 #include "cluster_stats.h"
+#include "tcpopts.h"
 #include "zlb_common.h"
 
 #define ZLB_NAME_MAX 128
@@ -142,6 +143,7 @@ typedef struct zlb_cluster_opts {
     uint32_t maglev_table_size;     /* prime, default 65537 */
     uint32_t overprovisioning;      /* percent, default 140 */
     uint32_t ewma_decay_ms;         /* peak_ewma decay, default 10000 */
+    char tcp_congestion[ZLB_TCP_CA_NAME_MAX]; /* upstream sockets' congestion control; "" = system default */
     zlb_outlier_opts outlier;
     zlb_breaker_opts breakers;
 } zlb_cluster_opts;

@@ -57,6 +57,7 @@ cdef extern from "snapshot.h" nogil:
         uint32_t maglev_table_size
         uint32_t overprovisioning
         uint32_t ewma_decay_ms
+        char tcp_congestion[16]
         zlb_outlier_opts outlier
         zlb_breaker_opts breakers
 
@@ -282,6 +283,7 @@ cdef extern from "engine.h" nogil:
         uint32_t max_connections
         uint32_t idle_timeout_ms
         int backlog
+        char tcp_congestion[16]
         const zlb_tls_opts *tls
 
     ctypedef struct zlb_stats:

@@ -88,6 +88,7 @@ class SnapshotBuilder:
         max_retries: int = 3,
         retry_budget_percent: int = 20,
         min_retry_concurrency: int = 3,
+        tcp_congestion: str = "",
     ) -> int: ...
     def add_endpoint(
         self,
@@ -122,6 +123,7 @@ class NativeEngine:
         backlog: int = 4096,
         http: dict[str, Any] | None = None,
         tls: dict[str, Any] | None = None,
+        tcp_congestion: str = "",
     ) -> int: ...
     def listener_port(self, lid: int) -> int: ...
     def listener_active(self, lid: int) -> int: ...

@@ -273,7 +273,7 @@ cdef class SnapshotBuilder:
                     int consecutive_failures=5, int base_ejection_ms=30000, int max_ejection_ms=300000,
                     int max_ejection_percent=10, int max_connections=1024, int max_pending_requests=1024,
                     int max_requests=1024, int max_retries=3, int retry_budget_percent=20,
-                    int min_retry_concurrency=3):
+                    int min_retry_concurrency=3, str tcp_congestion=""):
         cdef zlb_cluster_opts o
         cdef char err[512]
         zlb_cluster_opts_defaults(&o)
@@ -286,6 +286,7 @@ cdef class SnapshotBuilder:
         o.maglev_table_size = maglev_table_size
         o.overprovisioning = overprovisioning
         o.ewma_decay_ms = ewma_decay_ms
+        zlb_strlcpy(o.tcp_congestion, _b(tcp_congestion, 16), sizeof(o.tcp_congestion))
         o.outlier.consecutive_failures = consecutive_failures
         o.outlier.base_ejection_ms = base_ejection_ms
         o.outlier.max_ejection_ms = max_ejection_ms
@@ -418,7 +419,8 @@ cdef class NativeEngine:
         return zlb_engine_reclaim(self._live())
 
     def add_listener(self, str name, str cluster, str host, int port, *, int max_connections=10000,
-                     int idle_timeout_ms=3600000, int backlog=4096, dict http=None, dict tls=None):
+                     int idle_timeout_ms=3600000, int backlog=4096, dict http=None, dict tls=None,
+                     str tcp_congestion=""):
         """http: None for a TCP listener, else the HTTP options (route table = name).
         tls: None for plaintext, else the listener's TLS options (see _tls_opts)."""
         cdef zlb_listener_opts o
@@ -452,6 +454,7 @@ cdef class NativeEngine:
         o.max_connections = max_connections
         o.idle_timeout_ms = idle_timeout_ms
         o.backlog = backlog
+        zlb_strlcpy(o.tcp_congestion, _b(tcp_congestion, 16), sizeof(o.tcp_congestion))
         if tls is not None:
             o.tls = _tls_opts(tls)  # last: nothing above may raise while it is held
         try:

@@ -145,7 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
     try:
-        cfg = proxy_config(args.listen, args.targets, args.policy, args.workers, args.mode)
+        cfg = proxy_config(args.listen, args.targets, args.policy, args.workers, args.mode, args.tcp_congestion)
     except ConfigError as exc:
         print(f"zlbfast: {exc}", file=sys.stderr)
         return 1
@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--mode", default="tcp", choices=("tcp", "http"),
                        help="tcp: balance per connection; http: per request (HTTP/1.1)")
     proxy.add_argument("--workers", type=int, default=0, help="worker threads (default: CPUs)")
+    proxy.add_argument("--tcp-congestion", default="", metavar="NAME",
+                       help="TCP congestion control of both sides' sockets, e.g. cubic (default: the system's)")
     admin.add_arguments(proxy, admin_default=None)
     proxy.set_defaults(func=_cmd_proxy)
 

@@ -34,6 +34,7 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
+from . import congestion
 from ._native import EndpointTable
 from .model import (
     AUTHZ_METHODS,
@@ -460,6 +461,7 @@ _CLUSTER_KEYS = (
     _Key("health_check", ("health_check",), _health_check),
     _Key("tls", ("tls",), lambda v, p, s: _tls(ClusterTls, _CLUSTER_TLS_KEYS, v, p, s)),
     _Key("circuit_breakers", ("circuit_breakers",), _breakers),
+    _Key("tcp_congestion", ("tcp_congestion",), _string),
 )
 
 
@@ -698,6 +700,7 @@ _LISTENER_KEYS = (
     _Key("match_host_port", ("match_host_port",), _boolean),
     _Key("http", ("http",), _http_options),
     _Key("tls", ("tls",), lambda v, p, s: _tls(ListenerTls, _LISTENER_TLS_KEYS, v, p, s)),
+    _Key("tcp_congestion", ("tcp_congestion",), _string),
 )
 
 
@@ -1008,8 +1011,14 @@ def _plain_endpoint(endpoint: Endpoint) -> bool:
     )
 
 
+def _check_tcp_congestion(name: str, path: str, source: str) -> None:
+    if name and (why := congestion.problem(name)):
+        _fail(source, path, why)
+
+
 def _validate_cluster(cluster: Cluster, path: str, source: str) -> None:
     _check_label(cluster.name, f"{path}.name", source, required=True)
+    _check_tcp_congestion(cluster.tcp_congestion, f"{path}.tcp_congestion", source)
     if cluster.tls is not None:
         _validate_tls(cluster.tls, f"{path}.tls", source)
     _check_choice(cluster.policy, POLICIES, "policy", f"{path}.policy", source)
@@ -1518,6 +1527,7 @@ def _validate_tls(tls: ListenerTls | ClusterTls, path: str, source: str, protoco
 def _validate_listener(listener: Listener, path: str, source: str, clusters: dict[str, None]) -> None:
     _check_label(listener.name, f"{path}.name", source, required=True)
     _check_address(listener.address, listener.port, f"{path}.address", source, listening=True)
+    _check_tcp_congestion(listener.tcp_congestion, f"{path}.tcp_congestion", source)
     _check_choice(listener.protocol, PROTOCOLS, "protocol", f"{path}.protocol", source)
     if listener.protocol == "http":
         if listener.cluster:
@@ -1589,6 +1599,8 @@ def validate(cfg: Config) -> None:
 
 # Where a problem in the generated config comes from on the command line (longest prefixes first).
 _CLI_OPTIONS = (
+    ("listeners[0].tcp_congestion", "--tcp-congestion"),
+    ("clusters[0].tcp_congestion", "--tcp-congestion"),
     ("listeners[0].protocol", "--mode"),
     ("listeners[0]", "--from"),
     ("clusters[0].endpoints", "--to"),
@@ -1598,15 +1610,24 @@ _CLI_OPTIONS = (
 
 
 def proxy_config(
-    listen: str, targets: list[str], policy: str = "round_robin", workers: int = 0, mode: str = "tcp"
+    listen: str,
+    targets: list[str],
+    policy: str = "round_robin",
+    workers: int = 0,
+    mode: str = "tcp",
+    tcp_congestion: str = "",
 ) -> Config:
     """A one-listener, one-cluster config ("proxy"/"proxy") from command-line options. `mode` is the listener's
     protocol; an "http" listener has one virtual host for every domain ("*") with one route ("/") to the cluster.
+    `tcp_congestion` applies to both sides: the listener's accepted sockets and the cluster's upstream ones.
 
     It goes through parse_config like a file would, so the command line obeys the same rules; only the
     error paths are translated to the option that caused them.
     """
     listener: dict[str, Any] = {"name": "proxy", "address": listen, "protocol": mode}
+    cluster: dict[str, Any] = {"name": "proxy", "policy": policy, "endpoints": list(targets)}
+    if tcp_congestion:
+        listener["tcp_congestion"] = cluster["tcp_congestion"] = tcp_congestion
     if mode == "http":
         listener["virtual_hosts"] = [{"name": "proxy", "routes": [{"match": {"prefix": "/"}, "cluster": "proxy"}]}]
     else:
@@ -1614,7 +1635,7 @@ def proxy_config(
     data = {
         "workers": workers,
         "listeners": [listener],
-        "clusters": [{"name": "proxy", "policy": policy, "endpoints": list(targets)}],
+        "clusters": [cluster],
     }
     try:
         return parse_config(data, "command line")

@@ -181,6 +181,7 @@ class Cluster:
     health_check: HealthCheck | None = None  # None: no active checks
     tls: ClusterTls | None = None  # None: plaintext to the endpoints
     circuit_breakers: CircuitBreakers = CircuitBreakers()
+    tcp_congestion: str = ""  # congestion control of upstream sockets; "" = the system default
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,7 @@ class Listener:
     match_host_port: bool = False
     http: HttpOptions = HttpOptions()
     tls: ListenerTls | None = None  # None = plaintext
+    tcp_congestion: str = ""  # congestion control of accepted sockets; "" = the system default
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,7 @@ def _add_cluster(builder: _native.SnapshotBuilder, cluster: Cluster) -> None:
         max_retries=cluster.circuit_breakers.max_retries,
         retry_budget_percent=cluster.circuit_breakers.retry_budget_percent,
         min_retry_concurrency=cluster.circuit_breakers.min_retry_concurrency,
+        tcp_congestion=cluster.tcp_congestion,
     )
     builder.add_endpoints(idx, cluster.endpoints)
 
@@ -281,6 +282,7 @@ class Engine:
                     idle_timeout_ms=spec.idle_timeout_ms,
                     http=asdict(spec.http) if spec.protocol == "http" else None,
                     tls=listener_tls.get(spec.name),
+                    tcp_congestion=spec.tcp_congestion,
                 )
                 added[spec.name] = _InstalledListener(spec, lid, self.native.listener_port(lid))
         except _native.NativeError as exc:
