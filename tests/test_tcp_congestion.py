@@ -4,7 +4,6 @@ and a name the kernel lacks is a config error naming the key."""
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import sys
@@ -12,44 +11,11 @@ from dataclasses import replace
 
 import pytest
 
+from tests.congestionutil import SYSTEM, alternative, wait_algorithms
 from tests.httputil import Client, RecordingUpstream, cluster, http_config, routes_to, start
-from tests.netutil import Backend, connect, echo_handler, wait_for
-from zlbfast import congestion
+from tests.netutil import Backend, connect, echo_handler
 from zlbfast.config import ConfigError, parse_config, proxy_config
 from zlbfast.model import Config, Listener
-
-SYSTEM = congestion.system_default()
-
-
-def _alternative() -> str:
-    """An algorithm this process may set that differs from the system default, so that the option shows."""
-    for name in ("cubic", "reno", "bbr"):
-        if name != SYSTEM and congestion.problem(name) is None:
-            return name
-    pytest.skip(f"no congestion control other than the default {SYSTEM!r} can be set here")
-
-
-def _algorithms(filter_expr: str) -> list[str]:
-    """The congestion control of every established socket `ss` finds for the filter (its info line starts
-    with the algorithm's name)."""
-    out = subprocess.run(["ss", "-tin", "state", "established", filter_expr], capture_output=True, text=True,
-                         check=True).stdout
-    names = []
-    for line in out.splitlines():
-        if line.startswith((" ", "\t")) and (m := re.match(r"\s+([a-z0-9_]+)\s", line)):
-            names.append(m.group(1))
-    return names
-
-
-def _wait_algorithms(filter_expr: str, n: int) -> list[str]:
-    found: list[str] = []
-
-    def enough() -> bool:
-        found[:] = _algorithms(filter_expr)
-        return len(found) >= n
-
-    wait_for(enough, what=f"{n} established sockets matching {filter_expr}")
-    return found
 
 
 def _l4_config(backend_port: int, listener_cc: str, cluster_cc: str) -> Config:
@@ -68,7 +34,7 @@ def _echo_once(port: int) -> socket.socket:
 
 
 def test_l4_sockets_take_the_configured_algorithm_and_a_reload_changes_it(engine_factory):
-    alt = _alternative()
+    alt = alternative()
     backend = Backend(echo_handler)
     eng = engine_factory()
     try:
@@ -76,8 +42,8 @@ def test_l4_sockets_take_the_configured_algorithm_and_a_reload_changes_it(engine
         port = eng.listener_port("l")
         with _echo_once(port) as first:
             # The proxy's accepted socket (local port = the listener's) and its upstream one (remote = the backend).
-            assert _wait_algorithms(f"( sport = :{port} )", 1) == [alt]
-            assert _wait_algorithms(f"( dport = :{backend.port} )", 1) == [alt]
+            assert wait_algorithms(f"( sport = :{port} )", 1) == [alt]
+            assert wait_algorithms(f"( dport = :{backend.port} )", 1) == [alt]
 
             # Reloaded without the option, new connections are on the system default on both sides, and the open
             # connection keeps what it had.
@@ -85,8 +51,8 @@ def test_l4_sockets_take_the_configured_algorithm_and_a_reload_changes_it(engine
             port2 = eng.listener_port("l")
             with _echo_once(port2) as second:
                 client_port = second.getsockname()[1]
-                assert _wait_algorithms(f"( sport = :{port2} and dport = :{client_port} )", 1) == [SYSTEM]
-                assert sorted(_wait_algorithms(f"( dport = :{backend.port} )", 2)) == sorted([alt, SYSTEM])
+                assert wait_algorithms(f"( sport = :{port2} and dport = :{client_port} )", 1) == [SYSTEM]
+                assert sorted(wait_algorithms(f"( dport = :{backend.port} )", 2)) == sorted([alt, SYSTEM])
             first.sendall(b"still\n")
             assert first.recv(16) == b"still\n"
     finally:
@@ -94,7 +60,7 @@ def test_l4_sockets_take_the_configured_algorithm_and_a_reload_changes_it(engine
 
 
 def test_http_upstream_and_downstream_sockets_take_the_configured_algorithm(engine_factory):
-    alt = _alternative()
+    alt = alternative()
     up = RecordingUpstream("up")
     try:
         cfg = http_config([cluster("c", [up.addr], tcp_congestion=alt)], vhosts=routes_to("c"))
@@ -102,8 +68,8 @@ def test_http_upstream_and_downstream_sockets_take_the_configured_algorithm(engi
         eng, port = start(engine_factory, cfg)
         with Client(port) as client:
             assert client.request().status == 200
-            assert _wait_algorithms(f"( sport = :{port} )", 1) == [alt]
-            assert _wait_algorithms(f"( dport = :{up.addr[1]} )", 1) == [alt]
+            assert wait_algorithms(f"( sport = :{port} )", 1) == [alt]
+            assert wait_algorithms(f"( dport = :{up.addr[1]} )", 1) == [alt]
     finally:
         up.backend.stop()
 

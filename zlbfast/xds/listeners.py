@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError, Message
 
 from zlbfast import model
 from zlbfast.xds.http_manager import HTTP_CONNECTION_MANAGER, is_http_manager, translate_http_manager
-from zlbfast.xds.resources import Ctx, SdsRef, downstream_tls, duration_ms, socket_address
+from zlbfast.xds.resources import Ctx, SdsRef, downstream_tls, duration_ms, socket_address, tcp_congestion
 from zlbfast.xds.routes import RouteTable
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -35,8 +35,10 @@ def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
     ctx = Ctx("Listener", lst.name)
     if not lst.name:
         raise ctx.fail("name", "must not be empty")
-    ctx.only(lst, "", ("name", "address", "filter_chains", "stat_prefix", "traffic_direction", "metadata"))
+    ctx.only(lst, "", ("name", "address", "filter_chains", "stat_prefix", "traffic_direction", "metadata",
+                       "socket_options"))
     address, port = socket_address(ctx, lst.address, "address", listening=True)
+    congestion = tcp_congestion(ctx, lst.socket_options, "socket_options")
     if len(lst.filter_chains) != 1:
         raise ctx.fail("filter_chains", f"exactly one filter chain is supported, got {len(lst.filter_chains)}")
     chain: listener_components_pb2.FilterChain = lst.filter_chains[0]
@@ -60,7 +62,7 @@ def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
         if tls is not None and tls.alpn not in ((), ("http/1.1",)):
             raise ctx.fail(f"{tls_path}.typed_config.common_tls_context.alpn_protocols", "an HTTP listener speaks "
                            f"HTTP/1.1 only: list http/1.1 alone or nothing, got {', '.join(tls.alpn)}")
-        kw: dict[str, object] = {"protocol": "http", "http": manager.http, "tls": tls}
+        kw: dict[str, object] = {"protocol": "http", "http": manager.http, "tls": tls, "tcp_congestion": congestion}
         if manager.idle_timeout_ms is not None:
             kw["idle_timeout_ms"] = manager.idle_timeout_ms
         listener = model.Listener(lst.name, address, port, "", **kw)  # type: ignore[arg-type]
@@ -73,7 +75,7 @@ def translate_listener(lst: listener_pb2.Listener) -> ListenerSpec:
     ctx.only(tp, tpath, ("stat_prefix", "cluster", "idle_timeout"))
     if not tp.cluster:
         raise ctx.fail(f"{tpath}.cluster", "a tcp_proxy needs a cluster (weighted_clusters is not supported)")
-    listener = model.Listener(lst.name, address, port, tp.cluster, tls=tls)
+    listener = model.Listener(lst.name, address, port, tp.cluster, tls=tls, tcp_congestion=congestion)
     if tp.HasField("idle_timeout"):
         listener = replace(listener, idle_timeout_ms=duration_ms(tp.idle_timeout))
     return ListenerSpec(listener, sds)

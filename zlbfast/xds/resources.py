@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2, socket_option_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -30,7 +30,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError, Message
 
-from zlbfast import _native, model
+from zlbfast import _native, congestion, model
 from zlbfast.config import MAX_NAME_BYTES, MAX_PRIORITY, MAX_WEIGHT
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -120,6 +120,26 @@ def socket_address(ctx: Ctx, addr: address_pb2.Address, path: str, *, listening:
     return ip, sa.port_value
 
 
+def tcp_congestion(ctx: Ctx, options: Sequence[socket_option_pb2.SocketOption], path: str) -> str:
+    """The congestion control that socket_options set (TCP_CONGESTION, level IPPROTO_TCP), "" when none does.
+    zlbfast applies no other socket option, so any other is refused rather than silently dropped. Whether the
+    kernel has the algorithm is judged with the rest of the config (zlbfast.congestion)."""
+    name = ""
+    for i, opt in enumerate(options):
+        opath = f"{path}[{i}]"
+        if (opt.level, opt.name) != (socket.IPPROTO_TCP, socket.TCP_CONGESTION):
+            raise ctx.fail(opath, f"socket option level {opt.level} name {opt.name} is not supported; only "
+                           f"TCP_CONGESTION (level {socket.IPPROTO_TCP}, name {socket.TCP_CONGESTION})")  # fmt: skip
+        ctx.only(opt, opath, ("description", "level", "name", "buf_value", "state"))
+        value = opt.buf_value.rstrip(b"\0").decode("ascii", errors="replace")
+        if not congestion.NAME_RE.fullmatch(value):
+            raise ctx.fail(f"{opath}.buf_value", f"{value!r} is not a congestion control name")
+        if name and value != name:
+            raise ctx.fail(opath, f"sets congestion control {value!r} after {name!r}")
+        name = value
+    return name
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Clusters
 
@@ -151,7 +171,7 @@ def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
         raise ctx.fail("name", "must not be empty")
     ctx.only(c, "", ("name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment",
                      "outlier_detection", "common_lb_config", "ring_hash_lb_config", "maglev_lb_config",
-                     "metadata", "alt_stat_name", "transport_socket"))
+                     "metadata", "alt_stat_name", "transport_socket", "upstream_bind_config"))
     kw: dict[str, object] = {}
     sds: SdsRef | None = None
     if c.HasField("transport_socket"):
@@ -177,6 +197,11 @@ def translate_cluster(c: cluster_pb2.Cluster) -> ClusterSpec:
             kw["maglev_table_size"] = c.maglev_lb_config.table_size.value
     if c.HasField("outlier_detection"):
         kw["outlier"] = _outlier(ctx, c.outlier_detection)
+    if c.HasField("upstream_bind_config"):
+        # Only for its socket options: zlbfast binds upstream sockets to no source address.
+        ctx.only(c.upstream_bind_config, "upstream_bind_config", ("socket_options",))
+        kw["tcp_congestion"] = tcp_congestion(ctx, c.upstream_bind_config.socket_options,
+                                              "upstream_bind_config.socket_options")
 
     endpoints: Sequence[model.Endpoint] = ()
     eds_name: str | None = None
