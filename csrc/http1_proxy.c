@@ -2003,6 +2003,16 @@ static void xfcc_urlencoded(const char *pem, size_t len, void *arg)
     }
 }
 
+/* Closes the quoted value of the key written from `mark` on, or takes the
+ * key back when its writer failed (rc != 0: no certificate, or no memory). */
+static void xfcc_end_quoted(xfcc_buf *b, size_t mark, int rc)
+{
+    if (rc != 0)
+        b->len = mark;
+    else
+        xfcc_put(b, "\"", 1);
+}
+
 static void xfcc_dns(const char *name, size_t len, void *arg)
 {
     xfcc_puts(arg, ";DNS=");
@@ -2037,18 +2047,12 @@ static void hc_xfcc_prepare(zlb_hconn *c)
             continue;
         size_t mark = b.len;
         xfcc_puts(&b, chain ? ";Chain=\"" : ";Cert=\"");
-        if (zlb_tls_peer_pem(c->s.ssl, chain, xfcc_urlencoded, &b) != 0)
-            b.len = mark; /* no certificate (or no memory): no key */
-        else
-            xfcc_put(&b, "\"", 1);
+        xfcc_end_quoted(&b, mark, zlb_tls_peer_pem(c->s.ssl, chain, xfcc_urlencoded, &b));
     }
     if (details & ZLB_XFCC_SUBJECT) {
         size_t mark = b.len;
         xfcc_puts(&b, ";Subject=\"");
-        if (zlb_tls_peer_subject(c->s.ssl, xfcc_append, &b) != 0)
-            b.len = mark; /* no certificate (or no memory): no key */
-        else
-            xfcc_put(&b, "\"", 1);
+        xfcc_end_quoted(&b, mark, zlb_tls_peer_subject(c->s.ssl, xfcc_append, &b));
     }
     xfcc_puts(&b, ";URI=");
     xfcc_puts(&b, t->peer.id);

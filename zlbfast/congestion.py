@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 
 # The kernel's TCP_CA_NAME_MAX is 16 bytes with the NUL; names are module suffixes (tcp_<name>.ko).
-NAME_RE = re.compile(r"[a-z0-9_]{1,15}")
+_NAME_RE = re.compile(r"[a-z0-9_]{1,15}")
 _SYSCTL = Path("/proc/sys/net/ipv4")
 
 
@@ -23,10 +23,17 @@ def _sysctl(name: str) -> str:
         return "unreadable"
 
 
+def malformed(name: str) -> str | None:
+    """Why `name` cannot be a congestion control's name at all; None when it can be one. No system call."""
+    if not _NAME_RE.fullmatch(name):
+        return f"{name!r} is not a congestion control name (1 to 15 of a-z, 0-9, _)"
+    return None
+
+
 def problem(name: str) -> str | None:
     """Why this process cannot give its TCP sockets the congestion control `name`; None when it can."""
-    if not NAME_RE.fullmatch(name):
-        return f"{name!r} is not a congestion control name (1 to 15 of a-z, 0-9, _)"
+    if why := malformed(name):
+        return why
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())

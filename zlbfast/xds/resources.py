@@ -132,8 +132,8 @@ def tcp_congestion(ctx: Ctx, options: Sequence[socket_option_pb2.SocketOption], 
                            f"TCP_CONGESTION (level {socket.IPPROTO_TCP}, name {socket.TCP_CONGESTION})")  # fmt: skip
         ctx.only(opt, opath, ("description", "level", "name", "buf_value", "state"))
         value = opt.buf_value.rstrip(b"\0").decode("ascii", errors="replace")
-        if not congestion.NAME_RE.fullmatch(value):
-            raise ctx.fail(f"{opath}.buf_value", f"{value!r} is not a congestion control name")
+        if why := congestion.malformed(value):
+            raise ctx.fail(f"{opath}.buf_value", why)
         if name and value != name:
             raise ctx.fail(opath, f"sets congestion control {value!r} after {name!r}")
         name = value
